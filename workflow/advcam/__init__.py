@@ -1,0 +1,36 @@
+"""advcam: how adversarial attacks move Grad-CAM explanations (MOD/VID, Chakraborty et al., CVPRW 2022)."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .attacks import apply_sign, fgsm, gradient_sign, pgd, random_sign  # noqa: E402
+from .cam import explain, gradcam, upsample_cam  # noqa: E402
+from .models import PAPER_MODELS, build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from .similarity import nissim, ssim  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "PAPER_MODELS",
+    "apply_sign",
+    "build_model",
+    "explain",
+    "fgsm",
+    "gradcam",
+    "gradient_sign",
+    "load_checkpoint",
+    "mod_vid",
+    "nissim",
+    "pgd",
+    "random_sign",
+    "save_checkpoint",
+    "ssim",
+    "upsample_cam",
+]
+
+
+def __getattr__(name: str):  # lazy: pandas/scipy only when the summary is used
+    if name == "mod_vid":
+        from .summary import mod_vid
+
+        return mod_vid
+    raise AttributeError(name)

@@ -1,0 +1,174 @@
+"""Batched Grad-CAM on the model's device, the form pytorch-grad-cam 1.5.x computes.
+
+For activations A (N,K,h,w) of the target layer and the logit y_c of the explained class c:
+``w = mean_{h,w} ∂y_c/∂A``, ``raw = ReLU(Σ_k w_k A_k)`` (N,h,w); the map is
+``minmax(ReLU(upsample(minmax(raw))))`` with ``minmax(z) = (z - min z) / (max(z - min z) + 1e-7)`` per
+image and bilinear upsampling (``align_corners=False``) to the input size.
+
+Only the backward from the logit to the target layer runs: parameters are frozen during the call and
+the activation is detached at the layer, so nothing before the layer is recorded by autograd and no
+parameter gradient is computed. The forward hook is removed whatever happens.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import frozen_parameters, model_device, resolve_layer
+
+__all__ = ["CamOutput", "gradcam", "gradcam_batch", "explain", "upsample_cam", "minmax"]
+
+EPS = 1e-7
+
+
+@dataclass
+class CamOutput:
+    """Grad-CAM of a set of images.
+
+    maps : (N,H,W) float32 in [0,1], the normalised map at input size (all zero when the raw CAM is).
+    raw : (N,h,w) float32 ≥ 0, ReLU(Σ_k w_k A_k) at the target layer's resolution.
+    logits : (N,C) float32 model outputs for the images.
+    target : (N,) int64, the class each map explains.
+    """
+
+    maps: torch.Tensor
+    raw: torch.Tensor
+    logits: torch.Tensor
+    target: torch.Tensor
+
+    @property
+    def pred(self) -> torch.Tensor:
+        """(N,) int64 predicted class."""
+        return self.logits.argmax(1)
+
+
+def minmax(z: torch.Tensor) -> torch.Tensor:
+    """Per-image ``(z - min) / (max(z - min) + 1e-7)`` over the last two axes of (N,H,W)."""
+    z = z - z.amin(dim=(-2, -1), keepdim=True)
+    return z / (z.amax(dim=(-2, -1), keepdim=True) + EPS)
+
+
+def upsample_cam(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Rebuild the normalised map (N,H,W) in [0,1] from the raw CAM (N,h,w); ``size`` = (H, W).
+
+    Deterministic: the stored raw CAM and this function give back the stored map exactly.
+    """
+    c = minmax(raw.float().clamp_min(0))
+    c = F.interpolate(c[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return minmax(c.clamp_min(0))
+
+
+def _as_target(target, logits: torch.Tensor) -> torch.Tensor:
+    if target is None:
+        return logits.argmax(1)
+    t = torch.as_tensor(target, device=logits.device).long().view(-1)
+    if t.numel() == 1 and logits.shape[0] != 1:
+        t = t.expand(logits.shape[0])
+    if t.shape[0] != logits.shape[0]:
+        raise ValueError(f"target has {t.shape[0]} entries for {logits.shape[0]} images")
+    if (t < 0).any() or (t >= logits.shape[1]).any():
+        raise ValueError(f"target classes must lie in [0, {logits.shape[1] - 1}]")
+    return t
+
+
+def gradcam_batch(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | None = None,
+    amp: bool = False,
+) -> CamOutput:
+    """Grad-CAM of one batch, computed where ``x`` lives (move ``x`` to the model's device first).
+
+    x : (N,3,H,W) float in [0,1]. target : None → each image's predicted class; else (N,) or scalar class
+    indices (e.g. the true labels). amp : bfloat16 autocast for the forward (CUDA only; maps stay within
+    about 1e-2 of fp32). Returns a :class:`CamOutput` on ``x``'s device.
+    """
+    module = resolve_layer(model, layer)
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _inp, out):
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"Grad-CAM layer must output a tensor, got {type(out).__name__}")
+        a = out.detach().requires_grad_(True)
+        store["A"] = a
+        return a
+
+    was_training = model.training
+    model.eval()
+    handle = module.register_forward_hook(hook)
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        if amp and x.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    try:
+        with frozen_parameters(model), torch.enable_grad(), autocast:
+            logits = model(x.detach())
+        if "A" not in store:
+            raise RuntimeError("the Grad-CAM layer was not called in the forward pass")
+        logits = logits.float()
+        tgt = _as_target(target, logits)
+        score = logits.gather(1, tgt[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, store["A"])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    a = store["A"].detach().float()
+    w = grad.float().mean(dim=(2, 3))  # (N,K)
+    raw = torch.einsum("nk,nkhw->nhw", w, a).clamp_min(0)
+    maps = upsample_cam(raw, x.shape[-2:])
+    return CamOutput(maps=maps, raw=raw, logits=logits.detach(), target=tgt)
+
+
+def explain(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | None = None,
+    batch_size: int = 64,
+    amp: bool = False,
+    progress: bool = False,
+) -> CamOutput:
+    """Grad-CAM of many images in batches on the model's device; results come back on the CPU.
+
+    x : (N,3,H,W) float in [0,1] or uint8 in [0,255] (converted per batch), on any device.
+    target : None (predicted class) or (N,) class indices.
+    """
+    dev = model_device(model)
+    outs = []
+    it = range(0, x.shape[0], batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="grad-cam", unit="batch")
+    for s in it:
+        xb = x[s : s + batch_size].to(dev, non_blocking=True)
+        if xb.dtype == torch.uint8:
+            xb = xb.float().div_(255)
+        tb = None if target is None else torch.as_tensor(target)[s : s + batch_size].to(dev)
+        o = gradcam_batch(model, layer, xb, tb, amp=amp)
+        outs.append(CamOutput(o.maps.cpu(), o.raw.cpu(), o.logits.cpu(), o.target.cpu()))
+    if not outs:
+        raise ValueError("no images to explain")
+    return CamOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in ("maps", "raw", "logits", "target")))
+
+
+def gradcam(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Grad-CAM maps (N,H,W) float32 in [0,1] for images ``x`` (N,3,H,W) in [0,1].
+
+    ``layer`` is a module or its name inside the model (e.g. ``"layer4"``); ``target`` None explains
+    each image's predicted class, else give (N,) class indices. Computed in batches on the model's
+    device; returned on ``x``'s device.
+    """
+    return explain(model, layer, x, target, batch_size=batch_size).maps.to(x.device)

@@ -1,0 +1,534 @@
+"""``advcam <stage>``: the command-line seam between the workflow's rules and the library.
+
+Each stage reads files, calls the library and writes its outputs atomically (temporary name, then
+rename), so a killed job never leaves an output that looks complete. Known input errors end with
+``advcam <stage>: error: <message>`` and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+STAGES = {
+    "synth": "render synthetic face identities to an image tree",
+    "prepare": "index an identity-per-folder tree, split, crop, resize → HDF5 store",
+    "train": "fine-tune a timm model on a prepared store → checkpoint + train.json",
+    "gradient": "FGSM input-gradient sign of every test image (once per model)",
+    "attack": "adversarial test set for one attack and ε → predictions",
+    "explain": "Grad-CAM heatmaps of the clean or adversarial test set → HDF5",
+    "score": "NISSIM of each clean/adversarial heatmap pair → per-image CSV",
+    "summarise": "MOD, VID, accuracies per model, attack and ε → CSV",
+    "plot": "MOD/accuracy/VID/NISSIM figures from the summaries",
+    "gallery": "per-model gallery of clean and adversarial heatmaps",
+}
+
+
+def _meta(pairs: list[str] | None) -> dict:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ValueError(f"--meta takes KEY=VALUE, got '{p}'")
+        k, v = p.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _add_common(p: argparse.ArgumentParser, device: bool = False) -> None:
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="provenance attribute to record (repeatable)")
+    if device:
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, … (default: auto)")
+        p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+        p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+
+
+def _setup_torch(args) -> "torch.device":  # noqa: F821
+    import torch
+
+    from .models import pick_device
+
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    return pick_device(args.device)
+
+
+def _provenance(args, **extra) -> dict:
+    return {"advcam_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra, **_meta(getattr(args, "meta", None))}
+
+
+def _test_set(data: str):
+    import torch
+
+    from .datasets import load_prepared
+    from .models import to_tensor_images
+
+    ds = load_prepared(data)
+    imgs, labels, idx = ds.subset("test")
+    if len(idx) == 0:
+        raise ValueError(f"{data}: the test split is empty")
+    return ds, to_tensor_images(imgs), torch.as_tensor(labels), idx
+
+
+# ---------------------------------------------------------------- stages
+
+
+def cmd_synth(args) -> None:
+    from .faces import synthesize
+
+    synthesize(args.out, args.identities, args.images, args.size, args.seed, args.masks)
+    print(f"wrote {args.identities}×{args.images} images of {args.size}² to {args.out}")
+
+
+def cmd_prepare(args) -> None:
+    from .datasets import prepare
+    from .store import write_json
+
+    rep = prepare(
+        args.root, args.out, args.size, args.identities, args.min_images, tuple(args.split), args.seed,
+        args.margin, args.skip_broken, progress=not args.no_progress,
+    )
+    if args.report:
+        write_json(args.report, rep)
+    print(f"{args.out}: {rep['n']} images of {rep['identities']} identities (train {rep['train']}, val {rep['val']}, "
+          f"test {rep['test']}; skipped {rep['skipped']})")
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from .datasets import load_prepared
+    from .models import build_model, predict, resolve_layer, save_checkpoint, target_layer_name, timm_name, to_tensor_images
+    from .store import write_json
+    from .train import accuracy, train_model
+
+    dev = _setup_torch(args)
+    ds = load_prepared(args.data)
+    size = int(ds.images.shape[1])
+    torch.manual_seed(args.seed)
+    model = build_model(args.arch, len(ds.identities), pretrained=args.pretrained, pretrained_file=args.pretrained_file)
+    layer = target_layer_name(args.arch, model, args.layer)
+    resolve_layer(model, layer)  # fail before training on a bad layer name
+    model.to(dev)
+    xt, yt, _ = ds.subset("train")
+    xv, yv, _ = ds.subset("val")
+    xs, ys, _ = ds.subset("test")
+    res = train_model(
+        model, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        seed=args.seed, augment_strength=args.augment, progress=not args.no_progress,
+    )
+    test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
+    meta = {
+        "arch": args.arch,
+        "timm_name": timm_name(args.arch),
+        "num_classes": len(ds.identities),
+        "identities": ds.identities,
+        "input_size": size,
+        "layer": layer,
+        "pretrained": bool(args.pretrained or args.pretrained_file),
+        "best_epoch": res.best_epoch,
+        "val_acc": res.best_val_acc,
+        "test_acc": test_acc,
+        "data": str(args.data),
+        "advcam_version": __version__,
+        **_meta(args.meta),
+    }
+    save_checkpoint(args.out, model, meta)
+    report = {
+        **meta,
+        "device": str(dev),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "seed": args.seed,
+        "seconds": res.seconds,
+        "train_images_per_second": res.images_per_second,
+        "history": res.history,
+    }
+    write_json(args.report or Path(args.out).with_name("train.json"), report)
+    print(f"{args.arch}: best epoch {res.best_epoch}, val acc {res.best_val_acc:.3f}, test acc {test_acc:.3f}, {res.seconds:.0f}s")
+
+
+def cmd_gradient(args) -> None:
+    from .attacks import gradient_sign
+    from .models import load_checkpoint
+    from .store import write_h5
+
+    dev = _setup_torch(args)
+    model, meta = load_checkpoint(args.model, dev)
+    _, x, y, idx = _test_set(args.data)
+    gs = gradient_sign(model, x, y, args.batch_size)
+    write_h5(
+        args.out,
+        {"sign": gs.sign.numpy(), "logits": gs.logits.numpy(), "zero_grad": gs.zero_grad.numpy(), "index": idx, "labels": y.numpy()},
+        _provenance(args, model=meta["arch"], stage="gradient", zero_grad_fraction=float(gs.zero_grad.float().mean())),
+        compression="gzip",
+    )
+    print(f"{args.out}: {len(idx)} signs; zero-gradient fraction {float(gs.zero_grad.float().mean()):.4f}")
+
+
+def _adversarial_inputs(attack: str, sign_file: str | None, adv_file: str | None, n: int):
+    """Load what perturb() needs for the attack (sign for fgsm, delta for pgd)."""
+    import torch
+
+    from .store import read_h5
+
+    sign = delta = zero = None
+    if attack == "fgsm":
+        if not sign_file:
+            raise ValueError("--sign is required for --attack fgsm")
+        d = read_h5(sign_file, ["sign", "zero_grad"])
+        sign, zero = torch.as_tensor(d["sign"]), d["zero_grad"]
+        if sign.shape[0] != n:
+            raise ValueError(f"{sign_file}: has {sign.shape[0]} signs for {n} test images; rerun 'advcam gradient'")
+    if attack == "pgd" and adv_file:
+        delta = torch.as_tensor(read_h5(adv_file, ["delta"])["delta"])
+    return sign, delta, zero
+
+
+def cmd_attack(args) -> None:
+    import torch
+
+    from .attacks import ATTACKS, check_eps, pgd, perturb
+    from .models import load_checkpoint, predict
+    from .store import write_h5
+
+    eps = check_eps(args.eps)
+    if args.attack not in ATTACKS:
+        raise ValueError(f"unknown attack '{args.attack}': choose one of {', '.join(ATTACKS)}")
+    dev = _setup_torch(args)
+    model, meta = load_checkpoint(args.model, dev)
+    _, x, y, idx = _test_set(args.data)
+    sign, _, zero = _adversarial_inputs(args.attack, args.sign, None, len(idx))
+    extra = {}
+    preds = []
+    deltas = []
+    gen = torch.Generator().manual_seed(args.seed)
+    for s in range(0, x.shape[0], args.batch_size):
+        xb = x[s : s + args.batch_size].float().div(255)
+        if args.attack == "pgd":
+            xa = pgd(model, xb, y[s : s + args.batch_size], eps, args.pgd_alpha, args.pgd_steps, not args.no_random_start, gen).cpu()
+            deltas.append((xa - xb).numpy())
+        else:
+            xa = perturb(xb, args.attack, eps, idx[s : s + args.batch_size],
+                         None if sign is None else sign[s : s + args.batch_size], seed=args.seed)
+        preds.append(predict(model, xa, args.batch_size).argmax(1))
+    clean = predict(model, x, args.batch_size).argmax(1)
+    pred = torch.cat(preds)
+    out = {"index": idx, "labels": y.numpy(), "pred_clean": clean.numpy(), "pred_adv": pred.numpy()}
+    if zero is not None:
+        out["zero_grad"] = zero
+    if deltas:
+        out["delta"] = np.concatenate(deltas).astype(np.float32)
+        extra = {"pgd_steps": args.pgd_steps, "pgd_alpha": args.pgd_alpha, "random_start": not args.no_random_start}
+    acc_c = float((clean == y).float().mean())
+    acc_a = float((pred == y).float().mean())
+    write_h5(args.out, out, _provenance(args, model=meta["arch"], stage="attack", attack=args.attack, eps=eps, seed=args.seed,
+                                        acc_clean=acc_c, acc_adv=acc_a, **extra))
+    print(f"{meta['arch']} {args.attack} ε={eps:g}: accuracy {acc_c:.3f} → {acc_a:.3f}")
+
+
+def cmd_explain(args) -> None:
+    import torch
+
+    from .attacks import check_eps, perturb
+    from .cam import explain
+    from .models import load_checkpoint
+    from .store import read_attrs, read_h5, write_h5
+
+    dev = _setup_torch(args)
+    model, meta = load_checkpoint(args.model, dev)
+    layer = args.layer or meta["layer"]
+    _, x, y, idx = _test_set(args.data)
+    attack, eps, seed, zero = "clean", 0.0, 0, None
+    sign = delta = None
+    if args.attack_file:
+        a = read_attrs(args.attack_file)
+        attack, eps, seed = a["attack"], check_eps(a["eps"]), int(a.get("seed", 0))
+        sign, delta, zero = _adversarial_inputs(attack, args.sign, args.attack_file, len(idx))
+        stored = read_h5(args.attack_file, ["index"])["index"]
+        if not np.array_equal(stored, idx):
+            raise ValueError(f"{args.attack_file}: test indices do not match {args.data}; rerun the attack stage")
+    target_all = None if args.target == "predicted" else y
+    maps, raws, logits, targets = [], [], [], []
+    for s in range(0, x.shape[0], args.batch_size):
+        xb = x[s : s + args.batch_size].float().div(255)
+        if attack != "clean":
+            xb = perturb(xb, attack, eps, idx[s : s + args.batch_size],
+                         None if sign is None else sign[s : s + args.batch_size],
+                         None if delta is None else delta[s : s + args.batch_size], seed=seed)
+        tb = None if target_all is None else target_all[s : s + args.batch_size]
+        o = explain(model, layer, xb, tb, batch_size=args.batch_size, amp=args.amp)
+        maps.append(o.maps)
+        raws.append(o.raw)
+        logits.append(o.logits)
+        targets.append(o.target)
+    maps_t, raw_t = torch.cat(maps), torch.cat(raws)
+    lg = torch.cat(logits)
+    zero_cam = (raw_t.flatten(1).amax(1) == 0).numpy()
+    out = {
+        "maps": maps_t.numpy(), "raw": raw_t.numpy(), "logits": lg.numpy(), "pred": lg.argmax(1).numpy(),
+        "target": torch.cat(targets).numpy(), "labels": y.numpy(), "index": idx, "zero_cam": zero_cam,
+    }
+    if zero is not None:
+        out["zero_grad"] = zero
+    attrs = _provenance(
+        args, model=args.name or meta["arch"], arch=meta["arch"], layer=layer, attack=attack, eps=eps, seed=seed,
+        target_mode=args.target, input_size=int(x.shape[-1]), cam_size=list(raw_t.shape[1:]), amp=bool(args.amp),
+        upsample="minmax(relu(bilinear(minmax(raw), align_corners=False)))", stage="explain",
+    )
+    write_h5(args.out, out, attrs)
+    print(f"{args.out}: {len(idx)} maps ({attack}, ε={eps:g}), CAM {tuple(raw_t.shape[1:])}, all-zero {int(zero_cam.sum())}")
+
+
+def cmd_score(args) -> None:
+    import pandas as pd
+    import torch
+
+    from .similarity import ssim
+    from .store import atomic_path, read_attrs, read_h5
+
+    dev = _setup_torch(args)
+    c = read_h5(args.clean, ["maps", "pred", "labels", "index", "zero_cam"])
+    a = read_h5(args.adv)
+    ca, aa = read_attrs(args.clean), read_attrs(args.adv)
+    if not np.array_equal(c["index"], a["index"]):
+        raise ValueError(f"{args.clean} and {args.adv} hold different test images")
+    if ca.get("target_mode") != aa.get("target_mode") or ca.get("layer") != aa.get("layer"):
+        raise ValueError(f"{args.clean} and {args.adv} were explained differently (target mode or layer)")
+    s = ssim(torch.as_tensor(c["maps"]).to(dev), torch.as_tensor(a["maps"]).to(dev), gaussian=args.ssim == "gaussian").cpu().numpy()
+    df = pd.DataFrame({
+        "model": aa.get("model"), "attack": aa.get("attack"), "eps": float(aa.get("eps")),
+        "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": a["pred"],
+        "ssim": s, "nissim": (1 - s) / 2, "zero_cam_clean": c["zero_cam"], "zero_cam_adv": a["zero_cam"],
+        "zero_grad": a["zero_grad"] if "zero_grad" in a else False, "target_mode": aa.get("target_mode"),
+        "ssim_mode": args.ssim,
+    })
+    with atomic_path(args.out) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.9g")
+    print(f"{args.out}: MOD {df['nissim'].mean():.4f} over {len(df)} images")
+
+
+def _read_scores(paths: list[str]):
+    import pandas as pd
+
+    frames = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"score table '{p}' does not exist")
+        frames.append(pd.read_csv(p))
+    if not frames:
+        raise ValueError("no score tables given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def cmd_summarise(args) -> None:
+    from .store import atomic_path
+    from .summary import mod_vid, vid, vid_per_image
+
+    table = _read_scores(args.scores)
+    summ = mod_vid(table, confidence=args.confidence, n_resamples=args.resamples, seed=args.seed)
+    outs = [(args.out, summ), (args.vid, vid(table)), (args.vid_images, vid_per_image(table)), (args.nissim, table)]
+    for path, frame in outs:
+        if path:
+            with atomic_path(path) as tmp:
+                frame.to_csv(tmp, index=False, float_format="%.6g")
+    cols = ["model", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate"]
+    print(summ[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def cmd_plot(args) -> None:
+    import pandas as pd
+
+    from .plots import plot_accuracy, plot_mod, plot_nissim, plot_vid
+
+    summ = pd.read_csv(args.summary)
+    out = Path(args.out_dir)
+    plot_mod(summ, out / "mod")
+    plot_accuracy(summ, out / "accuracy")
+    if args.vid_images:
+        plot_vid(pd.read_csv(args.vid_images), out / "vid")
+    if args.nissim:
+        table = pd.read_csv(args.nissim)
+        for attack in sorted(table["attack"].unique()):
+            plot_nissim(table, out / f"nissim_{attack}", attack)
+    print(f"figures written to {out}")
+
+
+def cmd_gallery(args) -> None:
+    from .datasets import load_prepared
+    from .plots import plot_gallery
+    from .store import read_attrs, read_h5
+
+    ds = load_prepared(args.data)
+    c = read_h5(args.clean, ["maps", "pred", "index", "labels"])
+    rng = np.random.default_rng(args.seed)
+    pick = np.sort(rng.choice(len(c["index"]), size=min(args.n, len(c["index"])), replace=False))
+    adv_maps, adv_pred = {}, {}
+    for f in args.adv:
+        at = read_attrs(f)
+        d = read_h5(f, ["maps", "pred"])
+        adv_maps[float(at["eps"])] = d["maps"][pick]
+        adv_pred[float(at["eps"])] = d["pred"][pick]
+    plot_gallery(ds.images[c["index"][pick]], c["maps"][pick], adv_maps, c["pred"][pick], adv_pred, ds.identities,
+                 c["labels"][pick], args.out, title=args.title or "")
+    print(f"gallery written to {args.out}.png/.pdf")
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="advcam",
+        description="How adversarial attacks move Grad-CAM explanations (MOD/VID). Stages:\n"
+        + "\n".join(f"  {k:<10} {v}" for k, v in STAGES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"advcam {__version__}")
+    sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    s = sub.add_parser("synth", help=STAGES["synth"], description=STAGES["synth"], formatter_class=fmt)
+    s.add_argument("--out", required=True, help="root folder of the tree (replaced when complete)")
+    s.add_argument("--identities", type=int, default=10, help="number of identities (≥2)")
+    s.add_argument("--images", type=int, default=40, help="images per identity")
+    s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--masks", action="store_true", help="also write <nnnn>.mask.png part masks")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("prepare", help=STAGES["prepare"], description=STAGES["prepare"], formatter_class=fmt)
+    s.add_argument("--root", required=True, help="image tree root/<identity>/<image> (VGGFace2 layout)")
+    s.add_argument("--out", required=True, help="HDF5 store to write")
+    s.add_argument("--size", type=int, required=True, help="square side in pixels")
+    s.add_argument("--identities", type=int, default=None, help="how many identities (default: all eligible)")
+    s.add_argument("--min-images", type=int, default=10, help="minimum images an identity needs")
+    s.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--margin", type=float, default=0.3, help="margin around VGGFace2 loose boxes (fraction)")
+    s.add_argument("--skip-broken", action="store_true", help="skip (and count) unreadable images instead of failing")
+    s.add_argument("--report", help="JSON report of counts")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help=STAGES["train"], description=STAGES["train"], formatter_class=fmt)
+    s.add_argument("--data", required=True, help="prepared HDF5 store")
+    s.add_argument("--arch", required=True, help="paper alias (vgg16, resnet50, resnet101, inception_v3, xception) or timm name")
+    s.add_argument("--out", required=True, help="checkpoint path (model.pt)")
+    s.add_argument("--report", help="train.json path (default: beside the checkpoint)")
+    s.add_argument("--layer", help="Grad-CAM target layer (default: the paper's, else timm feature_info[-1])")
+    s.add_argument("--pretrained", action="store_true", help="timm ImageNet weights (needs network or cache)")
+    s.add_argument("--pretrained-file", help="local weights file loaded through timm")
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    s.add_argument("--weight-decay", type=float, default=0.05)
+    s.add_argument("--warmup-epochs", type=float, default=1.0)
+    s.add_argument("--label-smoothing", type=float, default=0.1)
+    s.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = none)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("gradient", help=STAGES["gradient"], description=STAGES["gradient"], formatter_class=fmt)
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    _add_common(s, device=True)
+    s.set_defaults(func=cmd_gradient)
+
+    s = sub.add_parser("attack", help=STAGES["attack"], description=STAGES["attack"], formatter_class=fmt)
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--attack", required=True, help="fgsm, noise (random-sign control) or pgd")
+    s.add_argument("--eps", type=float, required=True, help="L∞ radius on the [0,1] pixel scale")
+    s.add_argument("--sign", help="gradient sign file (fgsm)")
+    s.add_argument("--seed", type=int, default=0, help="noise signs / PGD random start")
+    s.add_argument("--pgd-steps", type=int, default=10)
+    s.add_argument("--pgd-alpha", type=float, default=2 / 255)
+    s.add_argument("--no-random-start", action="store_true")
+    s.add_argument("--out", required=True)
+    _add_common(s, device=True)
+    s.set_defaults(func=cmd_attack)
+
+    s = sub.add_parser("explain", help=STAGES["explain"], description=STAGES["explain"], formatter_class=fmt)
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--attack-file", help="output of 'advcam attack' (omit for the clean set)")
+    s.add_argument("--sign", help="gradient sign file (fgsm)")
+    s.add_argument("--name", help="model name to record (default: the checkpoint's arch)")
+    s.add_argument("--layer", help="override the checkpoint's Grad-CAM layer")
+    s.add_argument("--target", choices=["predicted", "true"], default="predicted", help="class each map explains")
+    s.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (maps within ~1e-2 of fp32)")
+    _add_common(s, device=True)
+    s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("score", help=STAGES["score"], description=STAGES["score"], formatter_class=fmt)
+    s.add_argument("--clean", required=True, help="clean heatmaps (advcam explain)")
+    s.add_argument("--adv", required=True, help="adversarial heatmaps of the same model")
+    s.add_argument("--out", required=True, help="per-image CSV")
+    s.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
+                   help="uniform 7×7 with sample covariance, or Gaussian σ=1.5 with population covariance")
+    _add_common(s, device=True)
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("summarise", help=STAGES["summarise"], description=STAGES["summarise"], formatter_class=fmt)
+    s.add_argument("scores", nargs="+", help="per-image CSVs (advcam score)")
+    s.add_argument("--out", required=True, help="mod_vid.csv: one row per model, attack, ε")
+    s.add_argument("--vid", help="vid.csv: one row per model, attack")
+    s.add_argument("--vid-images", help="per-image VID CSV")
+    s.add_argument("--nissim", help="all per-image rows in one CSV")
+    s.add_argument("--confidence", type=float, default=0.95)
+    s.add_argument("--resamples", type=int, default=2000)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_summarise)
+
+    s = sub.add_parser("plot", help=STAGES["plot"], description=STAGES["plot"], formatter_class=fmt)
+    s.add_argument("--summary", required=True, help="mod_vid.csv")
+    s.add_argument("--vid-images", help="per-image VID CSV")
+    s.add_argument("--nissim", help="all per-image NISSIM rows")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser("gallery", help=STAGES["gallery"], description=STAGES["gallery"], formatter_class=fmt)
+    s.add_argument("--data", required=True)
+    s.add_argument("--clean", required=True)
+    s.add_argument("--adv", nargs="+", required=True, help="adversarial heatmap files (one per ε)")
+    s.add_argument("--out", required=True, help="output prefix (.png and .pdf are written)")
+    s.add_argument("--n", type=int, default=6, help="number of test images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--title")
+    s.set_defaults(func=cmd_gallery)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .datasets import DatasetError
+    from .store import StoreError
+
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, DatasetError, StoreError) as e:
+        print(f"advcam {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

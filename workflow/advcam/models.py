@@ -1,0 +1,243 @@
+"""timm model factory with the normalisation inside the module, Grad-CAM target layers and checkpoints.
+
+Every model takes images in [0, 1] pixel space, shape (N,3,H,W): the wrapper :class:`Normalized`
+subtracts the model's own ``pretrained_cfg`` mean and divides by its std, so attacks clip in [0, 1]
+and never see normalised values.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .store import atomic_path
+
+__all__ = [
+    "PaperModel",
+    "PAPER_MODELS",
+    "Normalized",
+    "build_model",
+    "target_layer_name",
+    "resolve_layer",
+    "save_checkpoint",
+    "load_checkpoint",
+    "UnknownModelError",
+    "UnknownLayerError",
+    "frozen_parameters",
+    "model_device",
+    "pick_device",
+    "timm_name",
+    "predict",
+    "to_tensor_images",
+]
+
+
+class UnknownModelError(ValueError):
+    """The name is not a timm architecture."""
+
+
+class UnknownLayerError(ValueError):
+    """The Grad-CAM target layer is not a submodule of the model."""
+
+
+@dataclass(frozen=True)
+class PaperModel:
+    """A model of the paper: timm name, Grad-CAM layer and native input side (pixels)."""
+
+    timm_name: str
+    layer: str
+    native_size: int
+
+
+#: The five architectures of the paper (DESIGN.md §2), keyed by the name used in configs and paths.
+PAPER_MODELS: dict[str, PaperModel] = {
+    "vgg16": PaperModel("vgg16", "features.29", 224),
+    "resnet50": PaperModel("resnet50", "layer4", 224),
+    "resnet101": PaperModel("resnet101", "layer4", 224),
+    "inception_v3": PaperModel("inception_v3", "Mixed_7c", 299),
+    "xception": PaperModel("legacy_xception", "act4", 299),
+}
+
+
+def timm_name(arch: str) -> str:
+    """The timm architecture behind ``arch`` (a paper alias such as ``xception`` or any timm name)."""
+    return PAPER_MODELS[arch].timm_name if arch in PAPER_MODELS else arch
+
+
+class Normalized(nn.Module):
+    """``net((x - mean) / std)`` for x in [0, 1], shape (N,3,H,W); mean/std are (3,) buffers."""
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def _create(arch: str, num_classes: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
+    import timm
+
+    name = timm_name(arch)
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(f"unknown model '{arch}': not a timm architecture{hint}")
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if pretrained_file is not None:
+        path = Path(pretrained_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained_file '{path}' for model '{arch}' does not exist")
+        # timm's own loader: adapts the first conv and drops a classifier of another class count.
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve())}
+        pretrained = True
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    pretrained: bool = False,
+    pretrained_file: str | os.PathLike | None = None,
+) -> Normalized:
+    """Build a timm model by name with ``num_classes`` outputs, normalisation inside.
+
+    ``arch`` is a paper alias (``vgg16``, ``resnet50``, ``resnet101``, ``inception_v3``, ``xception``) or
+    any timm name. ``pretrained=True`` uses timm's hub loading (needs the network or a warm cache);
+    ``pretrained_file`` loads local weights through the same timm path; the default is random init.
+    Raises :class:`UnknownModelError` for a name timm does not know.
+    """
+    net = _create(arch, num_classes, pretrained, None if pretrained_file is None else str(pretrained_file))
+    cfg = net.pretrained_cfg
+    return Normalized(net, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+
+
+def target_layer_name(arch: str, model: nn.Module | None = None, override: str | None = None) -> str:
+    """The Grad-CAM layer for ``arch``: ``override`` if given, the paper's layer for a paper model,
+    else the module of timm's last ``feature_info`` entry (needs ``model``)."""
+    if override:
+        return override
+    if arch in PAPER_MODELS:
+        return PAPER_MODELS[arch].layer
+    for spec in PAPER_MODELS.values():
+        if spec.timm_name == arch:
+            return spec.layer
+    net = getattr(model, "net", model)
+    info = getattr(net, "feature_info", None)
+    if not info:
+        raise UnknownLayerError(f"model '{arch}' has no feature_info; give its Grad-CAM layer explicitly")
+    last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
+    return last["module"]
+
+
+def resolve_layer(model: nn.Module, name: str | nn.Module) -> nn.Module:
+    """The submodule called ``name`` of the wrapped network (names are relative to ``model.net``).
+
+    Raises :class:`UnknownLayerError` listing close names when it does not exist.
+    """
+    if isinstance(name, nn.Module):
+        return name
+    net = getattr(model, "net", model)
+    try:
+        return net.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in net.named_modules() if n]
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        hint = f"; close names: {', '.join(close)}" if close else f"; top-level modules: {', '.join(n for n in names if '.' not in n)}"
+        raise UnknownLayerError(f"layer '{name}' does not exist in {type(net).__name__}{hint}") from None
+
+
+def save_checkpoint(path: str | os.PathLike, model: Normalized, meta: dict[str, Any]) -> None:
+    """Save the state dict and ``meta`` (arch, num_classes, input_size, layer, mean/std, accuracies, …)
+    atomically; loadable with ``torch.load(weights_only=True)``."""
+    meta = dict(meta)
+    meta.setdefault("mean", [float(v) for v in model.mean.flatten()])
+    meta.setdefault("std", [float(v) for v in model.std.flatten()])
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Normalized, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`; returns (model in eval mode on ``device``, meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = ckpt["meta"]
+    model = build_model(meta["arch"], int(meta["num_classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), meta
+
+
+class frozen_parameters:
+    """Context manager: parameters stop requiring grad inside (so autograd records only the paths
+    through activations and inputs, and no parameter gradient is ever computed); restored on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._saved: list[tuple[nn.Parameter, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        self._saved = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self._saved:
+            p.requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for p, flag in self._saved:
+            p.requires_grad_(flag)
+        self._saved = []
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available else CPU; otherwise ``torch.device(name)`` (checked to exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' requested but CUDA is not available on this machine")
+    return dev
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128, amp: bool = False) -> torch.Tensor:
+    """Logits (N,C) float32 on the CPU for images ``x`` (N,3,H,W) in [0,1] (or uint8), in batches on the
+    model's device; the model is put in eval mode."""
+    model.eval()
+    dev = model_device(model)
+    out = []
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s : s + batch_size].to(dev, non_blocking=True)
+        if xb.dtype == torch.uint8:
+            xb = xb.float().div_(255)
+        if amp and dev.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out.append(model(xb).float().cpu())
+        else:
+            out.append(model(xb).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def to_tensor_images(images) -> torch.Tensor:
+    """(N,H,W,3) uint8 array → (N,3,H,W) uint8 tensor (no copy of the pixels beyond the permute)."""
+    t = torch.as_tensor(images)
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"images must have shape (N,H,W,3), got {tuple(t.shape)}")
+    return t.permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,117 @@
+"""Batched SSIM and NISSIM, equal to ``skimage.metrics.structural_similarity`` (to 1e-6).
+
+The local statistics are computed with *valid* filters (no padding): skimage filters with reflective
+padding and then crops ``(win_size - 1) // 2`` pixels from every border before averaging, which leaves
+exactly the positions where the window lies inside the image. Everything runs in float64 on the device
+of the inputs, a whole batch at a time.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ssim", "nissim", "gaussian_window", "SSIMWindowError"]
+
+K1 = 0.01
+K2 = 0.03
+
+
+class SSIMWindowError(ValueError):
+    """The images are smaller than the SSIM window."""
+
+
+def gaussian_window(sigma: float = 1.5, truncate: float = 3.5, dtype=torch.float64, device=None) -> torch.Tensor:
+    """1-D Gaussian weights as scipy.ndimage.gaussian_filter uses them: radius ``int(truncate*sigma+0.5)``,
+    weights ``exp(-x²/2σ²)`` normalised to sum 1. Shape (2r+1,)."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    w = torch.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()
+
+
+def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"{name} must have shape (N,H,W) or (H,W), got {tuple(x.shape)}")
+    return x
+
+
+def ssim(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gaussian: bool = False,
+    data_range: float = 1.0,
+    win_size: int | None = None,
+    sigma: float = 1.5,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Mean structural similarity of each pair of greyscale images.
+
+    Parameters
+    ----------
+    a, b : tensors of shape (N,H,W) (or (H,W)), any real dtype; values on the scale of ``data_range``
+        (heatmaps in [0,1] with the default 1.0).
+    gaussian : False → uniform ``win_size``×``win_size`` window (default 7) with sample covariance,
+        skimage's defaults. True → Gaussian window of ``sigma`` (truncated at 3.5σ, i.e. 11×11 for
+        σ=1.5) with population covariance, i.e. skimage's
+        ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False`` (Wang et al. 2004).
+    data_range : R in C1=(0.01R)², C2=(0.03R)².
+    win_size : side of the uniform window (odd, ≥3); ignored when ``gaussian``.
+    chunk : pairs processed at once (bounds memory: about 10·chunk·H·W float64 values).
+
+    Returns
+    -------
+    (N,) float64 tensor on the inputs' device, SSIM in [-1, 1].
+    """
+    a = _as_batch(a, "a")
+    b = _as_batch(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if gaussian:
+        w1 = gaussian_window(sigma, device=a.device)
+        win = w1.numel()
+        cov_norm = 1.0
+    else:
+        win = 7 if win_size is None else int(win_size)
+        if win < 3 or win % 2 == 0:
+            raise ValueError(f"win_size must be odd and >= 3, got {win}")
+        np_ = win * win
+        cov_norm = np_ / (np_ - 1.0)
+    h, w = a.shape[-2:]
+    if h < win or w < win:
+        raise SSIMWindowError(
+            f"images of {h}x{w} are smaller than the {win}x{win} SSIM window; use larger heatmaps"
+            + ("" if gaussian else " or a smaller win_size")
+        )
+    c1 = (K1 * data_range) ** 2
+    c2 = (K2 * data_range) ** 2
+    out = []
+    for s in range(0, a.shape[0], chunk):
+        x = a[s : s + chunk].to(torch.float64)
+        y = b[s : s + chunk].to(x.device, torch.float64)
+        stack = torch.stack([x, y, x * x, y * y, x * y], dim=1)  # (n,5,H,W)
+        if gaussian:
+            kh = w1.view(1, 1, -1, 1).expand(5, 1, -1, 1)
+            kw = w1.view(1, 1, 1, -1).expand(5, 1, 1, -1)
+            m = F.conv2d(F.conv2d(stack, kh, groups=5), kw, groups=5)
+        else:
+            m = F.avg_pool2d(stack, win, stride=1)
+        ux, uy, uxx, uyy, uxy = m.unbind(1)
+        vx = cov_norm * (uxx - ux * ux)
+        vy = cov_norm * (uyy - uy * uy)
+        vxy = cov_norm * (uxy - ux * uy)
+        s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+        out.append(s_map.mean(dim=(-2, -1)))
+    if not out:
+        return torch.empty(0, dtype=torch.float64, device=a.device)
+    return torch.cat(out)
+
+
+def nissim(a: torch.Tensor, b: torch.Tensor, gaussian: bool = False, **kwargs) -> torch.Tensor:
+    """Normalised inverse SSIM, ``(1 - SSIM(a, b)) / 2``: 0 for identical maps, 1 for opposite ones.
+
+    Takes the same arguments as :func:`ssim`; returns (N,) float64 in [0, 1].
+    """
+    return (1.0 - ssim(a, b, gaussian=gaussian, **kwargs)) / 2.0

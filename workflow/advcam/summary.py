@@ -1,0 +1,127 @@
+"""MOD, VID and the accompanying accuracies from the per-image NISSIM table.
+
+The per-image table (one row per model, attack, ε and test image) has the columns ``model, attack, eps,
+index, label, pred_clean, pred_adv, nissim`` and optionally ``zero_cam_clean, zero_cam_adv, zero_grad``.
+
+* **MOD** (model, attack, ε) = mean NISSIM over the test images, with n, std and a percentile
+  bootstrap CI.
+* **nissim_var** (model, attack, ε) = across-image variance of NISSIM (the paper's prose calls VID
+  "the variance of NISSIM"; this is that reading, under its own name).
+* **VID** (model, attack) = the paper's formula: for each image, the population standard deviation of
+  its NISSIM across the ε levels ε > 0; reported as the mean over images (and its std).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["REQUIRED_COLUMNS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci"]
+
+REQUIRED_COLUMNS = ("model", "attack", "eps", "index", "label", "pred_clean", "pred_adv", "nissim")
+
+
+def _check(table: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"NISSIM table lacks column(s) {', '.join(missing)}")
+    if table["nissim"].isna().any():
+        raise ValueError("NISSIM table has missing nissim values")
+
+
+def bootstrap_ci(x: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``x`` (scipy.stats.bootstrap); (nan, nan) for n < 2,
+    (v, v) when all values equal v."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray(x, float)
+    if x.size < 2:
+        return float("nan"), float("nan")
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    r = bootstrap(
+        (x,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+        vectorized=True, rng=np.random.default_rng(seed),
+    )
+    return float(r.confidence_interval.low), float(r.confidence_interval.high)
+
+
+def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Summary per (model, attack, eps): one tidy row each, sorted.
+
+    Columns: model, attack, eps, n, mod, mod_std, mod_ci_low, mod_ci_high, nissim_var, nissim_std,
+    acc_clean, acc_adv, flip_rate, n_flipped, mod_flipped, mod_unflipped, zero_cam_clean, zero_cam_adv,
+    zero_grad_frac. Accuracies and rates are fractions in [0,1]; NISSIM in [0,1].
+    """
+    _check(table)
+    rows = []
+    for (model, attack, eps), g in table.groupby(["model", "attack", "eps"], sort=True):
+        x = g["nissim"].to_numpy(float)
+        flipped = (g["pred_adv"] != g["pred_clean"]).to_numpy()
+        lo, hi = bootstrap_ci(x, confidence, n_resamples, seed)
+        rows.append(
+            {
+                "model": model,
+                "attack": attack,
+                "eps": float(eps),
+                "n": len(x),
+                "mod": float(x.mean()),
+                "mod_std": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
+                "mod_ci_low": lo,
+                "mod_ci_high": hi,
+                "nissim_var": float(x.var(ddof=0)),
+                "nissim_std": float(x.std(ddof=0)),
+                "acc_clean": float((g["pred_clean"] == g["label"]).mean()),
+                "acc_adv": float((g["pred_adv"] == g["label"]).mean()),
+                "flip_rate": float(flipped.mean()),
+                "n_flipped": int(flipped.sum()),
+                "mod_flipped": float(x[flipped].mean()) if flipped.any() else float("nan"),
+                "mod_unflipped": float(x[~flipped].mean()) if (~flipped).any() else float("nan"),
+                "zero_cam_clean": int(g["zero_cam_clean"].sum()) if "zero_cam_clean" in g else 0,
+                "zero_cam_adv": int(g["zero_cam_adv"].sum()) if "zero_cam_adv" in g else 0,
+                "zero_grad_frac": float(g["zero_grad"].mean()) if "zero_grad" in g else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def vid_per_image(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, attack, image): population std of NISSIM across the ε > 0 levels present.
+
+    Columns: model, attack, index, vid, n_eps. Images missing an ε of their (model, attack) are an error.
+    """
+    _check(table)
+    t = table[table["eps"] > 0]
+    out = []
+    for (model, attack), g in t.groupby(["model", "attack"], sort=True):
+        wide = g.pivot_table(index="index", columns="eps", values="nissim", aggfunc="first")
+        if wide.isna().any().any():
+            raise ValueError(f"{model}/{attack}: some images lack NISSIM at some epsilon")
+        v = wide.to_numpy().std(axis=1, ddof=0)
+        out.append(pd.DataFrame({"model": model, "attack": attack, "index": wide.index.to_numpy(), "vid": v, "n_eps": wide.shape[1]}))
+    if not out:
+        return pd.DataFrame(columns=["model", "attack", "index", "vid", "n_eps"])
+    return pd.concat(out, ignore_index=True)
+
+
+def vid(table: pd.DataFrame) -> pd.DataFrame:
+    """VID per (model, attack): mean (and std, median) over images of the per-image NISSIM std across ε.
+
+    Columns: model, attack, n, n_eps, eps, vid, vid_std, vid_median.
+    """
+    per = vid_per_image(table)
+    rows = []
+    for (model, attack), g in per.groupby(["model", "attack"], sort=True):
+        eps = sorted(table.loc[(table["model"] == model) & (table["attack"] == attack) & (table["eps"] > 0), "eps"].unique())
+        rows.append(
+            {
+                "model": model,
+                "attack": attack,
+                "n": len(g),
+                "n_eps": int(g["n_eps"].iloc[0]),
+                "eps": " ".join(f"{e:g}" for e in eps),
+                "vid": float(g["vid"].mean()),
+                "vid_std": float(g["vid"].std(ddof=1)) if len(g) > 1 else float("nan"),
+                "vid_median": float(g["vid"].median()),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,187 @@
+"""Fine-tuning on a prepared store: AdamW or SGD, warm-up + cosine schedule, augmentation on the device,
+best epoch selected on validation accuracy. On CUDA: bf16 autocast and channels_last.
+
+The whole uint8 training set is moved to the device once (when it fits in a quarter of free memory,
+else it stays in pinned host memory), so a step never waits for decoding or host-side augmentation.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import model_device, predict
+
+__all__ = ["augment", "TrainResult", "train_model", "accuracy", "OPTIMIZERS"]
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None, strength: float = 1.0) -> torch.Tensor:
+    """Random flip, rotation (±10°), scale (0.9–1.1), shift (±6%), brightness/contrast jitter, batched
+    on ``x``'s device. x : (N,3,H,W) float in [0,1] → same shape in [0,1]. ``generator`` must live on
+    ``x``'s device (or be None)."""
+    n, dev = x.shape[0], x.device
+
+    def U(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return torch.rand(n, *shape, device=dev, generator=generator) * (hi - lo) + lo
+
+    ang = U(-10, 10) * (math.pi / 180) * strength
+    sc = 1 + U(-0.1, 0.1) * strength
+    flip = torch.where(U(0, 1) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, U(-0.06, 0.06) * 2 * strength], 1), torch.stack([sin * flip, cos, U(-0.06, 0.06) * 2 * strength], 1)],
+        1,
+    )
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    bright = U(-0.1, 0.1, 1, 1, 1) * strength
+    contrast = 1 + U(-0.15, 0.15, 1, 1, 1) * strength
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean + bright).clamp_(0, 1)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose argmax equals the label (NaN for no rows)."""
+    if len(labels) == 0:
+        return float("nan")
+    return float((logits.argmax(1) == torch.as_tensor(labels)).float().mean())
+
+
+@dataclass
+class TrainResult:
+    """history : per-epoch dicts (epoch, lr, train_loss, train_acc, val_acc, seconds);
+    best_epoch / best_val_acc : the selected epoch (1-based); state_dict : its weights (CPU)."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = float("nan")
+    state_dict: dict | None = None
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def train_model(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    optimizer: str = "adamw",
+    weight_decay: float = 0.05,
+    warmup_epochs: float = 1.0,
+    label_smoothing: float = 0.1,
+    seed: int = 0,
+    augment_strength: float = 1.0,
+    amp: bool | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` (already on its device) and load the best-validation weights into it.
+
+    x_* : (N,3,H,W) uint8 tensors; y_* : (N,) int64. ``amp`` None → bf16 autocast on CUDA only.
+    The learning rate warms up linearly for ``warmup_epochs`` then follows a cosine to zero.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got '{optimizer}'")
+    if epochs < 1 or batch_size < 2:
+        raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+    dev = model_device(model)
+    cuda = dev.type == "cuda"
+    amp = cuda if amp is None else (amp and cuda)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        free, _ = torch.cuda.mem_get_info(dev)
+        data_dev = dev if x_train.numel() < free // 4 else torch.device("cpu")
+    else:
+        data_dev = dev
+    xs = x_train.to(data_dev)
+    if data_dev.type == "cpu" and cuda:
+        xs = xs.pin_memory()
+    ys = torch.as_tensor(y_train).long().to(dev)
+    n = xs.shape[0]
+    steps_per_epoch = max(1, n // batch_size)
+    total = epochs * steps_per_epoch
+    warm = int(warmup_epochs * steps_per_epoch)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    perm_gen = torch.Generator().manual_seed(seed)
+    res = TrainResult()
+    best = -1.0
+    t_start = time.perf_counter()
+    seen = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="train", unit="step")
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=perm_gen)
+        loss_sum = correct = count = 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            xb = xs[idx.to(data_dev)].to(dev, non_blocking=True).float().div_(255)
+            yb = ys[idx.to(dev)]
+            if augment_strength > 0:
+                xb = augment(xb, gen, augment_strength)
+            if cuda:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += float((logits.detach().argmax(1) == yb).sum())
+            count += len(idx)
+            seen += len(idx)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{loss_sum / count:.3f}")
+        val_acc = accuracy(predict(model, x_val, amp=amp), y_val) if len(y_val) else float("nan")
+        rec = {
+            "epoch": epoch,
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(count, 1),
+            "train_acc": correct / max(count, 1),
+            "val_acc": val_acc,
+            "seconds": time.perf_counter() - t0,
+        }
+        res.history.append(rec)
+        score = val_acc if not math.isnan(val_acc) else rec["train_acc"]
+        if score >= best:
+            best = score
+            res.best_epoch, res.best_val_acc = epoch, val_acc
+            res.state_dict = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    if bar is not None:
+        bar.close()
+    res.seconds = time.perf_counter() - t_start
+    res.images_per_second = seen / res.seconds if res.seconds > 0 else float("nan")
+    model.load_state_dict(res.state_dict)
+    model.to(memory_format=torch.contiguous_format)
+    return res
