@@ -79,7 +79,7 @@ def select_identities(index: dict[str, list[str]], count: int | None, min_images
     returned sorted by name. Raises :class:`DatasetError` naming the shortfall."""
     eligible = sorted(k for k, v in index.items() if len(v) >= min_images)
     if count is None:
-        count = len(eligible)
+        count = max(2, len(eligible))
     if count < 2:
         raise DatasetError(f"identities must be >= 2, got {count}")
     if len(eligible) < count:

@@ -26,6 +26,8 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, strength:
     """Random flip, rotation (±10°), scale (0.9–1.1), shift (±6%), brightness/contrast jitter, batched
     on ``x``'s device. x : (N,3,H,W) float in [0,1] → same shape in [0,1]. ``generator`` must live on
     ``x``'s device (or be None)."""
+    if strength <= 0:
+        return x
     n, dev = x.shape[0], x.device
 
     def U(lo: float, hi: float, *shape: int) -> torch.Tensor:

@@ -1,0 +1,53 @@
+"""Shared fixtures: fresh random inputs each run (seeded per test from the clock unless ADVCAM_TEST_SEED
+is set, and printed on failure) and a tiny synthetic dataset built by the project itself."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def seed(request) -> int:
+    s = int(os.environ.get("ADVCAM_TEST_SEED", time.time_ns() % 2**31))
+    request.node.user_properties.append(("seed", s))
+    torch.manual_seed(s)
+    return s
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    out = yield
+    rep = out.get_result()
+    if rep.failed:
+        seeds = [v for k, v in item.user_properties if k == "seed"]
+        if seeds:
+            rep.sections.append(("seed", f"reproduce with ADVCAM_TEST_SEED={seeds[0]}"))
+
+
+@pytest.fixture
+def rng(seed) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory):
+    from advcam.faces import synthesize
+
+    root = tmp_path_factory.mktemp("faces") / "synth"
+    synthesize(root, identities=4, images_per_identity=12, size=48, seed=3, masks=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_tree, tmp_path_factory):
+    from advcam.datasets import prepare
+
+    out = tmp_path_factory.mktemp("store") / "48.h5"
+    prepare(tiny_tree, out, size=48, identities=4, min_images=10, seed=0)
+    return out

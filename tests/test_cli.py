@@ -1,0 +1,94 @@
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from advcam.cli import STAGES, main
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def test_help_lists_stages():
+    out = subprocess.run([sys.executable, "-m", "advcam.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for stage in STAGES:
+        assert stage in out
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stage_help(stage, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([stage, "--help"])
+    assert e.value.code == 0
+    assert "--" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_store, tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    model = d / "models" / "resnet50" / "model.pt"
+    assert run("train", "--data", tiny_store, "--arch", "resnet50", "--out", model, "--epochs", "1",
+               "--batch-size", "8", "--no-progress") == 0
+    return d, model
+
+
+def test_pipeline_in_process(tiny_store, trained, capsys):
+    d, model = trained
+    meta = torch.load(model, weights_only=True)["meta"]
+    assert meta["layer"] == "layer4" and meta["num_classes"] == 4 and (d / "models/resnet50/train.json").is_file()
+    sign = d / "att" / "fgsm_sign.h5"
+    assert run("gradient", "--model", model, "--data", tiny_store, "--out", sign) == 0
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", d / "hm" / "clean.h5") == 0
+    scores = []
+    for attack in ("fgsm", "noise", "pgd"):
+        for eps in (0.02, 0.1):
+            a = d / "att" / attack / f"{eps}.h5"
+            assert run("attack", "--model", model, "--data", tiny_store, "--attack", attack, "--eps", eps, "--sign", sign,
+                       "--pgd-steps", "2", "--out", a) == 0
+            h = d / "hm" / attack / f"{eps}.h5"
+            assert run("explain", "--model", model, "--data", tiny_store, "--attack-file", a, "--sign", sign, "--out", h) == 0
+            s = d / "sc" / attack / f"{eps}.csv"
+            assert run("score", "--clean", d / "hm" / "clean.h5", "--adv", h, "--out", s) == 0
+            scores.append(s)
+    with h5py.File(d / "hm" / "fgsm" / "0.1.h5") as f:
+        assert f["maps"].shape == (4, 48, 48) and f["raw"].shape[1:] == (2, 2)
+        assert f.attrs["attack"] == "fgsm" and f.attrs["eps"] == 0.1 and f.attrs["layer"] == "layer4"
+        assert f.attrs["target_mode"] == "predicted"
+    summ = d / "summary" / "mod_vid.csv"
+    assert run("summarise", *scores, "--out", summ, "--vid", d / "summary" / "vid.csv",
+               "--vid-images", d / "summary" / "vid_images.csv", "--nissim", d / "summary" / "nissim.csv") == 0
+    t = pd.read_csv(summ)
+    assert len(t) == 6 and set(t["attack"]) == {"fgsm", "noise", "pgd"}
+    assert t["mod"].between(0, 1).all() and t["n"].eq(4).all()
+    assert len(pd.read_csv(d / "summary" / "vid.csv")) == 3
+    assert run("plot", "--summary", summ, "--vid-images", d / "summary" / "vid_images.csv",
+               "--nissim", d / "summary" / "nissim.csv", "--out-dir", d / "plots") == 0
+    assert run("gallery", "--data", tiny_store, "--clean", d / "hm" / "clean.h5", "--adv", d / "hm" / "fgsm" / "0.02.h5",
+               d / "hm" / "fgsm" / "0.1.h5", "--n", "3", "--out", d / "plots" / "gallery") == 0
+    for name in ("mod", "accuracy", "vid", "nissim_fgsm", "gallery"):
+        assert (d / "plots" / f"{name}.png").stat().st_size > 1000
+    # the noise control at the same ε re-derives the same perturbation in attack and explain
+    with h5py.File(d / "att" / "noise" / "0.1.h5") as fa, h5py.File(d / "hm" / "noise" / "0.1.h5") as fh:
+        assert np.array_equal(fa["pred_adv"][()], fh["pred"][()])
+
+
+def test_bad_inputs_exit_2(tiny_store, trained, tmp_path, capsys):
+    _, model = trained
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "noise", "--eps", "1.5", "--out", tmp_path / "a.h5") == 2
+    assert "epsilon 1.5 is outside [0, 1]" in capsys.readouterr().err
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "cw", "--eps", "0.1", "--out", tmp_path / "a.h5") == 2
+    assert "unknown attack 'cw'" in capsys.readouterr().err
+    assert run("train", "--data", tiny_store, "--arch", "resnet5O", "--out", tmp_path / "m.pt", "--no-progress") == 2
+    assert "unknown model 'resnet5O'" in capsys.readouterr().err
+    assert run("train", "--data", tiny_store, "--arch", "resnet50", "--layer", "layer9", "--out", tmp_path / "m.pt") == 2
+    assert "layer 'layer9' does not exist" in capsys.readouterr().err
+    assert run("prepare", "--root", tmp_path / "missing", "--out", tmp_path / "d.h5", "--size", "32") == 2
+    assert "missing' does not exist" in capsys.readouterr().err
+    assert run("explain", "--model", tmp_path / "none.pt", "--data", tiny_store, "--out", tmp_path / "h.h5") == 2
+    assert "none.pt' does not exist" in capsys.readouterr().err
+    assert not any(tmp_path.glob("*.h5")) and not (tmp_path / "m.pt").exists()

@@ -1,0 +1,76 @@
+import pytest
+import timm
+import torch
+
+from advcam.models import (
+    PAPER_MODELS, UnknownLayerError, UnknownModelError, build_model, load_checkpoint, resolve_layer,
+    save_checkpoint, target_layer_name,
+)
+
+
+@pytest.mark.parametrize("arch,mean", [("resnet50", (0.485, 0.456, 0.406)), ("xception", (0.5, 0.5, 0.5)),
+                                       ("inception_v3", (0.5, 0.5, 0.5))])
+def test_normalisation_inside(arch, mean):
+    m = build_model(arch, 3)
+    assert torch.allclose(m.mean.flatten(), torch.tensor(mean))
+    x = torch.rand(2, 3, 80, 80)
+    m.eval()
+    with torch.no_grad():
+        ref = m.net((x - m.mean) / m.std)
+        assert torch.equal(m(x), ref)
+    assert m(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("arch", list(PAPER_MODELS))
+def test_paper_layers_exist(arch):
+    m = build_model(arch, 2)
+    layer = target_layer_name(arch, m)
+    assert layer == PAPER_MODELS[arch].layer
+    resolve_layer(m, layer)
+
+
+def test_any_timm_model_gets_feature_info_layer():
+    m = build_model("resnet18", 4)
+    assert target_layer_name("resnet18", m) == "layer4"
+    assert target_layer_name("resnet18", m, override="layer3") == "layer3"
+
+
+def test_unknown_model_suggests():
+    with pytest.raises(UnknownModelError, match="resnet5"):
+        build_model("resnet5O", 3)
+
+
+def test_unknown_layer_lists_close_names():
+    m = build_model("resnet18", 2)
+    with pytest.raises(UnknownLayerError, match="layer4"):
+        resolve_layer(m, "layer44")
+
+
+def test_checkpoint_roundtrip_weights_only(tmp_path):
+    m = build_model("resnet18", 5).eval()
+    path = tmp_path / "m" / "model.pt"
+    save_checkpoint(path, m, {"arch": "resnet18", "num_classes": 5, "layer": "layer4", "input_size": 32})
+    raw = torch.load(path, weights_only=True)
+    assert raw["meta"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    m2, meta = load_checkpoint(path)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    assert meta["layer"] == "layer4"
+    assert not list(tmp_path.glob("m/.*tmp*"))
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_pretrained_file_through_timm(tmp_path):
+    src = timm.create_model("resnet18", num_classes=1000)
+    f = tmp_path / "resnet18.pth"
+    torch.save(src.state_dict(), f)
+    m = build_model("resnet18", 4, pretrained_file=f)
+    assert torch.equal(m.net.conv1.weight, src.conv1.weight)
+    assert m.net.fc.out_features == 4  # classifier of another size is dropped and re-initialised
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_model("resnet18", 4, pretrained_file=tmp_path / "missing.pth")

@@ -1,0 +1,59 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+import advcam
+from advcam.summary import bootstrap_ci, vid, vid_per_image
+
+
+def _table():
+    # 3 images, model m, attack fgsm at ε 0.1 and 0.2
+    rows = []
+    nis = {0.1: [0.1, 0.2, 0.3], 0.2: [0.3, 0.2, 0.5]}
+    pred_adv = {0.1: [0, 2, 2], 0.2: [1, 2, 0]}
+    for e in (0.1, 0.2):
+        for i in range(3):
+            rows.append(dict(model="m", attack="fgsm", eps=e, index=i, label=i, pred_clean=[0, 1, 1][i],
+                             pred_adv=pred_adv[e][i], nissim=nis[e][i], zero_cam_clean=False, zero_cam_adv=i == 2,
+                             zero_grad=False))
+    return pd.DataFrame(rows)
+
+
+def test_mod_hand_computed():
+    s = advcam.mod_vid(_table())
+    r = s[s["eps"] == 0.1].iloc[0]
+    assert r["n"] == 3
+    assert r["mod"] == pytest.approx(0.2)
+    assert r["nissim_var"] == pytest.approx(np.var([0.1, 0.2, 0.3]))
+    assert r["acc_clean"] == pytest.approx(2 / 3)  # labels 0,1,2 vs preds 0,1,1
+    assert r["acc_adv"] == pytest.approx(2 / 3)  # preds 0,2,2 against labels 0,1,2
+    assert r["flip_rate"] == pytest.approx(2 / 3)  # image 1 and 2 flipped (1→2, 1→2)
+    assert r["mod_flipped"] == pytest.approx(0.25) and r["mod_unflipped"] == pytest.approx(0.1)
+    assert r["zero_cam_adv"] == 1
+    assert r["mod_ci_low"] <= r["mod"] <= r["mod_ci_high"]
+
+
+def test_vid_is_population_std_across_eps():
+    per = vid_per_image(_table())
+    assert per["vid"].to_numpy() == pytest.approx([0.1, 0.0, 0.1])  # std of {0.1,0.3}, {0.2,0.2}, {0.3,0.5}
+    v = vid(_table()).iloc[0]
+    assert v["vid"] == pytest.approx(0.2 / 3) and v["n_eps"] == 2 and v["eps"] == "0.1 0.2"
+
+
+def test_vid_rejects_missing_eps():
+    t = _table().drop(index=5)
+    with pytest.raises(ValueError, match="lack NISSIM"):
+        vid_per_image(t)
+
+
+def test_bootstrap_ci_covers_mean(rng):
+    x = rng.random(200)
+    lo, hi = bootstrap_ci(x)
+    assert lo < x.mean() < hi and hi - lo < 0.2
+    assert bootstrap_ci(np.array([0.3])) != bootstrap_ci(np.array([0.3]))  # (nan, nan)
+    assert bootstrap_ci(np.full(5, 0.25)) == (0.25, 0.25)
+
+
+def test_missing_column():
+    with pytest.raises(ValueError, match="nissim"):
+        advcam.mod_vid(_table().drop(columns="nissim"))
