@@ -122,7 +122,8 @@ def cmd_train(args) -> None:
         model, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        seed=args.seed, augment_strength=args.augment, progress=not args.no_progress,
+        seed=args.seed, augment_strength=args.augment, amp={"auto": None, "on": True, "off": False}[args.amp],
+        progress=not args.no_progress,
     )
     test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
     meta = {
@@ -148,6 +149,7 @@ def cmd_train(args) -> None:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "optimizer": args.optimizer,
+        "amp": args.amp,
         "seed": args.seed,
         "seconds": res.seconds,
         "train_images_per_second": res.images_per_second,
@@ -436,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup-epochs", type=float, default=1.0)
     s.add_argument("--label-smoothing", type=float, default=0.1)
     s.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = none)")
+    s.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="bf16 autocast for training: auto = on CUDA only; on = also on the CPU (AVX512-BF16/AMX)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=0)
@@ -472,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sign", help="gradient sign file (fgsm)")
     s.add_argument("--name", help="model name to record (default: the checkpoint's arch)")
     s.add_argument("--layer", help="override the checkpoint's Grad-CAM layer")
-    s.add_argument("--target", choices=["predicted", "true"], default="predicted", help="class each map explains")
+    s.add_argument("--target", choices=["predicted", "label"], default="predicted", help="class each map explains: predicted or true label")
     s.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (maps within ~1e-2 of fp32)")
     _add_common(s, device=True)
     s.set_defaults(func=cmd_explain)

@@ -63,21 +63,21 @@ def sample_identity(seed: int, index: int) -> Identity:
     r = _rng(seed, 1, index)
     u = lambda lo, hi: float(r.uniform(lo, hi))  # noqa: E731
     return Identity(
-        face_aspect=u(0.66, 0.86),
-        eye_y=u(-0.16, -0.04),
-        eye_gap=u(0.13, 0.23),
-        eye_w=u(0.07, 0.14),
-        eye_h=u(0.03, 0.07),
-        brow_gap=u(0.06, 0.12),
-        brow_angle=u(-18, 18),
-        brow_thick=u(0.012, 0.04),
-        brow_len=u(0.10, 0.19),
-        nose_len=u(0.10, 0.22),
-        nose_w=u(0.04, 0.11),
-        mouth_y=u(0.20, 0.32),
-        mouth_w=u(0.12, 0.26),
-        mouth_h=u(0.015, 0.05),
-        smile=u(-0.04, 0.05),
+        face_aspect=u(0.64, 0.88),
+        eye_y=u(-0.18, -0.04),
+        eye_gap=u(0.12, 0.25),
+        eye_w=u(0.06, 0.18),
+        eye_h=u(0.025, 0.09),
+        brow_gap=u(0.04, 0.14),
+        brow_angle=u(-25, 25),
+        brow_thick=u(0.015, 0.07),
+        brow_len=u(0.09, 0.22),
+        nose_len=u(0.08, 0.28),
+        nose_w=u(0.04, 0.16),
+        mouth_y=u(0.2, 0.34),
+        mouth_w=u(0.1, 0.34),
+        mouth_h=u(0.015, 0.08),
+        smile=u(-0.05, 0.06),
     )
 
 
@@ -100,9 +100,9 @@ def render_face(
     iris = IRIS[rng.integers(len(IRIS))]
     bg = BACKGROUND[rng.integers(len(BACKGROUND))]
     lips = LIPS[rng.integers(len(LIPS))]
-    angle = rng.uniform(-10, 10)
-    scale = rng.uniform(0.9, 1.05)
-    shift = rng.uniform(-0.05, 0.05, 2)
+    angle = rng.uniform(-7, 7)
+    scale = rng.uniform(0.93, 1.04)
+    shift = rng.uniform(-0.035, 0.035, 2)
     smile = ident.smile + rng.uniform(-0.02, 0.02)
     raise_ = rng.uniform(-0.012, 0.012)
     open_ = rng.uniform(0.8, 1.15)
@@ -169,7 +169,7 @@ def render_face(
     theta = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1) - 0.5
     gain = rng.uniform(0.75, 1.15) + rng.uniform(0.0, 0.5) * (np.cos(theta) * xx + np.sin(theta) * yy)
-    a = a * gain[..., None] + rng.normal(0, rng.uniform(2, 8), a.shape)
+    a = a * gain[..., None] + rng.normal(0, rng.uniform(1, 5), a.shape)
     return np.clip(np.rint(a), 0, 255).astype(np.uint8), np.asarray(mk, dtype=np.uint8)
 
 

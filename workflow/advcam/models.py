@@ -227,8 +227,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128, amp: bool 
         xb = x[s : s + batch_size].to(dev, non_blocking=True)
         if xb.dtype == torch.uint8:
             xb = xb.float().div_(255)
-        if amp and dev.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        if amp:
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
                 out.append(model(xb).float().cpu())
         else:
             out.append(model(xb).float().cpu())

@@ -89,7 +89,9 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` (already on its device) and load the best-validation weights into it.
 
-    x_* : (N,3,H,W) uint8 tensors; y_* : (N,) int64. ``amp`` None → bf16 autocast on CUDA only.
+    x_* : (N,3,H,W) uint8 tensors; y_* : (N,) int64. ``amp``: None → bf16 autocast on CUDA only; True → bf16
+    autocast on any device (on CPUs with AVX512-BF16 or AMX about 1.5–2× faster); False → fp32.
+    The model runs channels_last while training (faster on CUDA and on oneDNN CPUs).
     The learning rate warms up linearly for ``warmup_epochs`` then follows a cosine to zero.
     """
     if optimizer not in OPTIMIZERS:
@@ -98,9 +100,9 @@ def train_model(
         raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     dev = model_device(model)
     cuda = dev.type == "cuda"
-    amp = cuda if amp is None else (amp and cuda)
+    amp = cuda if amp is None else bool(amp)
+    model = model.to(memory_format=torch.channels_last)
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
         free, _ = torch.cuda.mem_get_info(dev)
         data_dev = dev if x_train.numel() < free // 4 else torch.device("cpu")
     else:
@@ -149,8 +151,7 @@ def train_model(
             yb = ys[idx.to(dev)]
             if augment_strength > 0:
                 xb = augment(xb, gen, augment_strength)
-            if cuda:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)

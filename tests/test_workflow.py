@@ -1,0 +1,157 @@
+"""The Snakemake workflow: lint, dry-run DAGs of every shipped config, schema errors, partial reruns,
+and one real end-to-end run of the smoke config."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+
+
+def snakemake(workdir: Path, *args: str, config: dict | Path | None = None, check: bool = True):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--cores", "2"]
+    if config is not None:
+        if isinstance(config, dict):
+            path = workdir / "config.test.yaml"
+            path.write_text(yaml.safe_dump(config))
+            config = path
+        cmd += ["--configfile", str(config)]
+    proc = subprocess.run(cmd + list(args), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def job_counts(proc) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into rule → count."""
+    text = proc.stdout + proc.stderr
+    block = text[text.index("Job stats:"):]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / name).read_text())
+
+
+def test_lint_is_clean(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--lint"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_default_dag(tmp_path):
+    c = job_counts(snakemake(tmp_path, "-n", config=REPO / "config.yaml"))
+    n_models, n_eps = 5, 4
+    assert c["train"] == n_models and c["gradient"] == n_models and c["explain_clean"] == n_models
+    assert c["attack"] == c["explain_adversarial"] == c["score"] == n_models * 2 * n_eps
+    assert c["synth"] == 1 and c["summarise"] == 1 and c["plot"] == 1 and c["gallery"] == n_models
+
+
+def test_paper_dag(tmp_path):
+    root = tmp_path / "vggface2" / "train"
+    for ident in ("n000001", "n000002"):
+        (root / ident).mkdir(parents=True)
+    cfg = load("configs/paper.yaml")
+    cfg["dataset"]["root"] = str(root)
+    c = job_counts(snakemake(tmp_path, "-n", config=cfg))
+    assert "synth" not in c and c["prepare"] == 2  # 224 and 299
+    assert c["train"] == 5 and c["attack"] == 40
+
+
+def test_smoke_dag(tmp_path):
+    c = job_counts(snakemake(tmp_path, "-n", config=REPO / "configs/smoke.yaml"))
+    assert c["train"] == 2 and c["attack"] == 8 and c["prepare"] == 2
+
+
+@pytest.mark.parametrize(
+    "patch,message",
+    [
+        ({"modles": {}}, "modles"),
+        ({"models": {"resnet50": {"size": 64, "epoch": 3}}}, "epoch"),
+        ({"attacks": {"fgsm": {"eps": [0.1, 1.5]}}}, "1.5"),
+        ({"attacks": {"fgsm": {"eps": [-0.1]}}}, "-0.1"),
+        ({"models": {"resnet5O": {"size": 64}}}, "unknown model 'resnet5O'"),
+        ({"dataset": {"source": "folder", "root": "/no/such/tree"}}, "/no/such/tree"),
+        ({"device": "gpu"}, "gpu"),
+        ({"cam": {"target": "true"}}, "true"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, patch, message):
+    cfg = load("configs/smoke.yaml")
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict) and k != "models":
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    proc = snakemake(tmp_path, "-n", config=cfg, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("smoke")
+    snakemake(wd, config=REPO / "configs/smoke.yaml")
+    return wd
+
+
+@pytest.mark.slow
+def test_smoke_end_to_end(smoke_run):
+    res = smoke_run / "results"
+    s = pd.read_csv(res / "summary" / "mod_vid.csv")
+    assert len(s) == 2 * 2 * 2
+    assert set(s["model"]) == {"resnet50", "vgg16"} and set(s["attack"]) == {"fgsm", "noise"}
+    assert set(s["eps"]) == {0.05, 0.1}
+    for col in ("mod", "mod_ci_low", "mod_ci_high", "acc_clean", "acc_adv", "flip_rate"):
+        assert s[col].between(0, 1).all(), col
+    assert (s["n"] == s["n"].iloc[0]).all() and s["n"].iloc[0] >= 4
+    required = {"model", "attack", "eps", "n", "mod", "mod_ci_low", "mod_ci_high", "nissim_var", "acc_clean", "acc_adv",
+                "flip_rate"}
+    assert required <= set(s.columns)
+    v = pd.read_csv(res / "summary" / "vid.csv")
+    assert len(v) == 4 and v["vid"].between(0, 1).all()
+    for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "gallery_resnet50", "gallery_vgg16"):
+        assert (res / "plots" / f"{name}.png").stat().st_size > 1000
+    assert (res / "logs" / "train" / "resnet50.log").is_file()
+    assert (res / "benchmarks" / "train" / "resnet50.tsv").is_file()
+    assert not list(res.rglob(".*.tmp-*"))
+
+
+@pytest.mark.slow
+def test_partial_reruns(smoke_run):
+    cfg = load("configs/smoke.yaml")
+    # nothing to do after a complete run
+    proc = snakemake(smoke_run, "-n", config=cfg)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    # one more FGSM ε: only its attack/heatmap/score jobs (per model), summary, plots and FGSM galleries
+    more_eps = {**cfg, "attacks": {**cfg["attacks"], "fgsm": {"eps": [0.05, 0.1, 0.2]}}}
+    c = job_counts(snakemake(smoke_run, "-n", config=more_eps))
+    assert c == {"attack": 2, "explain_adversarial": 2, "score": 2, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    # one more model at an existing size: only that model is trained
+    more_models = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}}}
+    c = job_counts(snakemake(smoke_run, "-n", config=more_models))
+    assert c["train"] == 1 and c["gradient"] == 1 and c["explain_clean"] == 1
+    assert c["attack"] == c["explain_adversarial"] == c["score"] == 4
+    assert "prepare" not in c and "synth" not in c
+
+
+@pytest.mark.slow
+def test_report(smoke_run):
+    snakemake(smoke_run, "--report", "report.html", config=REPO / "configs/smoke.yaml")
+    html = (smoke_run / "report.html").read_text(errors="ignore")
+    assert "MOD" in html and len(html) > 10_000

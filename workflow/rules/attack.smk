@@ -1,0 +1,55 @@
+# Attacks: FGSM's gradient sign once per model, then every (attack, ε) is a cheap step.
+
+
+rule gradient:
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        data=data_store,
+    output:
+        f"{RESULTS}/attacks/{{model}}/fgsm_sign.h5",
+    params:
+        batch=config["cam"]["batch_size"],
+        device=DEVICE,
+    log:
+        f"{RESULTS}/logs/gradient/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/gradient/{{model}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=8000,
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam gradient --model {input.model} --data {input.data} --out {output} --batch-size {params.batch} "
+        "--device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule attack:
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        data=data_store,
+        sign=sign_input,
+    output:
+        f"{RESULTS}/attacks/{{model}}/{{attack}}/{{eps}}.h5",
+    params:
+        opts=attack_options,
+        sign=lambda w, input: f"--sign {input.sign}" if input.sign else "",
+        batch=config["cam"]["batch_size"],
+        device=DEVICE,
+    log:
+        f"{RESULTS}/logs/attack/{{model}}/{{attack}}/{{eps}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/attack/{{model}}/{{attack}}/{{eps}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=8000,
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam attack --model {input.model} --data {input.data} --attack {wildcards.attack} --eps {wildcards.eps} "
+        "{params.sign} {params.opts} --out {output} --batch-size {params.batch} --device {params.device} --threads {threads} "
+        "> {log} 2>&1"

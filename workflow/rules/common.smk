@@ -1,0 +1,150 @@
+# Config validation (defaults filled in), derived names, and the input functions the rules share.
+import hashlib
+import re
+import json
+import os
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+RESULTS = config["results"]
+DEVICE = config["device"]
+DATASET = config["dataset"]
+MODELS = config["models"]
+ATTACKS = {name: spec for name, spec in config.get("attacks", {}).items() if spec.get("eps")}
+# Rules call the CLI as `python -m advcam <stage>`: the library is found whether it was pip-installed or not
+# (e.g. inside a --use-conda environment that holds only the dependencies).
+shell.prefix(f"export PYTHONPATH={workflow.basedir}/workflow${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+if not ATTACKS:
+    raise ValueError("config: attacks: give at least one attack with a non-empty eps list")
+for _name, _spec in ATTACKS.items():
+    if 0 in _spec["eps"]:
+        raise ValueError(f"config: attacks: {_name}: eps: 0 is the clean set and is always included; remove it")
+if DATASET["source"] == "folder":
+    if not DATASET["root"]:
+        raise ValueError("config: dataset: root is required when dataset: source is 'folder'")
+    if not Path(DATASET["root"]).is_dir():
+        raise ValueError(f"config: dataset: root '{DATASET['root']}' does not exist or is not a folder")
+if abs(sum(DATASET["split"]) - 1) > 1e-6:
+    raise ValueError(f"config: dataset: split {DATASET['split']} must sum to 1")
+
+
+def _check_models():
+    import timm
+
+    sys_path = f"{workflow.basedir}/workflow"
+    import sys
+
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    from advcam.models import timm_name
+
+    for key, spec in MODELS.items():
+        arch = spec["arch"] or key
+        if not timm.is_model(timm_name(arch)):
+            raise ValueError(f"config: models: {key}: unknown model '{arch}' (not a timm architecture)")
+        if spec["pretrained_file"] and not Path(spec["pretrained_file"]).is_file():
+            raise ValueError(f"config: models: {key}: pretrained_file '{spec['pretrained_file']}' does not exist")
+
+
+_check_models()
+
+
+def fmt_eps(e):
+    """ε as it appears in paths: 0.05, 0.075, 0.1."""
+    return f"{float(e):g}"
+
+
+def arch(model):
+    return MODELS[model]["arch"] or model
+
+
+def size(model):
+    return MODELS[model]["size"]
+
+
+def config_hash(*parts):
+    """Short hash of the config parts that determine an output (recorded as provenance)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def model_hash(model):
+    return config_hash(DATASET, MODELS[model])
+
+
+def dataset_root(wildcards):
+    """The synthetic tree is built by rule synth; an external tree is checked at parse time instead."""
+    return synthetic_dir() if DATASET["source"] == "synthetic" else []
+
+
+def synthetic_dir():
+    return f"{RESULTS}/data/synthetic"
+
+
+def attack_options(wildcards):
+    spec = ATTACKS[wildcards.attack]
+    opts = f"--seed {spec.get('seed', 0)}"
+    if wildcards.attack == "pgd":
+        opts += f" --pgd-steps {spec['steps']} --pgd-alpha {spec['alpha']}"
+        opts += "" if spec["random_start"] else " --no-random-start"
+    return opts
+
+
+def train_options(wildcards):
+    m = MODELS[wildcards.model]
+    opts = [
+        f"--epochs {m['epochs']} --batch-size {m['batch_size']} --lr {m['lr']} --optimizer {m['optimizer']}",
+        f"--weight-decay {m['weight_decay']} --warmup-epochs {m['warmup_epochs']}",
+        f"--label-smoothing {m['label_smoothing']} --augment {m['augment']} --seed {m['seed']}",
+        "--amp " + {None: "auto", True: "on", False: "off"}[m["amp"]],
+    ]
+    if m["layer"]:
+        opts.append(f"--layer {m['layer']}")
+    if m["pretrained"]:
+        opts.append("--pretrained")
+    if m["pretrained_file"]:
+        opts.append(f"--pretrained-file {m['pretrained_file']}")
+    return " ".join(opts)
+
+
+def data_store(wildcards):
+    return f"{RESULTS}/data/{size(wildcards.model)}.h5"
+
+
+def sign_input(wildcards):
+    """The FGSM gradient sign is needed for the fgsm attack only."""
+    if wildcards.attack == "fgsm":
+        return f"{RESULTS}/attacks/{wildcards.model}/fgsm_sign.h5"
+    return []
+
+
+def attack_jobs():
+    """(model, attack, eps) of every attack in the config."""
+    return [(m, a, fmt_eps(e)) for m in MODELS for a, spec in ATTACKS.items() for e in spec["eps"]]
+
+
+def score_files():
+    return [f"{RESULTS}/scores/{m}/{a}/{e}.csv" for m, a, e in attack_jobs()]
+
+
+def adv_heatmaps(model, attack="fgsm"):
+    attack = attack if attack in ATTACKS else next(iter(ATTACKS))
+    return [f"{RESULTS}/heatmaps/{model}/{attack}/{fmt_eps(e)}.h5" for e in ATTACKS[attack]["eps"]]
+
+
+def final_targets():
+    plots = [f"{RESULTS}/plots/{name}.png" for name in ("mod", "accuracy", "vid")]
+    plots += [f"{RESULTS}/plots/nissim_{a}.png" for a in ATTACKS]
+    plots += [f"{RESULTS}/plots/gallery_{m}.png" for m in MODELS]
+    return [f"{RESULTS}/summary/mod_vid.csv", f"{RESULTS}/summary/vid.csv"] + plots
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)) if MODELS else "(?!)",
+    attack="fgsm|noise|pgd",
+    eps=r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?",
+    size=r"[0-9]+",

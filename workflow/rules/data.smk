@@ -1,0 +1,48 @@
+# Data: synthetic identities (the offline default) or an external image tree → one HDF5 store per size.
+
+
+rule synth:
+    output:
+        directory(synthetic_dir()),
+    params:
+        identities=DATASET["identities"],
+        images=DATASET["images_per_identity"],
+        size=DATASET["synthetic_size"],
+        seed=DATASET["seed"],
+    log:
+        f"{RESULTS}/logs/synth.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synth.tsv"
+    threads: 1
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam synth --out {output} --identities {params.identities} --images {params.images} "
+        "--size {params.size} --seed {params.seed} --masks > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        dataset_root,
+    output:
+        store=f"{RESULTS}/data/{{size}}.h5",
+        report=f"{RESULTS}/data/{{size}}.json",
+    params:
+        root=synthetic_dir() if DATASET["source"] == "synthetic" else DATASET["root"],
+        identities="" if DATASET["identities"] is None else f"--identities {DATASET['identities']}",
+        min_images=DATASET["min_images"],
+        split=" ".join(str(f) for f in DATASET["split"]),
+        seed=DATASET["seed"],
+        margin=DATASET["margin"],
+        skip="--skip-broken" if DATASET["skip_broken"] else "",
+    log:
+        f"{RESULTS}/logs/prepare/{{size}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare/{{size}}.tsv"
+    threads: 1
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam prepare --root {params.root} --out {output.store} --size {wildcards.size} {params.identities} "
+        "--min-images {params.min_images} --split {params.split} --seed {params.seed} --margin {params.margin} "
+        "{params.skip} --report {output.report} --no-progress > {log} 2>&1"

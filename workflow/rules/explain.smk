@@ -1,0 +1,80 @@
+# Grad-CAM of the clean test set (once per model) and of each adversarial set, then NISSIM per image.
+
+
+rule explain_clean:
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        data=data_store,
+    output:
+        f"{RESULTS}/heatmaps/{{model}}/clean.h5",
+    params:
+        target=config["cam"]["target"],
+        batch=config["cam"]["batch_size"],
+        amp="--amp" if config["cam"]["amp"] else "",
+        device=DEVICE,
+    log:
+        f"{RESULTS}/logs/explain/{{model}}/clean.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/explain/{{model}}/clean.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=8000,
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam explain --model {input.model} --data {input.data} --out {output} --name {wildcards.model} "
+        "--target {params.target} --batch-size {params.batch} {params.amp} --device {params.device} --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule explain_adversarial:
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        data=data_store,
+        attack=f"{RESULTS}/attacks/{{model}}/{{attack}}/{{eps}}.h5",
+        sign=sign_input,
+    output:
+        f"{RESULTS}/heatmaps/{{model}}/{{attack}}/{{eps}}.h5",
+    params:
+        target=config["cam"]["target"],
+        batch=config["cam"]["batch_size"],
+        amp="--amp" if config["cam"]["amp"] else "",
+        sign=lambda w, input: f"--sign {input.sign}" if input.sign else "",
+        device=DEVICE,
+    log:
+        f"{RESULTS}/logs/explain/{{model}}/{{attack}}/{{eps}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/explain/{{model}}/{{attack}}/{{eps}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=8000,
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam explain --model {input.model} --data {input.data} --attack-file {input.attack} {params.sign} "
+        "--out {output} --name {wildcards.model} --target {params.target} --batch-size {params.batch} {params.amp} "
+        "--device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule score:
+    input:
+        clean=f"{RESULTS}/heatmaps/{{model}}/clean.h5",
+        adv=f"{RESULTS}/heatmaps/{{model}}/{{attack}}/{{eps}}.h5",
+    output:
+        f"{RESULTS}/scores/{{model}}/{{attack}}/{{eps}}.csv",
+    params:
+        ssim=config["ssim"],
+    log:
+        f"{RESULTS}/logs/score/{{model}}/{{attack}}/{{eps}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score/{{model}}/{{attack}}/{{eps}}.tsv"
+    threads: 1
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam score --clean {input.clean} --adv {input.adv} --out {output} --ssim {params.ssim} --device cpu "
+        "--threads {threads} > {log} 2>&1"

@@ -1,0 +1,28 @@
+# Training: one model per config key; adding a model trains only that model.
+
+
+rule train:
+    input:
+        data_store,
+    output:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        report=f"{RESULTS}/models/{{model}}/train.json",
+    params:
+        arch=lambda w: arch(w.model),
+        opts=train_options,
+        hash=lambda w: model_hash(w.model),
+        device=DEVICE,
+    log:
+        f"{RESULTS}/logs/train/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}.tsv"
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        runtime=240,
+        mem_mb=16000,
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam train --data {input} --arch {params.arch} --out {output.model} --report {output.report} "
+        "{params.opts} --device {params.device} --threads {threads} --meta config_hash={params.hash} --no-progress > {log} 2>&1"
