@@ -72,6 +72,13 @@ def test_pipeline_in_process(tiny_store, trained, capsys):
                d / "hm" / "fgsm" / "0.1.h5", "--n", "3", "--out", d / "plots" / "gallery") == 0
     for name in ("mod", "accuracy", "vid", "nissim_fgsm", "gallery"):
         assert (d / "plots" / f"{name}.png").stat().st_size > 1000
+    # an attack job that writes its heatmaps gives what a separate explain of its attack file gives
+    both = d / "att" / "fgsm" / "both.h5"
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "fgsm", "--eps", "0.1", "--sign", sign,
+               "--out", both, "--heatmaps", d / "hm" / "both.h5") == 0
+    with h5py.File(d / "hm" / "both.h5") as f1, h5py.File(d / "hm" / "fgsm" / "0.1.h5") as f2:
+        assert np.allclose(f1["maps"][()], f2["maps"][()], atol=1e-6)
+        assert np.array_equal(f1["pred"][()], f2["pred"][()]) and f1.attrs["eps"] == 0.1
     # the noise control at the same ε re-derives the same perturbation in attack and explain
     with h5py.File(d / "att" / "noise" / "0.1.h5") as fa, h5py.File(d / "hm" / "noise" / "0.1.h5") as fh:
         assert np.array_equal(fa["pred_adv"][()], fh["pred"][()])

@@ -57,7 +57,7 @@ def test_default_dag(tmp_path):
     c = job_counts(snakemake(tmp_path, "-n", config=REPO / "config.yaml"))
     n_models, n_eps = 5, 4
     assert c["train"] == n_models and c["gradient"] == n_models and c["explain_clean"] == n_models
-    assert c["attack"] == c["explain_adversarial"] == c["score"] == n_models * 2 * n_eps
+    assert c["attack"] == c["score"] == n_models * 2 * n_eps
     assert c["synth"] == 1 and c["summarise"] == 1 and c["plot"] == 1 and c["gallery"] == n_models
 
 
@@ -141,12 +141,12 @@ def test_partial_reruns(smoke_run):
     # one more FGSM ε: only its attack/heatmap/score jobs (per model), summary, plots and FGSM galleries
     more_eps = {**cfg, "attacks": {**cfg["attacks"], "fgsm": {"eps": [0.05, 0.1, 0.2]}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_eps))
-    assert c == {"attack": 2, "explain_adversarial": 2, "score": 2, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    assert c == {"attack": 2, "score": 2, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
     # one more model at an existing size: only that model is trained
     more_models = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_models))
     assert c["train"] == 1 and c["gradient"] == 1 and c["explain_clean"] == 1
-    assert c["attack"] == c["explain_adversarial"] == c["score"] == 4
+    assert c["attack"] == c["score"] == 4
     assert "prepare" not in c and "synth" not in c
 
 

@@ -196,10 +196,34 @@ def _adversarial_inputs(attack: str, sign_file: str | None, adv_file: str | None
     return sign, delta, zero
 
 
+def _heatmap_record(maps, raws, logits, targets, y, idx, zero) -> dict:
+    import torch
+
+    raw_t = torch.cat(raws)
+    lg = torch.cat(logits)
+    out = {
+        "maps": torch.cat(maps).numpy(), "raw": raw_t.numpy(), "logits": lg.numpy(), "pred": lg.argmax(1).numpy(),
+        "target": torch.cat(targets).numpy(), "labels": y.numpy(), "index": idx,
+        "zero_cam": (raw_t.flatten(1).amax(1) == 0).numpy(),
+    }
+    if zero is not None:
+        out["zero_grad"] = zero
+    return out
+
+
+def _heatmap_attrs(args, meta, layer, attack, eps, seed, input_size, cam_size) -> dict:
+    return _provenance(
+        args, model=args.name or meta["arch"], arch=meta["arch"], layer=layer, attack=attack, eps=eps, seed=seed,
+        target_mode=args.target, input_size=int(input_size), cam_size=list(cam_size), amp=bool(args.amp),
+        upsample="minmax(relu(bilinear(minmax(raw), align_corners=False)))", stage="explain",
+    )
+
+
 def cmd_attack(args) -> None:
     import torch
 
     from .attacks import ATTACKS, check_eps, pgd, perturb
+    from .cam import explain
     from .models import load_checkpoint, predict
     from .store import write_h5
 
@@ -208,21 +232,28 @@ def cmd_attack(args) -> None:
         raise ValueError(f"unknown attack '{args.attack}': choose one of {', '.join(ATTACKS)}")
     dev = _setup_torch(args)
     model, meta = load_checkpoint(args.model, dev)
+    layer = args.layer or meta["layer"]
     _, x, y, idx = _test_set(args.data)
     sign, _, zero = _adversarial_inputs(args.attack, args.sign, None, len(idx))
-    extra = {}
-    preds = []
-    deltas = []
+    extra: dict = {}
+    preds, deltas = [], []
+    maps, raws, logits, targets = [], [], [], []
     gen = torch.Generator().manual_seed(args.seed)
     for s in range(0, x.shape[0], args.batch_size):
-        xb = x[s : s + args.batch_size].float().div(255)
+        sl = slice(s, s + args.batch_size)
+        xb = x[sl].float().div(255)
         if args.attack == "pgd":
-            xa = pgd(model, xb, y[s : s + args.batch_size], eps, args.pgd_alpha, args.pgd_steps, not args.no_random_start, gen).cpu()
+            xa = pgd(model, xb, y[sl], eps, args.pgd_alpha, args.pgd_steps, not args.no_random_start, gen).cpu()
             deltas.append((xa - xb).numpy())
         else:
-            xa = perturb(xb, args.attack, eps, idx[s : s + args.batch_size],
-                         None if sign is None else sign[s : s + args.batch_size], seed=args.seed)
-        preds.append(predict(model, xa, args.batch_size).argmax(1))
+            xa = perturb(xb, args.attack, eps, idx[sl], None if sign is None else sign[sl], seed=args.seed)
+        if args.heatmaps:
+            # one forward gives both the adversarial prediction and the Grad-CAM
+            o = explain(model, layer, xa, None if args.target == "predicted" else y[sl], args.batch_size, amp=args.amp)
+            maps.append(o.maps), raws.append(o.raw), logits.append(o.logits), targets.append(o.target)
+            preds.append(o.pred)
+        else:
+            preds.append(predict(model, xa, args.batch_size).argmax(1))
     clean = predict(model, x, args.batch_size).argmax(1)
     pred = torch.cat(preds)
     out = {"index": idx, "labels": y.numpy(), "pred_clean": clean.numpy(), "pred_adv": pred.numpy()}
@@ -235,6 +266,9 @@ def cmd_attack(args) -> None:
     acc_a = float((pred == y).float().mean())
     write_h5(args.out, out, _provenance(args, model=meta["arch"], stage="attack", attack=args.attack, eps=eps, seed=args.seed,
                                         acc_clean=acc_c, acc_adv=acc_a, **extra))
+    if args.heatmaps:
+        rec = _heatmap_record(maps, raws, logits, targets, y, idx, zero)
+        write_h5(args.heatmaps, rec, _heatmap_attrs(args, meta, layer, args.attack, eps, args.seed, x.shape[-1], rec["raw"].shape[1:]))
     print(f"{meta['arch']} {args.attack} ε={eps:g}: accuracy {acc_c:.3f} → {acc_a:.3f}")
 
 
@@ -259,36 +293,19 @@ def cmd_explain(args) -> None:
         stored = read_h5(args.attack_file, ["index"])["index"]
         if not np.array_equal(stored, idx):
             raise ValueError(f"{args.attack_file}: test indices do not match {args.data}; rerun the attack stage")
-    target_all = None if args.target == "predicted" else y
     maps, raws, logits, targets = [], [], [], []
     for s in range(0, x.shape[0], args.batch_size):
-        xb = x[s : s + args.batch_size].float().div(255)
+        sl = slice(s, s + args.batch_size)
+        xb = x[sl].float().div(255)
         if attack != "clean":
-            xb = perturb(xb, attack, eps, idx[s : s + args.batch_size],
-                         None if sign is None else sign[s : s + args.batch_size],
-                         None if delta is None else delta[s : s + args.batch_size], seed=seed)
-        tb = None if target_all is None else target_all[s : s + args.batch_size]
-        o = explain(model, layer, xb, tb, batch_size=args.batch_size, amp=args.amp)
-        maps.append(o.maps)
-        raws.append(o.raw)
-        logits.append(o.logits)
-        targets.append(o.target)
-    maps_t, raw_t = torch.cat(maps), torch.cat(raws)
-    lg = torch.cat(logits)
-    zero_cam = (raw_t.flatten(1).amax(1) == 0).numpy()
-    out = {
-        "maps": maps_t.numpy(), "raw": raw_t.numpy(), "logits": lg.numpy(), "pred": lg.argmax(1).numpy(),
-        "target": torch.cat(targets).numpy(), "labels": y.numpy(), "index": idx, "zero_cam": zero_cam,
-    }
-    if zero is not None:
-        out["zero_grad"] = zero
-    attrs = _provenance(
-        args, model=args.name or meta["arch"], arch=meta["arch"], layer=layer, attack=attack, eps=eps, seed=seed,
-        target_mode=args.target, input_size=int(x.shape[-1]), cam_size=list(raw_t.shape[1:]), amp=bool(args.amp),
-        upsample="minmax(relu(bilinear(minmax(raw), align_corners=False)))", stage="explain",
-    )
-    write_h5(args.out, out, attrs)
-    print(f"{args.out}: {len(idx)} maps ({attack}, ε={eps:g}), CAM {tuple(raw_t.shape[1:])}, all-zero {int(zero_cam.sum())}")
+            xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
+                         None if delta is None else delta[sl], seed=seed)
+        o = explain(model, layer, xb, None if args.target == "predicted" else y[sl], batch_size=args.batch_size, amp=args.amp)
+        maps.append(o.maps), raws.append(o.raw), logits.append(o.logits), targets.append(o.target)
+    rec = _heatmap_record(maps, raws, logits, targets, y, idx, zero)
+    write_h5(args.out, rec, _heatmap_attrs(args, meta, layer, attack, eps, seed, x.shape[-1], rec["raw"].shape[1:]))
+    print(f"{args.out}: {len(idx)} maps ({attack}, ε={eps:g}), CAM {tuple(rec['raw'].shape[1:])}, "
+          f"all-zero {int(rec['zero_cam'].sum())}")
 
 
 def cmd_score(args) -> None:
@@ -464,7 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pgd-steps", type=int, default=10)
     s.add_argument("--pgd-alpha", type=float, default=2 / 255)
     s.add_argument("--no-random-start", action="store_true")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="attack file: predictions (and PGD's perturbation)")
+    s.add_argument("--heatmaps", help="also write the adversarial Grad-CAMs here (same forward pass as the predictions)")
+    s.add_argument("--name", help="model name to record in the heatmaps (default: the checkpoint's arch)")
+    s.add_argument("--layer", help="override the checkpoint's Grad-CAM layer")
+    s.add_argument("--target", choices=["predicted", "label"], default="predicted", help="class each map explains")
+    s.add_argument("--amp", action="store_true", help="bf16 autocast for the Grad-CAM on CUDA")
     _add_common(s, device=True)
     s.set_defaults(func=cmd_attack)
 

@@ -27,16 +27,20 @@ rule gradient:
 
 
 rule attack:
+    # One forward pass per batch gives the adversarial predictions and the Grad-CAM heatmaps.
     input:
         model=f"{RESULTS}/models/{{model}}/model.pt",
         data=data_store,
         sign=sign_input,
     output:
-        f"{RESULTS}/attacks/{{model}}/{{attack}}/{{eps}}.h5",
+        attack=f"{RESULTS}/attacks/{{model}}/{{attack}}/{{eps}}.h5",
+        heatmaps=f"{RESULTS}/heatmaps/{{model}}/{{attack}}/{{eps}}.h5",
     params:
         opts=attack_options,
         sign=lambda w, input: f"--sign {input.sign}" if input.sign else "",
+        target=config["cam"]["target"],
         batch=config["cam"]["batch_size"],
+        amp="--amp" if config["cam"]["amp"] else "",
         device=DEVICE,
     log:
         f"{RESULTS}/logs/attack/{{model}}/{{attack}}/{{eps}}.log",
@@ -50,6 +54,7 @@ rule attack:
     conda:
         "../../envs/advcam.yaml"
     shell:
-        "python -m advcam attack --model {input.model} --data {input.data} --attack {wildcards.attack} --eps {wildcards.eps} "
-        "{params.sign} {params.opts} --out {output} --batch-size {params.batch} --device {params.device} --threads {threads} "
-        "> {log} 2>&1"
+        "python -m advcam attack --model {input.model} --data {input.data} --attack {wildcards.attack} "
+        "--eps {wildcards.eps} {params.sign} {params.opts} --out {output.attack} --heatmaps {output.heatmaps} "
+        "--name {wildcards.model} --target {params.target} {params.amp} --batch-size {params.batch} "
+        "--device {params.device} --threads {threads} > {log} 2>&1"

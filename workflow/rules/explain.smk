@@ -1,4 +1,5 @@
-# Grad-CAM of the clean test set (once per model) and of each adversarial set, then NISSIM per image.
+# Grad-CAM of the clean test set (once per model; the adversarial ones come with rule attack), then NISSIM
+# per image.
 
 
 rule explain_clean:
@@ -27,37 +28,6 @@ rule explain_clean:
         "python -m advcam explain --model {input.model} --data {input.data} --out {output} --name {wildcards.model} "
         "--target {params.target} --batch-size {params.batch} {params.amp} --device {params.device} --threads {threads} "
         "> {log} 2>&1"
-
-
-rule explain_adversarial:
-    input:
-        model=f"{RESULTS}/models/{{model}}/model.pt",
-        data=data_store,
-        attack=f"{RESULTS}/attacks/{{model}}/{{attack}}/{{eps}}.h5",
-        sign=sign_input,
-    output:
-        f"{RESULTS}/heatmaps/{{model}}/{{attack}}/{{eps}}.h5",
-    params:
-        target=config["cam"]["target"],
-        batch=config["cam"]["batch_size"],
-        amp="--amp" if config["cam"]["amp"] else "",
-        sign=lambda w, input: f"--sign {input.sign}" if input.sign else "",
-        device=DEVICE,
-    log:
-        f"{RESULTS}/logs/explain/{{model}}/{{attack}}/{{eps}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/explain/{{model}}/{{attack}}/{{eps}}.tsv"
-    threads: 1
-    resources:
-        gpu=1,
-        runtime=60,
-        mem_mb=8000,
-    conda:
-        "../../envs/advcam.yaml"
-    shell:
-        "python -m advcam explain --model {input.model} --data {input.data} --attack-file {input.attack} {params.sign} "
-        "--out {output} --name {wildcards.model} --target {params.target} --batch-size {params.batch} {params.amp} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule score:

@@ -1,0 +1,369 @@
+"""Side-by-side benchmark of advcam's hot stages against the libraries a user would otherwise use and
+against the floor the hardware allows, all measured in one run on the same inputs.
+
+    python -m bench                       # CPU: small sizes, a few minutes
+    python -m bench --device cuda         # GPU: native sizes (224/299), batch 64
+
+Prints a markdown table of throughputs and ratios and writes it (plus JSON) under bench/results/.
+Only ratios measured side by side mean anything: the machines are shared and noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+
+import advcam  # noqa: E402
+from advcam.attacks import apply_sign, gradient_sign  # noqa: E402
+from advcam.cam import explain  # noqa: E402
+from advcam.models import PAPER_MODELS, build_model, frozen_parameters  # noqa: E402
+from advcam.similarity import ssim  # noqa: E402
+from advcam.train import train_model  # noqa: E402
+
+CPU_SIZES = {"resnet50": 128, "vgg16": 64, "inception_v3": 171, "xception": 112}
+GPU_SIZES = {"resnet50": 224, "vgg16": 224, "inception_v3": 299, "xception": 299}
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn, dev, warmup: int = 1, iters: int = 3) -> float:
+    """Median seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(dev)
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        sync(dev)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def _skimage_pair(args):
+    from skimage.metrics import structural_similarity
+
+    a, b = args
+    return structural_similarity(a, b, data_range=1.0)
+
+
+def _skimage_chunk(pairs):
+    return [_skimage_pair(p) for p in pairs]
+
+
+class Bench:
+    def __init__(self, dev: torch.device, batch: int, sizes: dict, eps: list[float], iters: int):
+        self.dev, self.batch, self.sizes, self.eps, self.iters = dev, batch, sizes, eps, iters
+        self.rows: list[dict] = []
+
+    def row(self, stage, model, what, seconds, n, unit="img/s", **extra):
+        r = {"stage": stage, "model": model, "what": what, "seconds": seconds, "throughput": n / seconds, "unit": unit, **extra}
+        self.rows.append(r)
+        print(f"  {stage:<10} {model:<13} {what:<34} {n / seconds:>10.1f} {unit}", flush=True)
+        return r
+
+    def data(self, arch):
+        s = self.sizes[arch]
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(self.batch, 3, s, s, generator=g).to(self.dev)
+        y = torch.randint(0, 10, (self.batch,), generator=g).to(self.dev)
+        return x, y
+
+    def model(self, arch):
+        torch.manual_seed(0)
+        m = build_model(arch, 10).to(self.dev).eval()
+        if self.dev.type == "cuda":
+            m = m.to(memory_format=torch.channels_last)
+        return m
+
+    # ---------------------------------------------------------------- stages
+    def gradcam(self, arch, m, x, y):
+        from pytorch_grad_cam import GradCAM
+
+        layer = PAPER_MODELS[arch].layer
+        n = x.shape[0]
+        it = self.iters
+
+        def floor():
+            with torch.enable_grad():
+                m(x)
+
+        def ours():
+            explain(m, layer, x, batch_size=n)
+
+        cam = GradCAM(model=m, target_layers=[m.net.get_submodule(layer)])
+
+        def ref():
+            cam(input_tensor=x, targets=None)
+
+        t_floor = timed(floor, self.dev, iters=it)
+        t_ours = timed(ours, self.dev, iters=it)
+        t_ref = timed(ref, self.dev, iters=it)
+        cam.activations_and_grads.release()
+        self.row("gradcam", arch, "forward with graph (floor)", t_floor, n)
+        self.row("gradcam", arch, "advcam explain", t_ours, n, vs_floor=t_floor / t_ours, vs_ref=t_ref / t_ours)
+        self.row("gradcam", arch, "pytorch-grad-cam GradCAM", t_ref, n)
+        if self.dev.type == "cuda":
+            xs = x[: min(n, 16)]
+            with torch.no_grad():
+                pass
+            fp32 = explain(m, layer, xs).maps
+            bf16 = explain(m, layer, xs, amp=True).maps
+            self.rows.append({"stage": "gradcam", "model": arch, "what": "bf16 max |Δmap| vs fp32",
+                              "value": float((fp32 - bf16).abs().max())})
+            t_bf16 = timed(lambda: explain(m, layer, x, batch_size=n, amp=True), self.dev, iters=it)
+            self.row("gradcam", arch, "advcam explain bf16", t_bf16, n, vs_floor=t_floor / t_bf16,
+                     max_abs_diff_vs_fp32=float((fp32 - bf16).abs().max()))
+
+    def fgsm(self, arch, m, x, y):
+        import torchattacks
+
+        n, E = x.shape[0], len(self.eps)
+        it = self.iters
+
+        def floor():
+            with frozen_parameters(m), torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                torch.autograd.grad(torch.nn.functional.cross_entropy(m(xg), y, reduction="sum"), xg)
+
+        def ours_one():
+            gs = gradient_sign(m, x, y, batch_size=n)
+            apply_sign(x, gs.sign.to(x.device), self.eps[-1])
+
+        def ours_all():
+            gs = gradient_sign(m, x, y, batch_size=n)
+            s = gs.sign.to(x.device)
+            for e in self.eps:
+                apply_sign(x, s, e)
+
+        def ours_all_device():
+            # the library path without the host round trip of the stored sign
+            with frozen_parameters(m), torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(m(xg), y, reduction="sum"), xg)
+            s = g.sign()
+            for e in self.eps:
+                apply_sign(x, s, e)
+
+        atks = {e: torchattacks.FGSM(m, eps=e) for e in self.eps}
+
+        def ref_one():
+            atks[self.eps[-1]](x, y)
+
+        def ref_all():
+            for e in self.eps:
+                atks[e](x, y)
+
+        t_floor = timed(floor, self.dev, iters=it)
+        t1, tr1 = timed(ours_one, self.dev, iters=it), timed(ref_one, self.dev, iters=it)
+        tE, trE = timed(ours_all, self.dev, iters=it), timed(ref_all, self.dev, iters=it)
+        self.row("fgsm", arch, "fwd+bwd to input (floor)", t_floor, n)
+        self.row("fgsm", arch, "advcam, one ε", t1, n, vs_floor=t_floor / t1, vs_ref=tr1 / t1)
+        self.row("fgsm", arch, "torchattacks FGSM, one ε", tr1, n)
+        self.row("fgsm", arch, f"advcam, {E} ε (one gradient)", tE, n * E, unit="img·ε/s", vs_ref=trE / tE, target=0.9 * E)
+        self.row("fgsm", arch, f"torchattacks FGSM × {E} ε", trE, n * E, unit="img·ε/s")
+
+    def pipeline(self, arch, m, x, y):
+        """Gradient, E attacks, clean + E adversarial CAMs, scoring E pairs per image."""
+        from pytorch_grad_cam import GradCAM
+        import torchattacks
+
+        layer = PAPER_MODELS[arch].layer
+        n, E = x.shape[0], len(self.eps)
+        it = max(1, self.iters - 1)
+
+        def floor():
+            with frozen_parameters(m), torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                torch.autograd.grad(torch.nn.functional.cross_entropy(m(xg), y, reduction="sum"), xg)
+            with torch.no_grad():
+                for _ in range(1 + E):
+                    m(x)
+
+        def ours():
+            gs = gradient_sign(m, x, y, batch_size=n)
+            s = gs.sign.to(x.device)
+            clean = explain(m, layer, x, batch_size=n).maps.to(x.device)
+            for e in self.eps:
+                adv = explain(m, layer, apply_sign(x, s, e), batch_size=n)
+                ssim(clean, adv.maps.to(x.device))
+
+        cam = GradCAM(model=m, target_layers=[m.net.get_submodule(layer)])
+
+        def ref():
+            from skimage.metrics import structural_similarity
+
+            clean = cam(input_tensor=x, targets=None)
+            for e in self.eps:
+                xa = torchattacks.FGSM(m, eps=e)(x, y)
+                adv = cam(input_tensor=xa, targets=None)
+                [structural_similarity(a, b, data_range=1.0) for a, b in zip(clean, adv)]
+
+        t_floor = timed(floor, self.dev, iters=it)
+        t_ours = timed(ours, self.dev, iters=it)
+        t_ref = timed(ref, self.dev, warmup=0, iters=1)
+        cam.activations_and_grads.release()
+        self.row("pipeline", arch, f"1 fwd+bwd + {1 + E} fwd (floor)", t_floor, n)
+        self.row("pipeline", arch, f"advcam ({E} ε)", t_ours, n, ours_over_floor=t_ours / t_floor, vs_ref=t_ref / t_ours)
+        self.row("pipeline", arch, "pytorch-grad-cam+torchattacks+skimage", t_ref, n)
+
+    def train(self, arch):
+        s = self.sizes[arch]
+        bs = self.batch
+        steps = 6 if self.dev.type == "cpu" else 20
+        torch.manual_seed(0)
+        m = build_model(arch, 10).to(self.dev)
+        n = bs * steps
+        g = torch.Generator().manual_seed(0)
+        x8 = torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g)
+        y = torch.randint(0, 10, (n,), generator=g)
+        amp = self.dev.type == "cuda"
+        empty = torch.empty(0, 3, s, s, dtype=torch.uint8)
+        train_model(m, x8[: bs * 2], y[: bs * 2], empty, torch.empty(0, dtype=torch.long), epochs=1, batch_size=bs,
+                    warmup_epochs=0, amp=amp, progress=False)  # warm-up
+        sync(self.dev)
+        t0 = time.perf_counter()
+        train_model(m, x8, y, empty, torch.empty(0, dtype=torch.long), epochs=1, batch_size=bs, warmup_epochs=0,
+                    amp=amp, progress=False)
+        sync(self.dev)
+        t_ours = time.perf_counter() - t0
+        # the same step on one batch already on the device, no data path at all
+        m = m.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.05)
+        xb = (x8[:bs].to(self.dev).float() / 255).contiguous(memory_format=torch.channels_last)
+        yb = y[:bs].to(self.dev)
+
+        def step():
+            with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=amp):
+                out = m(xb)
+            loss = torch.nn.functional.cross_entropy(out.float(), yb, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        step()
+        sync(self.dev)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(self.dev)
+        t_dev = time.perf_counter() - t0
+        self.row("train", arch, "step on a batch already on device", t_dev, n)
+        self.row("train", arch, "advcam train_model (data path incl.)", t_ours, n, vs_floor=t_dev / t_ours, target=0.9)
+
+    def ssim(self, n_pairs: int, size: int):
+        rng = np.random.default_rng(0)
+        a = rng.random((n_pairs, size, size)).astype(np.float32)
+        b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+        ta, tb = torch.from_numpy(a).to(self.dev), torch.from_numpy(b).to(self.dev)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        pairs = list(zip(a64, b64))
+        t_ours = timed(lambda: ssim(ta, tb), self.dev, iters=self.iters)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        t_ours1 = timed(lambda: ssim(ta.cpu(), tb.cpu()), torch.device("cpu"), iters=self.iters)
+        torch.set_num_threads(threads)
+        t_ref = timed(lambda: _skimage_chunk(pairs), torch.device("cpu"), warmup=0, iters=1)
+        cores = os.cpu_count() or 1
+        chunks = [pairs[i::cores] for i in range(cores)]
+        with mp.get_context("fork").Pool(cores) as pool:
+            t_pool = timed(lambda: pool.map(_skimage_chunk, chunks), torch.device("cpu"), warmup=1, iters=1)
+        u = "pairs/s"
+        self.row("ssim", f"{size}²", f"advcam ssim on {self.dev.type}", t_ours, n_pairs, unit=u, vs_ref=t_ref / t_ours,
+                 vs_pool=t_pool / t_ours)
+        self.row("ssim", f"{size}²", "advcam ssim, CPU, 1 thread", t_ours1, n_pairs, unit=u, vs_ref=t_ref / t_ours1)
+        self.row("ssim", f"{size}²", "skimage loop, 1 process", t_ref, n_pairs, unit=u)
+        self.row("ssim", f"{size}²", f"skimage, {cores} processes", t_pool, n_pairs, unit=u)
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| stage | model | what | throughput | ratios |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "throughput" not in r:
+            lines.append(f"| {r['stage']} | {r['model']} | {r['what']} | {r['value']:.2e} | |")
+            continue
+        ratios = []
+        for k, label in (("vs_floor", "× floor"), ("ours_over_floor", "time / floor"), ("vs_ref", "× reference"),
+                         ("vs_pool", "× skimage all cores"), ("target", "target")):
+            if k in r:
+                ratios.append(f"{r[k]:.2f} {label}")
+        lines.append(f"| {r['stage']} | {r['model']} | {r['what']} | {r['throughput']:,.1f} {r['unit']} | {'; '.join(ratios)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: 64 on GPU, 8 on CPU)")
+    p.add_argument("--models", nargs="+", default=None, help="subset of resnet50 vgg16 inception_v3 xception")
+    p.add_argument("--stages", nargs="+", default=["gradcam", "fgsm", "ssim", "train", "pipeline"])
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--out", default=None, help="output prefix (default: bench/results/<device>-<date>)")
+    args = p.parse_args(argv)
+    dev = advcam.models.pick_device(args.device)
+    gpu = dev.type == "cuda"
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    sizes = GPU_SIZES if gpu else CPU_SIZES
+    batch = args.batch or (64 if gpu else 8)
+    iters = args.iters or (5 if gpu else 2)
+    models = args.models or list(sizes)
+    b = Bench(dev, batch, sizes, [0.01, 0.05, 0.075, 0.1], iters)
+    name = torch.cuda.get_device_name(dev) if gpu else platform.processor() or platform.machine()
+    import timm
+
+    versions = {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(), "advcam": advcam.__version__}
+    for mod in ("pytorch_grad_cam", "torchattacks", "skimage"):
+        try:
+            m = __import__(mod)
+            versions[mod] = getattr(m, "__version__", "?")
+        except ImportError:
+            versions[mod] = "missing"
+    print(f"device {name}; batch {batch}; fp32; {versions}", flush=True)
+    t_start = time.perf_counter()
+    for arch in models:
+        x, y = b.data(arch)
+        m = b.model(arch)
+        if "gradcam" in args.stages:
+            b.gradcam(arch, m, x, y)
+        if "fgsm" in args.stages:
+            b.fgsm(arch, m, x, y)
+        if "pipeline" in args.stages:
+            b.pipeline(arch, m, x, y)
+        del m
+        if "train" in args.stages:
+            b.train(arch)
+        if gpu:
+            torch.cuda.empty_cache()
+    if "ssim" in args.stages:
+        b.ssim(256 if gpu else 64, 224 if gpu else 128)
+    date = time.strftime("%Y-%m-%d")
+    header = (f"## advcam bench — {name} ({dev.type}), {date}\n\nbatch {batch}, fp32 unless stated, sizes "
+              f"{ {k: sizes[k] for k in models} }, ε = {b.eps}; versions: {versions}; "
+              f"{os.cpu_count()} CPU cores; {time.perf_counter() - t_start:.0f} s")
+    md = markdown(b.rows, header)
+    print("\n" + md)
+    out = Path(args.out or Path(__file__).parent / "results" / f"{'gpu' if gpu else 'cpu'}-{date}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.md").write_text(md)
+    Path(f"{out}.json").write_text(json.dumps({"device": name, "batch": batch, "sizes": sizes, "versions": versions,
+                                               "rows": b.rows}, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
