@@ -103,7 +103,14 @@ class Bench:
                 m(x)
 
         def ours():
+            explain(m, layer, x, batch_size=n, out_device=None)
+
+        def ours_host():
             explain(m, layer, x, batch_size=n)
+
+        def forward_frozen():
+            with frozen_parameters(m), torch.enable_grad():
+                m(x)
 
         cam = GradCAM(model=m, target_layers=[m.net.get_submodule(layer)])
 
@@ -112,20 +119,22 @@ class Bench:
 
         t_floor = timed(floor, self.dev, iters=it)
         t_ours = timed(ours, self.dev, iters=it)
+        t_host = timed(ours_host, self.dev, iters=it)
+        t_frozen = timed(forward_frozen, self.dev, iters=it)
         t_ref = timed(ref, self.dev, iters=it)
         cam.activations_and_grads.release()
         self.row("gradcam", arch, "forward with graph (floor)", t_floor, n)
         self.row("gradcam", arch, "advcam explain", t_ours, n, vs_floor=t_floor / t_ours, vs_ref=t_ref / t_ours)
+        self.row("gradcam", arch, "advcam explain + copy to host", t_host, n, vs_floor=t_floor / t_host, vs_ref=t_ref / t_host)
+        self.row("gradcam", arch, "  part: forward, parameters frozen", t_frozen, n)
         self.row("gradcam", arch, "pytorch-grad-cam GradCAM", t_ref, n)
         if self.dev.type == "cuda":
             xs = x[: min(n, 16)]
-            with torch.no_grad():
-                pass
             fp32 = explain(m, layer, xs).maps
             bf16 = explain(m, layer, xs, amp=True).maps
             self.rows.append({"stage": "gradcam", "model": arch, "what": "bf16 max |Δmap| vs fp32",
                               "value": float((fp32 - bf16).abs().max())})
-            t_bf16 = timed(lambda: explain(m, layer, x, batch_size=n, amp=True), self.dev, iters=it)
+            t_bf16 = timed(lambda: explain(m, layer, x, batch_size=n, amp=True, out_device=None), self.dev, iters=it)
             self.row("gradcam", arch, "advcam explain bf16", t_bf16, n, vs_floor=t_floor / t_bf16,
                      max_abs_diff_vs_fp32=float((fp32 - bf16).abs().max()))
 
@@ -141,23 +150,13 @@ class Bench:
                 torch.autograd.grad(torch.nn.functional.cross_entropy(m(xg), y, reduction="sum"), xg)
 
         def ours_one():
-            gs = gradient_sign(m, x, y, batch_size=n)
-            apply_sign(x, gs.sign.to(x.device), self.eps[-1])
+            gs = gradient_sign(m, x, y, batch_size=n, out_device=None)
+            apply_sign(x, gs.sign, self.eps[-1])
 
         def ours_all():
-            gs = gradient_sign(m, x, y, batch_size=n)
-            s = gs.sign.to(x.device)
+            gs = gradient_sign(m, x, y, batch_size=n, out_device=None)
             for e in self.eps:
-                apply_sign(x, s, e)
-
-        def ours_all_device():
-            # the library path without the host round trip of the stored sign
-            with frozen_parameters(m), torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(m(xg), y, reduction="sum"), xg)
-            s = g.sign()
-            for e in self.eps:
-                apply_sign(x, s, e)
+                apply_sign(x, gs.sign, e)
 
         atks = {e: torchattacks.FGSM(m, eps=e) for e in self.eps}
 
@@ -195,12 +194,11 @@ class Bench:
                     m(x)
 
         def ours():
-            gs = gradient_sign(m, x, y, batch_size=n)
-            s = gs.sign.to(x.device)
-            clean = explain(m, layer, x, batch_size=n).maps.to(x.device)
+            gs = gradient_sign(m, x, y, batch_size=n, out_device=None)
+            clean = explain(m, layer, x, batch_size=n, out_device=None).maps
             for e in self.eps:
-                adv = explain(m, layer, apply_sign(x, s, e), batch_size=n)
-                ssim(clean, adv.maps.to(x.device))
+                adv = explain(m, layer, apply_sign(x, gs.sign, e), batch_size=n, out_device=None)
+                ssim(clean, adv.maps)
 
         cam = GradCAM(model=m, target_layers=[m.net.get_submodule(layer)])
 
@@ -224,7 +222,7 @@ class Bench:
     def train(self, arch):
         s = self.sizes[arch]
         bs = self.batch
-        steps = 6 if self.dev.type == "cpu" else 20
+        steps = 6 if self.dev.type == "cpu" else 40
         torch.manual_seed(0)
         m = build_model(arch, 10).to(self.dev)
         n = bs * steps
@@ -235,12 +233,9 @@ class Bench:
         empty = torch.empty(0, 3, s, s, dtype=torch.uint8)
         train_model(m, x8[: bs * 2], y[: bs * 2], empty, torch.empty(0, dtype=torch.long), epochs=1, batch_size=bs,
                     warmup_epochs=0, amp=amp, progress=False)  # warm-up
-        sync(self.dev)
-        t0 = time.perf_counter()
-        train_model(m, x8, y, empty, torch.empty(0, dtype=torch.long), epochs=1, batch_size=bs, warmup_epochs=0,
-                    amp=amp, progress=False)
-        sync(self.dev)
-        t_ours = time.perf_counter() - t0
+        r = train_model(m, x8, y, empty, torch.empty(0, dtype=torch.long), epochs=1, batch_size=bs, warmup_epochs=0,
+                        amp=amp, progress=False)
+        t_ours = r.history[0]["seconds"]  # the training loop itself, without the final copy of the weights
         # the same step on one batch already on the device, no data path at all
         m = m.to(memory_format=torch.channels_last).train()
         opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.05)
@@ -317,7 +312,10 @@ def main(argv=None) -> int:
     dev = advcam.models.pick_device(args.device)
     gpu = dev.type == "cuda"
     if gpu:
+        # TF32 tensor-core math for fp32 convolutions and matmuls, as the reference figures were measured
         torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
     sizes = GPU_SIZES if gpu else CPU_SIZES
     batch = args.batch or (64 if gpu else 8)
     iters = args.iters or (5 if gpu else 2)
@@ -352,7 +350,8 @@ def main(argv=None) -> int:
     if "ssim" in args.stages:
         b.ssim(256 if gpu else 64, 224 if gpu else 128)
     date = time.strftime("%Y-%m-%d")
-    header = (f"## advcam bench — {name} ({dev.type}), {date}\n\nbatch {batch}, fp32 unless stated, sizes "
+    header = (f"## advcam bench — {name} ({dev.type}), {date}\n\nbatch {batch}, fp32 unless stated"
+              f"{' (TF32 tensor cores allowed)' if gpu else ''}, sizes "
               f"{ {k: sizes[k] for k in models} }, ε = {b.eps}; versions: {versions}; "
               f"{os.cpu_count()} CPU cores; {time.perf_counter() - t_start:.0f} s")
     md = markdown(b.rows, header)

@@ -72,12 +72,18 @@ class GradientSign:
 
 
 def gradient_sign(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, progress: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 64,
+    progress: bool = False,
+    out_device: str | torch.device | None = "cpu",
 ) -> GradientSign:
     """FGSM's gradient sign for every image, computed once per model in batches on the model's device.
 
-    x : (N,3,H,W) float in [0,1] or uint8; y : (N,) int64 true labels. Results on the CPU. The loss is
-    summed (not averaged) over the batch so each image's sign does not depend on the batch it sits in.
+    x : (N,3,H,W) float in [0,1] or uint8; y : (N,) int64 true labels. Results go to ``out_device``
+    (None: stay on the model's device). The loss is summed (not averaged) over the batch so each
+    image's sign does not depend on the batch it sits in.
     """
     dev = model_device(model)
     signs, logits, zero = [], [], []
@@ -92,9 +98,12 @@ def gradient_sign(
             xb = xb.float().div_(255)
         g, lg = _input_grad(model, xb, torch.as_tensor(y[s : s + batch_size]).long().to(dev))
         sg = g.sign().to(torch.int8)
-        signs.append(sg.cpu())
-        logits.append(lg.cpu())
-        zero.append((sg.flatten(1) == 0).all(1).cpu())
+        z = (sg.flatten(1) == 0).all(1)
+        if out_device is not None:
+            sg, lg, z = sg.to(out_device), lg.to(out_device), z.to(out_device)
+        signs.append(sg)
+        logits.append(lg)
+        zero.append(z)
     return GradientSign(torch.cat(signs), torch.cat(logits), torch.cat(zero))
 
 

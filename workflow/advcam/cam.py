@@ -133,11 +133,14 @@ def explain(
     batch_size: int = 64,
     amp: bool = False,
     progress: bool = False,
+    out_device: str | torch.device | None = "cpu",
 ) -> CamOutput:
-    """Grad-CAM of many images in batches on the model's device; results come back on the CPU.
+    """Grad-CAM of many images in batches on the model's device.
 
     x : (N,3,H,W) float in [0,1] or uint8 in [0,255] (converted per batch), on any device.
     target : None (predicted class) or (N,) class indices.
+    out_device : where the results go ("cpu" by default, for writing to disk); None keeps them on the
+    model's device (no host transfer, no synchronisation).
     """
     dev = model_device(model)
     outs = []
@@ -152,9 +155,13 @@ def explain(
             xb = xb.float().div_(255)
         tb = None if target is None else torch.as_tensor(target)[s : s + batch_size].to(dev)
         o = gradcam_batch(model, layer, xb, tb, amp=amp)
-        outs.append(CamOutput(o.maps.cpu(), o.raw.cpu(), o.logits.cpu(), o.target.cpu()))
+        if out_device is not None:
+            o = CamOutput(*(getattr(o, f).to(out_device) for f in ("maps", "raw", "logits", "target")))
+        outs.append(o)
     if not outs:
         raise ValueError("no images to explain")
+    if len(outs) == 1:
+        return outs[0]
     return CamOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in ("maps", "raw", "logits", "target")))
 
 

@@ -29,6 +29,15 @@ def gaussian_window(sigma: float = 1.5, truncate: float = 3.5, dtype=torch.float
     return w / w.sum()
 
 
+def _box_mean_valid(t: torch.Tensor, win: int) -> torch.Tensor:
+    """Mean over every win×win window lying inside the image (valid filter), by running sums along each
+    axis: O(1) per pixel whatever the window. (n,c,H,W) float64 → (n,c,H-win+1,W-win+1)."""
+    c = F.pad(t.cumsum(-1), (1, 0))
+    t = c[..., win:] - c[..., :-win]
+    c = F.pad(t.cumsum(-2), (0, 0, 1, 0))
+    return (c[..., win:, :] - c[..., :-win, :]) / (win * win)
+
+
 def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.ndim == 2:
@@ -45,7 +54,7 @@ def ssim(
     data_range: float = 1.0,
     win_size: int | None = None,
     sigma: float = 1.5,
-    chunk: int = 256,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Mean structural similarity of each pair of greyscale images.
 
@@ -59,7 +68,8 @@ def ssim(
         ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False`` (Wang et al. 2004).
     data_range : R in C1=(0.01R)², C2=(0.03R)².
     win_size : side of the uniform window (odd, ≥3); ignored when ``gaussian``.
-    chunk : pairs processed at once (bounds memory: about 10·chunk·H·W float64 values).
+    chunk : pairs processed at once (about 10·chunk·H·W float64 values live at once). None: on the CPU as
+        many as keep that working set in cache (one pair at 224²), on a GPU up to 2²⁶ pixels at once.
 
     Returns
     -------
@@ -85,6 +95,8 @@ def ssim(
             f"images of {h}x{w} are smaller than the {win}x{win} SSIM window; use larger heatmaps"
             + ("" if gaussian else " or a smaller win_size")
         )
+    if chunk is None:
+        chunk = max(1, (2**26 if a.device.type == "cuda" else 2**16) // (h * w))
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
     out = []
@@ -97,8 +109,7 @@ def ssim(
             kw = w1.view(1, 1, 1, -1).expand(5, 1, 1, -1)
             m = F.conv2d(F.conv2d(stack, kh, groups=5), kw, groups=5)
         else:
-            # separable box filter: two 1-D means (2·win operations per pixel instead of win²)
-            m = F.avg_pool2d(F.avg_pool2d(stack, (1, win), stride=1), (win, 1), stride=1)
+            m = _box_mean_valid(stack, win)
         ux, uy, uxx, uyy, uxy = m.unbind(1)
         vx = cov_norm * (uxx - ux * ux)
         vy = cov_norm * (uyy - uy * uy)

@@ -143,7 +143,10 @@ def train_model(
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=perm_gen)
-        loss_sum = correct = count = 0.0
+        # running sums stay on the device: no host synchronisation inside the step loop
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev)
+        count = 0
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size]
             xb = xs[idx.to(data_dev)].to(dev, non_blocking=True).float().div_(255)
@@ -158,19 +161,20 @@ def train_model(
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += float((logits.detach().argmax(1) == yb).sum())
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == yb).sum()
             count += len(idx)
             seen += len(idx)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_sum / count:.3f}")
+        if bar is not None:
+            bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / max(count, 1):.3f}")
         val_acc = accuracy(predict(model, x_val, amp=amp), y_val) if len(y_val) else float("nan")
         rec = {
             "epoch": epoch,
             "lr": opt.param_groups[0]["lr"],
-            "train_loss": loss_sum / max(count, 1),
-            "train_acc": correct / max(count, 1),
+            "train_loss": float(loss_sum) / max(count, 1),
+            "train_acc": float(correct) / max(count, 1),
             "val_acc": val_acc,
             "seconds": time.perf_counter() - t0,
         }
