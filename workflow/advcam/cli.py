@@ -122,7 +122,7 @@ def cmd_train(args) -> None:
         model, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        seed=args.seed, augment_strength=args.augment, amp={"auto": None, "on": True, "off": False}[args.amp],
+        seed=args.seed, augment_strength=args.augment, pixel_noise=args.pixel_noise, amp={"auto": None, "on": True, "off": False}[args.amp],
         progress=not args.no_progress,
     )
     test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
@@ -225,7 +225,7 @@ def cmd_attack(args) -> None:
     from .attacks import ATTACKS, check_eps, pgd, perturb
     from .cam import explain
     from .models import load_checkpoint, predict
-    from .store import write_h5
+    from .store import read_h5, write_h5
 
     eps = check_eps(args.eps)
     if args.attack not in ATTACKS:
@@ -254,7 +254,13 @@ def cmd_attack(args) -> None:
             preds.append(o.pred)
         else:
             preds.append(predict(model, xa, args.batch_size).argmax(1))
-    clean = predict(model, x, args.batch_size).argmax(1)
+    if args.clean_logits:
+        stored = read_h5(args.clean_logits, ["logits", "index"])
+        if not np.array_equal(stored["index"], idx):
+            raise ValueError(f"{args.clean_logits}: test indices do not match {args.data}")
+        clean = torch.as_tensor(stored["logits"]).argmax(1)
+    else:
+        clean = predict(model, x, args.batch_size).argmax(1)
     pred = torch.cat(preds)
     out = {"index": idx, "labels": y.numpy(), "pred_clean": clean.numpy(), "pred_adv": pred.numpy()}
     if zero is not None:
@@ -455,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup-epochs", type=float, default=1.0)
     s.add_argument("--label-smoothing", type=float, default=0.1)
     s.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = none)")
+    s.add_argument("--pixel-noise", type=float, default=0.0, help="Gaussian training noise: per-image std drawn from U(0, this) ([0,1] scale)")
     s.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="bf16 autocast for training: auto = on CUDA only; on = also on the CPU (AVX512-BF16/AMX)")
     s.add_argument("--seed", type=int, default=0)
@@ -482,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pgd-alpha", type=float, default=2 / 255)
     s.add_argument("--no-random-start", action="store_true")
     s.add_argument("--out", required=True, help="attack file: predictions (and PGD's perturbation)")
+    s.add_argument("--clean-logits", help="file with the clean test logits ('advcam gradient' output) to reuse")
     s.add_argument("--heatmaps", help="also write the adversarial Grad-CAMs here (same forward pass as the predictions)")
     s.add_argument("--name", help="model name to record in the heatmaps (default: the checkpoint's arch)")
     s.add_argument("--layer", help="override the checkpoint's Grad-CAM layer")

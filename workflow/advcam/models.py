@@ -172,8 +172,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt["meta"]
-    model = build_model(meta["arch"], int(meta["num_classes"]))
-    model.load_state_dict(ckpt["state_dict"])
+    # build on the meta device (no random initialisation to pay for), then take the stored tensors
+    with torch.device("meta"):
+        model = build_model(meta["arch"], int(meta["num_classes"]))
+    model.load_state_dict(ckpt["state_dict"], assign=True)
     return model.to(device).eval(), meta
 
 

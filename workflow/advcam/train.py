@@ -83,6 +83,7 @@ def train_model(
     label_smoothing: float = 0.1,
     seed: int = 0,
     augment_strength: float = 1.0,
+    pixel_noise: float = 0.0,
     amp: bool | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -91,6 +92,8 @@ def train_model(
     x_* : (N,3,H,W) uint8 tensors; y_* : (N,) int64. ``amp``: None → bf16 autocast on CUDA only; True → bf16
     autocast on any device (on CPUs with AVX512-BF16 or AMX about 1.5–2× faster); False → fp32.
     The model runs channels_last while training (faster on CUDA and on oneDNN CPUs).
+    ``pixel_noise`` adds Gaussian pixel noise to every training image (on the device), its std drawn per
+    image from U(0, pixel_noise), so the model is not fragile to random perturbations of that size.
     The learning rate warms up linearly for ``warmup_epochs`` then follows a cosine to zero.
     """
     if optimizer not in OPTIMIZERS:
@@ -153,6 +156,10 @@ def train_model(
             yb = ys[idx.to(dev)]
             if augment_strength > 0:
                 xb = augment(xb, gen, augment_strength)
+            if pixel_noise > 0:
+                sigma = torch.rand(xb.shape[0], 1, 1, 1, device=dev, generator=gen) * pixel_noise
+                noise = torch.randn(xb.shape, device=dev, generator=gen, dtype=xb.dtype)
+                xb = (xb + sigma * noise).clamp_(0, 1)
             xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)

@@ -31,13 +31,13 @@ rule attack:
     input:
         model=f"{RESULTS}/models/{{model}}/model.pt",
         data=data_store,
-        sign=sign_input,
+        gradient=f"{RESULTS}/attacks/{{model}}/fgsm_sign.h5",
     output:
         attack=f"{RESULTS}/attacks/{{model}}/{{attack}}/{{eps}}.h5",
         heatmaps=f"{RESULTS}/heatmaps/{{model}}/{{attack}}/{{eps}}.h5",
     params:
         opts=attack_options,
-        sign=lambda w, input: f"--sign {input.sign}" if input.sign else "",
+        sign=lambda w, input: f"--sign {input.gradient}" if w.attack == "fgsm" else "",
         target=config["cam"]["target"],
         batch=config["cam"]["batch_size"],
         amp="--amp" if config["cam"]["amp"] else "",
@@ -55,6 +55,6 @@ rule attack:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam attack --model {input.model} --data {input.data} --attack {wildcards.attack} "
-        "--eps {wildcards.eps} {params.sign} {params.opts} --out {output.attack} --heatmaps {output.heatmaps} "
+        "--eps {wildcards.eps} {params.sign} --clean-logits {input.gradient} {params.opts} --out {output.attack} --heatmaps {output.heatmaps} "
         "--name {wildcards.model} --target {params.target} {params.amp} --batch-size {params.batch} "
         "--device {params.device} --threads {threads} > {log} 2>&1"

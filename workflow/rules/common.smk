@@ -99,7 +99,7 @@ def train_options(wildcards):
     opts = [
         f"--epochs {m['epochs']} --batch-size {m['batch_size']} --lr {m['lr']} --optimizer {m['optimizer']}",
         f"--weight-decay {m['weight_decay']} --warmup-epochs {m['warmup_epochs']}",
-        f"--label-smoothing {m['label_smoothing']} --augment {m['augment']} --seed {m['seed']}",
+        f"--label-smoothing {m['label_smoothing']} --augment {m['augment']} --pixel-noise {m['pixel_noise']} --seed {m['seed']}",
         "--amp " + {None: "auto", True: "on", False: "off"}[m["amp"]],
     ]
     if m["layer"]:
@@ -113,13 +113,6 @@ def train_options(wildcards):
 
 def data_store(wildcards):
     return f"{RESULTS}/data/{size(wildcards.model)}.h5"
-
-
-def sign_input(wildcards):
-    """The FGSM gradient sign is needed for the fgsm attack only."""
-    if wildcards.attack == "fgsm":
-        return f"{RESULTS}/attacks/{wildcards.model}/fgsm_sign.h5"
-    return []
 
 
 def attack_jobs():
