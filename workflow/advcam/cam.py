@@ -45,6 +45,22 @@ class CamOutput:
         """(N,) int64 predicted class."""
         return self.logits.argmax(1)
 
+    def to(self, device: str | torch.device) -> "CamOutput":
+        """The same results on ``device``."""
+        return CamOutput(*(getattr(self, f).to(device) for f in _FIELDS))
+
+    @staticmethod
+    def cat(outs: list["CamOutput"]) -> "CamOutput":
+        """Concatenate batches along the image axis (a single batch is returned as is)."""
+        if not outs:
+            raise ValueError("no images to explain")
+        if len(outs) == 1:
+            return outs[0]
+        return CamOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in _FIELDS))
+
+
+_FIELDS = ("maps", "raw", "logits", "target")
+
 
 def minmax(z: torch.Tensor) -> torch.Tensor:
     """Per-image ``(z - min) / (max(z - min) + 1e-7)`` over the last two axes of (N,H,W)."""
@@ -155,14 +171,8 @@ def explain(
             xb = xb.float().div_(255)
         tb = None if target is None else torch.as_tensor(target)[s : s + batch_size].to(dev)
         o = gradcam_batch(model, layer, xb, tb, amp=amp)
-        if out_device is not None:
-            o = CamOutput(*(getattr(o, f).to(out_device) for f in ("maps", "raw", "logits", "target")))
-        outs.append(o)
-    if not outs:
-        raise ValueError("no images to explain")
-    if len(outs) == 1:
-        return outs[0]
-    return CamOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in ("maps", "raw", "logits", "target")))
+        outs.append(o if out_device is None else o.to(out_device))
+    return CamOutput.cat(outs)
 
 
 def gradcam(

@@ -1,8 +1,9 @@
 # Config validation (defaults filled in), derived names, and the input functions the rules share.
 import hashlib
-import re
 import json
 import os
+import re
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -34,13 +35,12 @@ if abs(sum(DATASET["split"]) - 1) > 1e-6:
 
 
 def _check_models():
+    """Unknown architectures and missing weight files fail here, before any job starts."""
     import timm
 
-    sys_path = f"{workflow.basedir}/workflow"
-    import sys
-
-    if sys_path not in sys.path:
-        sys.path.insert(0, sys_path)
+    library = f"{workflow.basedir}/workflow"
+    if library not in sys.path:
+        sys.path.insert(0, library)
     from advcam.models import timm_name
 
     for key, spec in MODELS.items():
