@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,7 +66,22 @@ def _setup_torch(args) -> "torch.device":  # noqa: F821
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    return pick_device(args.device)
+    dev = pick_device(args.device)
+    print(_runtime_line(dev, torch.get_num_threads()), file=sys.stderr)
+    return dev
+
+
+def _runtime_line(dev, threads: int) -> str:
+    """Where this stage runs, for the job log: device, torch threads and, under SLURM, the job and the GPUs
+    it was allocated (so a cluster run shows which jobs got a GPU, and a GPU job that fell back to the CPU)."""
+    line = f"advcam: device {dev}, {threads} torch thread(s)"
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        gpus = env.get("SLURM_JOB_GPUS") or env.get("SLURM_STEP_GPUS") or "none"
+        line += f"; SLURM job {env['SLURM_JOB_ID']} on {env.get('SLURMD_NODENAME', '?')}, GPUs allocated: {gpus}"
+    if "CUDA_VISIBLE_DEVICES" in env:
+        line += f"; CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}"
+    return line
 
 
 def _provenance(args, **extra) -> dict:

@@ -14,6 +14,9 @@ rule synth:
     benchmark:
         f"{RESULTS}/benchmarks/synth.tsv"
     threads: 1
+    resources:
+        runtime=30,
+        mem_mb=2000,
     conda:
         "../../envs/advcam.yaml"
     shell:
@@ -40,6 +43,9 @@ rule prepare:
     benchmark:
         f"{RESULTS}/benchmarks/prepare/{{size}}.tsv"
     threads: 1
+    resources:
+        runtime=120,
+        mem_mb=16000,
     conda:
         "../../envs/advcam.yaml"
     shell:

@@ -43,6 +43,9 @@ rule score:
     benchmark:
         f"{RESULTS}/benchmarks/score/{{model}}/{{attack}}/{{eps}}.tsv"
     threads: 1
+    resources:
+        runtime=30,
+        mem_mb=4000,
     conda:
         "../../envs/advcam.yaml"
     shell:

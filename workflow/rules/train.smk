@@ -20,7 +20,7 @@ rule train:
     resources:
         gpu=1,
         runtime=240,
-        mem_mb=16000,
+        mem_mb=24000,
     conda:
         "../../envs/advcam.yaml"
     shell:
