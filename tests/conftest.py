@@ -51,3 +51,15 @@ def tiny_store(tiny_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("store") / "48.h5"
     prepare(tiny_tree, out, size=48, identities=4, min_images=10, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """configs/smoke.yaml run to the end on this machine (``snakemake --cores 2``); its workdir. Shared by the
+    workflow tests and the cluster test, which compares its SLURM run against this one."""
+    from workflow_run import REPO, snakemake
+
+    wd = tmp_path_factory.mktemp("smoke")
+    run = snakemake(wd, config=REPO / "configs/smoke.yaml")
+    (wd / "wall_seconds.txt").write_text(f"{run.seconds:.1f}\n")
+    return wd

@@ -2,45 +2,14 @@
 and one real end-to-end run of the smoke config."""
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "Snakefile"
-
-
-def snakemake(workdir: Path, *args: str, config: dict | Path | None = None, check: bool = True):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--cores", "2"]
-    if config is not None:
-        if isinstance(config, dict):
-            path = workdir / "config.test.yaml"
-            path.write_text(yaml.safe_dump(config))
-            config = path
-        cmd += ["--configfile", str(config)]
-    proc = subprocess.run(cmd + list(args), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def job_counts(proc) -> dict[str, int]:
-    """Parse the 'Job stats' table of a dry run into rule → count."""
-    text = proc.stdout + proc.stderr
-    block = text[text.index("Job stats:"):]
-    counts = {}
-    for line in block.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        if m.group(1) != "total":
-            counts[m.group(1)] = int(m.group(2))
-    return counts
+from workflow_run import REPO, SNAKEFILE, job_counts, snakemake
 
 
 def load(name: str) -> dict:
@@ -102,13 +71,6 @@ def test_bad_config_fails_before_any_job(tmp_path, patch, message):
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("smoke")
-    snakemake(wd, config=REPO / "configs/smoke.yaml")
-    return wd
 
 
 @pytest.mark.slow
