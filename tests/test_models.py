@@ -74,3 +74,20 @@ def test_pretrained_file_through_timm(tmp_path):
     assert m.net.fc.out_features == 4  # classifier of another size is dropped and re-initialised
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_model("resnet18", 4, pretrained_file=tmp_path / "missing.pth")
+
+
+def test_scratch_vgg_gets_fan_in_init_and_normalised_nets_keep_timms():
+    torch.manual_seed(0)
+    vgg = build_model("vgg16", 6).net
+    for name, m in vgg.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            want = (2 / fan_in) ** 0.5
+            assert abs(m.weight.std().item() / want - 1) < 0.1, name
+            assert torch.count_nonzero(m.bias) == 0, name
+    # a network with batch norm is left exactly as timm built it
+    torch.manual_seed(1)
+    ours = build_model("resnet18", 6).net.state_dict()
+    torch.manual_seed(1)
+    ref = timm.create_model("resnet18", num_classes=6).state_dict()
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
