@@ -26,12 +26,11 @@ class Run:
     seconds: float
 
 
-def run_bounded(cmd: list[str], timeout: float = TIMEOUT_S, cwd: Path | None = None) -> Run:
+def run_bounded(cmd: list[str], timeout: float = TIMEOUT_S) -> Run:
     """Run ``cmd`` in its own process group; past ``timeout`` s kill the whole group (snakemake and its jobs)
     and raise, so a stuck run never hangs the suite."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
