@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from advcam.datasets import load_prepared
@@ -35,3 +36,26 @@ def test_training_learns_and_is_deterministic(tiny_store):
     assert 1 <= r1.best_epoch <= 3 and len(r1.history) == 3
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_pixel_noise_starts_at_the_given_epoch(tiny_store):
+    xt, yt, xv, yv = _data(tiny_store)
+
+    def losses(**kw):
+        torch.manual_seed(0)
+        r = train_model(build_model("resnet18", 4), xt, yt, xv, yv, epochs=2, batch_size=8, lr=2e-3, seed=0,
+                        augment_strength=0, progress=False, **kw)
+        return [h["train_loss"] for h in r.history]
+
+    clean = losses()
+    late = losses(pixel_noise=0.2, pixel_noise_from=2)
+    assert late[0] == clean[0] and late[1] != clean[1]
+    assert losses(pixel_noise=0.2, pixel_noise_from=3) == clean  # starts after the last epoch: never added
+    assert losses(pixel_noise=0.2)[0] != clean[0]
+
+
+def test_pixel_noise_rejects_bad_values(tiny_store):
+    xt, yt, xv, yv = _data(tiny_store)
+    for kw in ({"pixel_noise": -0.1}, {"pixel_noise": 0.1, "pixel_noise_from": 0}):
+        with pytest.raises(ValueError, match="pixel_noise"):
+            train_model(build_model("resnet18", 4), xt, yt, xv, yv, epochs=1, batch_size=8, progress=False, **kw)

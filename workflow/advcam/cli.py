@@ -149,6 +149,7 @@ def cmd_train(args) -> None:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         seed=args.seed, augment_strength=args.augment, pixel_noise=args.pixel_noise,
+        pixel_noise_from=args.pixel_noise_from,
         amp={"auto": None, "on": True, "off": False}[args.amp], progress=not args.no_progress,
     )
     test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
@@ -485,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-smoothing", type=float, default=0.1)
     s.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = none)")
     s.add_argument("--pixel-noise", type=float, default=0.0, help="Gaussian training noise: per-image std drawn from U(0, this) ([0,1] scale)")
+    s.add_argument("--pixel-noise-from", type=int, default=1, metavar="EPOCH",
+                   help="first epoch (1-based) that adds --pixel-noise")
     s.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="bf16 autocast for training: auto = on CUDA only; on = also on the CPU (AVX512-BF16/AMX)")
     s.add_argument("--seed", type=int, default=0)
