@@ -2,6 +2,7 @@
 and one real end-to-end run of the smoke config."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -23,12 +24,26 @@ def test_lint_is_clean(tmp_path):
     assert "Lints for" not in proc.stdout + proc.stderr
 
 
+def train_priorities(proc) -> dict[str, int]:
+    """model → priority of its train job in a dry run (snakemake prints 'priority: N' when it is not 0)."""
+    out = {}
+    for block in (proc.stdout + proc.stderr).split("rule train:")[1:]:
+        block = block.split("\n\n")[0].split("rule ")[0]
+        model = re.search(r"wildcards: model=(\S+)", block).group(1)
+        m = re.search(r"priority: (\d+)", block)
+        out[model] = int(m.group(1)) if m else 0
+    return out
+
+
 def test_default_dag(tmp_path):
-    c = job_counts(snakemake(tmp_path, "-n", config=REPO / "config.yaml"))
+    proc = snakemake(tmp_path, "-n", config=REPO / "config.yaml")
+    c = job_counts(proc)
     n_models, n_eps = 5, 4
     assert c["train"] == n_models and c["gradient"] == n_models and c["explain_clean"] == n_models
     assert c["attack"] == c["score"] == n_models * 2 * n_eps
     assert c["synth"] == 1 and c["summarise"] == 1 and c["plot"] == 1 and c["gallery"] == n_models
+    # the slowest training job (VGG16) is started first, not last (snakemake prefers the largest inputs)
+    assert train_priorities(proc) == {"vgg16": 1, "resnet50": 0, "resnet101": 0, "inception_v3": 0, "xception": 0}
 
 
 def test_paper_dag(tmp_path):
@@ -111,6 +126,15 @@ def test_partial_reruns(smoke_run):
     assert c["train"] == 1 and c["gradient"] == 1 and c["explain_clean"] == 1
     assert c["attack"] == c["score"] == 4
     assert "prepare" not in c and "synth" not in c
+    # a scheduling priority is not provenance: nothing reruns
+    prio = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "priority": 5}}}
+    proc = snakemake(smoke_run, "-n", config=prio)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    # a training setting is: starting the pixel noise later retrains that model and what depends on it
+    later = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "pixel_noise": 0.1,
+                                                          "pixel_noise_from": 2}}}
+    c = job_counts(snakemake(smoke_run, "-n", config=later))
+    assert c["train"] == 1 and c["attack"] == 4 and "prepare" not in c
 
 
 @pytest.mark.slow

@@ -76,8 +76,16 @@ def config_hash(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+#: model keys that only steer scheduling: left out of the provenance hash, so changing them retrains nothing
+SCHEDULING_KEYS = ("priority",)
+
+
 def model_hash(model):
-    return config_hash(DATASET, MODELS[model])
+    return config_hash(DATASET, {k: v for k, v in MODELS[model].items() if k not in SCHEDULING_KEYS})
+
+
+def train_priority(wildcards):
+    return MODELS[wildcards.model]["priority"]
 
 
 def dataset_root(wildcards):
@@ -103,7 +111,8 @@ def train_options(wildcards):
     opts = [
         f"--epochs {m['epochs']} --batch-size {m['batch_size']} --lr {m['lr']} --optimizer {m['optimizer']}",
         f"--weight-decay {m['weight_decay']} --warmup-epochs {m['warmup_epochs']}",
-        f"--label-smoothing {m['label_smoothing']} --augment {m['augment']} --pixel-noise {m['pixel_noise']} --seed {m['seed']}",
+        f"--label-smoothing {m['label_smoothing']} --augment {m['augment']} --pixel-noise {m['pixel_noise']}",
+        f"--pixel-noise-from {m['pixel_noise_from']} --seed {m['seed']}",
         "--amp " + {None: "auto", True: "on", False: "off"}[m["amp"]],
     ]
     if m["layer"]:

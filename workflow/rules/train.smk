@@ -17,6 +17,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}.tsv"
     threads: config["threads"]
+    priority: train_priority
     resources:
         gpu=1,
         runtime=240,
