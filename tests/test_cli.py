@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -33,14 +34,16 @@ def trained(tiny_store, tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     model = d / "models" / "resnet50" / "model.pt"
     assert run("train", "--data", tiny_store, "--arch", "resnet50", "--out", model, "--epochs", "1",
-               "--batch-size", "8", "--no-progress") == 0
+               "--batch-size", "8", "--pixel-noise", "0.05", "--pixel-noise-from", "2", "--no-progress") == 0
     return d, model
 
 
 def test_pipeline_in_process(tiny_store, trained, capsys):
     d, model = trained
     meta = torch.load(model, weights_only=True)["meta"]
-    assert meta["layer"] == "layer4" and meta["num_classes"] == 4 and (d / "models/resnet50/train.json").is_file()
+    assert meta["layer"] == "layer4" and meta["num_classes"] == 4
+    report = json.loads((d / "models/resnet50/train.json").read_text())
+    assert report["pixel_noise"] == 0.05 and report["pixel_noise_from"] == 2 and report["batch_size"] == 8
     sign = d / "att" / "fgsm_sign.h5"
     assert run("gradient", "--model", model, "--data", tiny_store, "--out", sign) == 0
     assert run("explain", "--model", model, "--data", tiny_store, "--out", d / "hm" / "clean.h5") == 0
