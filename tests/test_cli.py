@@ -33,7 +33,7 @@ def test_stage_help(stage, capsys):
 def trained(tiny_store, tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     model = d / "models" / "resnet50" / "model.pt"
-    assert run("train", "--data", tiny_store, "--arch", "resnet50", "--out", model, "--epochs", "1",
+    assert run("train", "--data", tiny_store, "--arch", "resnet50", "--out", model, "--epochs", "2",
                "--batch-size", "8", "--pixel-noise", "0.05", "--pixel-noise-from", "2", "--no-progress") == 0
     return d, model
 

@@ -50,12 +50,11 @@ def test_pixel_noise_starts_at_the_given_epoch(tiny_store):
     clean = losses()
     late = losses(pixel_noise=0.2, pixel_noise_from=2)
     assert late[0] == clean[0] and late[1] != clean[1]
-    assert losses(pixel_noise=0.2, pixel_noise_from=3) == clean  # starts after the last epoch: never added
     assert losses(pixel_noise=0.2)[0] != clean[0]
 
 
 def test_pixel_noise_rejects_bad_values(tiny_store):
     xt, yt, xv, yv = _data(tiny_store)
-    for kw in ({"pixel_noise": -0.1}, {"pixel_noise": 0.1, "pixel_noise_from": 0}):
+    for kw in ({"pixel_noise": -0.1}, {"pixel_noise": 0.1, "pixel_noise_from": 0}, {"pixel_noise": 0.1, "pixel_noise_from": 2}):
         with pytest.raises(ValueError, match="pixel_noise"):
             train_model(build_model("resnet18", 4), xt, yt, xv, yv, epochs=1, batch_size=8, progress=False, **kw)

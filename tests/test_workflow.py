@@ -73,6 +73,7 @@ def test_smoke_dag(tmp_path):
         ({"dataset": {"source": "folder", "root": "/no/such/tree"}}, "/no/such/tree"),
         ({"device": "gpu"}, "gpu"),
         ({"cam": {"target": "true"}}, "true"),
+        ({"models": {"resnet50": {"size": 64, "epochs": 3, "pixel_noise": 0.1, "pixel_noise_from": 4}}}, "pixel_noise_from 4"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, patch, message):
@@ -131,7 +132,7 @@ def test_partial_reruns(smoke_run):
     proc = snakemake(smoke_run, "-n", config=prio)
     assert "Nothing to be done" in proc.stdout + proc.stderr
     # a training setting is: starting the pixel noise later retrains that model and what depends on it
-    later = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "pixel_noise": 0.1,
+    later = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "epochs": 2, "pixel_noise": 0.1,
                                                           "pixel_noise_from": 2}}}
     c = job_counts(snakemake(smoke_run, "-n", config=later))
     assert c["train"] == 1 and c["attack"] == 4 and "prepare" not in c

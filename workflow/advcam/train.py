@@ -104,6 +104,8 @@ def train_model(
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got '{optimizer}'")
     if pixel_noise < 0 or pixel_noise_from < 1:
         raise ValueError(f"pixel_noise must be >= 0 and pixel_noise_from >= 1, got {pixel_noise} and {pixel_noise_from}")
+    if pixel_noise > 0 and pixel_noise_from > epochs:
+        raise ValueError(f"pixel_noise_from {pixel_noise_from} is after the last epoch ({epochs}): the noise would never be added")
     if epochs < 1 or batch_size < 2:
         raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     dev = model_device(model)

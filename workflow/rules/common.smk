@@ -33,6 +33,10 @@ if DATASET["source"] == "folder":
         raise ValueError(f"config: dataset: root '{DATASET['root']}' does not exist or is not a folder")
 if abs(sum(DATASET["split"]) - 1) > 1e-6:
     raise ValueError(f"config: dataset: split {DATASET['split']} must sum to 1")
+for _name, _spec in MODELS.items():
+    if _spec["pixel_noise"] > 0 and _spec["pixel_noise_from"] > _spec["epochs"]:
+        raise ValueError(f"config: models: {_name}: pixel_noise_from {_spec['pixel_noise_from']} is after the last "
+                         f"epoch ({_spec['epochs']}), so pixel_noise would never be added")
 
 
 def _check_models():
