@@ -144,12 +144,15 @@ def cmd_train(args) -> None:
     xt, yt, _ = ds.subset("train")
     xv, yv, _ = ds.subset("val")
     xs, ys, _ = ds.subset("test")
+    # the training settings, passed to train_model and recorded as they are in train.json
+    settings = {
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs, "label_smoothing": args.label_smoothing,
+        "seed": args.seed, "augment_strength": args.augment, "pixel_noise": args.pixel_noise,
+        "pixel_noise_from": args.pixel_noise_from,
+    }
     res = train_model(
-        model, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        seed=args.seed, augment_strength=args.augment, pixel_noise=args.pixel_noise,
-        pixel_noise_from=args.pixel_noise_from,
+        model, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv), **settings,
         amp={"auto": None, "on": True, "off": False}[args.amp], progress=not args.no_progress,
     )
     test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
@@ -172,18 +175,8 @@ def cmd_train(args) -> None:
     report = {
         **meta,
         "device": str(dev),
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
-        "warmup_epochs": args.warmup_epochs,
-        "label_smoothing": args.label_smoothing,
-        "augment": args.augment,
-        "pixel_noise": args.pixel_noise,
-        "pixel_noise_from": args.pixel_noise_from,
+        **settings,
         "amp": args.amp,
-        "seed": args.seed,
         "seconds": res.seconds,
         "train_images_per_second": res.images_per_second,
         "history": res.history,
