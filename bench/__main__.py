@@ -28,11 +28,27 @@ import advcam  # noqa: E402
 from advcam.attacks import apply_sign, gradient_sign  # noqa: E402
 from advcam.cam import explain  # noqa: E402
 from advcam.models import PAPER_MODELS, build_model, frozen_parameters  # noqa: E402
+from advcam.precision import choose_precision, onednn_isa_cap  # noqa: E402
 from advcam.similarity import ssim  # noqa: E402
 from advcam.train import train_model  # noqa: E402
 
 CPU_SIZES = {"resnet50": 128, "vgg16": 64, "inception_v3": 171, "xception": 112}
 GPU_SIZES = {"resnet50": 224, "vgg16": 224, "inception_v3": 299, "xception": 299}
+
+
+def cpu_class() -> str:
+    """The CPU's model name and the ISA oneDNN runs at (and the cap, when ONEDNN_MAX_CPU_ISA sets one)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    amx = "AMX" if torch.cpu._is_amx_tile_supported() else "no AMX"
+    cap = onednn_isa_cap()
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()} ({amx}){f', ONEDNN_MAX_CPU_ISA={cap}' if cap else ''}"
 
 
 def sync(dev: torch.device) -> None:
@@ -84,11 +100,9 @@ class Bench:
         return x, y
 
     def model(self, arch):
+        """The model as the attack/explain stages run it: eval mode, channels_last, on the device."""
         torch.manual_seed(0)
-        m = build_model(arch, 10).to(self.dev).eval()
-        if self.dev.type == "cuda":
-            m = m.to(memory_format=torch.channels_last)
-        return m
+        return build_model(arch, 10).to(self.dev).eval().to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------- stages
     def gradcam(self, arch, m, x, y):
@@ -99,7 +113,8 @@ class Bench:
         it = self.iters
 
         def floor():
-            with torch.enable_grad():
+            # the least any Grad-CAM needs: one inference forward, no autograd recording at all
+            with torch.no_grad():
                 m(x)
 
         def ours():
@@ -123,7 +138,7 @@ class Bench:
         t_frozen = timed(forward_frozen, self.dev, iters=it)
         t_ref = timed(ref, self.dev, iters=it)
         cam.activations_and_grads.release()
-        self.row("gradcam", arch, "forward with graph (floor)", t_floor, n)
+        self.row("gradcam", arch, "no-grad forward (floor)", t_floor, n)
         self.row("gradcam", arch, "advcam explain", t_ours, n, vs_floor=t_floor / t_ours, vs_ref=t_ref / t_ours)
         self.row("gradcam", arch, "advcam explain + copy to host", t_host, n, vs_floor=t_floor / t_host, vs_ref=t_ref / t_host)
         self.row("gradcam", arch, "  part: forward, parameters frozen", t_frozen, n)
@@ -229,17 +244,19 @@ class Bench:
         g = torch.Generator().manual_seed(0)
         x8 = torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g)
         y = torch.randint(0, 10, (n,), generator=g)
-        amp = self.dev.type == "cuda"
         empty = torch.empty(0, 3, s, s, dtype=torch.uint8)
+        # precision and layout as the train stage picks them on this machine (the CPU probe runs here)
+        prec = choose_precision(m, self.dev, s)
+        amp, fmt = prec.amp, prec.memory_format()
         train_model(m, x8[: bs * 2], y[: bs * 2], empty, torch.empty(0, dtype=torch.long), epochs=1, batch_size=bs,
-                    warmup_epochs=0, amp=amp, progress=False)  # warm-up
+                    warmup_epochs=0, precision=prec, progress=False)  # warm-up
         r = train_model(m, x8, y, empty, torch.empty(0, dtype=torch.long), epochs=1, batch_size=bs, warmup_epochs=0,
-                        amp=amp, progress=False)
+                        precision=prec, progress=False)
         t_ours = r.history[0]["seconds"]  # the training loop itself, without the final copy of the weights
-        # the same step on one batch already on the device, no data path at all
-        m = m.to(memory_format=torch.channels_last).train()
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.05)
-        xb = (x8[:bs].to(self.dev).float() / 255).contiguous(memory_format=torch.channels_last)
+        # the same step (same precision, layout and fused optimizer) on one batch already on the device
+        m = m.to(memory_format=fmt).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
+        xb = (x8[:bs].to(self.dev).float() / 255).contiguous(memory_format=fmt)
         yb = y[:bs].to(self.dev)
 
         def step():
@@ -257,8 +274,9 @@ class Bench:
             step()
         sync(self.dev)
         t_dev = time.perf_counter() - t0
-        self.row("train", arch, "step on a batch already on device", t_dev, n)
-        self.row("train", arch, "advcam train_model (data path incl.)", t_ours, n, vs_floor=t_dev / t_ours, target=0.9)
+        self.row("train", arch, f"step on a batch already on device, {prec.name} (floor)", t_dev, n)
+        self.row("train", arch, "advcam train_model (data path incl.)", t_ours, n, vs_floor=t_dev / t_ours, target=0.9,
+                 precision=prec.describe())
 
     def ssim(self, n_pairs: int, size: int):
         rng = np.random.default_rng(0)
@@ -283,6 +301,21 @@ class Bench:
         self.row("ssim", f"{size}²", "advcam ssim, CPU, 1 thread", t_ours1, n_pairs, unit=u, vs_ref=t_ref / t_ours1)
         self.row("ssim", f"{size}²", "skimage loop, 1 process", t_ref, n_pairs, unit=u)
         self.row("ssim", f"{size}²", f"skimage, {cores} processes", t_pool, n_pairs, unit=u)
+
+
+#: a stage may beat its floor by at most this factor (timing noise); beyond it the floor is not a floor
+FLOOR_SLACK = 1.1
+
+
+def floor_violations(rows: list[dict]) -> list[str]:
+    """Rows whose stage ran faster than its floor by more than ``FLOOR_SLACK``: each such floor is wrong
+    (it does more than the least work) or was measured differently from the stage."""
+    bad = []
+    for r in rows:
+        speedup = r.get("vs_floor", 1 / r["ours_over_floor"] if "ours_over_floor" in r else None)
+        if speedup is not None and speedup > FLOOR_SLACK:
+            bad.append(f"{r['stage']} {r['model']} '{r['what']}' runs {speedup:.2f}x faster than its floor")
+    return bad
 
 
 def markdown(rows: list[dict], header: str) -> str:
@@ -321,7 +354,7 @@ def main(argv=None) -> int:
     iters = args.iters or (5 if gpu else 2)
     models = args.models or list(sizes)
     b = Bench(dev, batch, sizes, [0.01, 0.05, 0.075, 0.1], iters)
-    name = torch.cuda.get_device_name(dev) if gpu else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(dev) if gpu else cpu_class()
     import timm
 
     versions = {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(), "advcam": advcam.__version__}
@@ -354,6 +387,9 @@ def main(argv=None) -> int:
               f"{' (TF32 tensor cores allowed)' if gpu else ''}, sizes "
               f"{ {k: sizes[k] for k in models} }, ε = {b.eps}; versions: {versions}; "
               f"{os.cpu_count()} CPU cores; {time.perf_counter() - t_start:.0f} s")
+    bad = floor_violations(b.rows)
+    if bad:
+        header += "\n\n**FLOOR CHECK FAILED** (a stage beat its floor by more than " + f"{FLOOR_SLACK}x): " + "; ".join(bad)
     md = markdown(b.rows, header)
     print("\n" + md)
     out = Path(args.out or Path(__file__).parent / "results" / f"{'gpu' if gpu else 'cpu'}-{date}")
@@ -361,6 +397,9 @@ def main(argv=None) -> int:
     Path(f"{out}.md").write_text(md)
     Path(f"{out}.json").write_text(json.dumps({"device": name, "batch": batch, "sizes": sizes, "versions": versions,
                                                "rows": b.rows}, indent=2, default=float))
+    if bad:
+        print("\nFLOOR CHECK FAILED:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 1
     return 0
 
 

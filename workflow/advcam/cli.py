@@ -60,21 +60,41 @@ def _add_cam_options(p: argparse.ArgumentParser) -> None:
 
 
 def _setup_torch(args) -> "torch.device":  # noqa: F821
+    """Threads and device from the arguments; the stage then logs :func:`_runtime_line` once it knows its
+    precision."""
     import torch
 
     from .models import pick_device
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    dev = pick_device(args.device)
-    print(_runtime_line(dev, torch.get_num_threads()), file=sys.stderr)
-    return dev
+    return pick_device(args.device)
 
 
-def _runtime_line(dev, threads: int) -> str:
-    """Where this stage runs, for the job log: device, torch threads and, under SLURM, the job and the GPUs
-    it was allocated (so a cluster run shows which jobs got a GPU, and a GPU job that fell back to the CPU)."""
+def _log_runtime(dev, precision: str) -> None:
+    """The job log's first line (stderr)."""
+    import torch
+
+    print(_runtime_line(dev, torch.get_num_threads(), precision), file=sys.stderr, flush=True)
+
+
+#: what the inference stages (gradient, attack, explain) run in: fp32 so FGSM equals torchattacks and the
+#: maps equal pytorch-grad-cam; channels_last is the faster layout on oneDNN CPUs and CUDA
+INFERENCE_PRECISION = "fp32 channels_last (inference stages stay fp32 so results equal the reference libraries)"
+
+
+def _runtime_line(dev, threads: int, precision: str | None = None) -> str:
+    """Where and how this stage runs, for the job log: device, torch threads, precision and why, the oneDNN
+    ISA cap if one is set and, under SLURM, the job and the GPUs it was allocated (so a cluster run shows
+    which jobs got a GPU, and a GPU job that fell back to the CPU)."""
+    from .precision import onednn_isa_cap
+
     line = f"advcam: device {dev}, {threads} torch thread(s)"
+    if precision:
+        line += f", {precision}"
+    cap = onednn_isa_cap()
+    if cap and dev.type == "cpu":
+        line += f"; ONEDNN_MAX_CPU_ISA={cap}"
     env = os.environ
     if env.get("SLURM_JOB_ID"):
         gpus = env.get("SLURM_JOB_GPUS") or env.get("SLURM_STEP_GPUS") or "none"
@@ -82,6 +102,18 @@ def _runtime_line(dev, threads: int) -> str:
     if "CUDA_VISIBLE_DEVICES" in env:
         line += f"; CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}"
     return line
+
+
+def _load_for_inference(path: str, dev):
+    """The checkpoint's model on ``dev`` in eval mode and channels_last, the job log's first line written."""
+    import torch
+
+    from .models import load_checkpoint
+
+    model, meta = load_checkpoint(path, dev)
+    model.to(memory_format=torch.channels_last)
+    _log_runtime(dev, INFERENCE_PRECISION)
+    return model, meta
 
 
 def _provenance(args, **extra) -> dict:
@@ -131,6 +163,7 @@ def cmd_train(args) -> None:
     from .datasets import load_prepared
     from .models import build_model, predict, resolve_layer, save_checkpoint, target_layer_name, timm_name, to_tensor_images
     from .store import write_json
+    from .precision import choose_precision
     from .train import accuracy, train_model
 
     dev = _setup_torch(args)
@@ -141,6 +174,9 @@ def cmd_train(args) -> None:
     layer = target_layer_name(args.arch, model, args.layer)
     resolve_layer(model, layer)  # fail before training on a bad layer name
     model.to(dev)
+    # the probe draws its own random images: the training's random stream is untouched
+    precision = choose_precision(model, dev, size, {"auto": None, "on": True, "off": False}[args.amp])
+    _log_runtime(dev, precision.describe())
     xt, yt, _ = ds.subset("train")
     xv, yv, _ = ds.subset("val")
     xs, ys, _ = ds.subset("test")
@@ -153,7 +189,7 @@ def cmd_train(args) -> None:
     }
     res = train_model(
         model, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv), **settings,
-        amp={"auto": None, "on": True, "off": False}[args.amp], progress=not args.no_progress,
+        precision=precision, progress=not args.no_progress,
     )
     test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
     meta = {
@@ -177,6 +213,7 @@ def cmd_train(args) -> None:
         "device": str(dev),
         **settings,
         "amp": args.amp,
+        "precision": precision.as_dict(),
         "seconds": res.seconds,
         "train_images_per_second": res.images_per_second,
         "history": res.history,
@@ -187,11 +224,10 @@ def cmd_train(args) -> None:
 
 def cmd_gradient(args) -> None:
     from .attacks import gradient_sign
-    from .models import load_checkpoint
     from .store import write_h5
 
     dev = _setup_torch(args)
-    model, meta = load_checkpoint(args.model, dev)
+    model, meta = _load_for_inference(args.model, dev)
     _, x, y, idx = _test_set(args.data)
     gs = gradient_sign(model, x, y, args.batch_size)
     write_h5(
@@ -249,14 +285,14 @@ def cmd_attack(args) -> None:
 
     from .attacks import ATTACKS, check_eps, pgd, perturb
     from .cam import explain
-    from .models import load_checkpoint, predict
+    from .models import predict
     from .store import read_h5, write_h5
 
     eps = check_eps(args.eps)
     if args.attack not in ATTACKS:
         raise ValueError(f"unknown attack '{args.attack}': choose one of {', '.join(ATTACKS)}")
     dev = _setup_torch(args)
-    model, meta = load_checkpoint(args.model, dev)
+    model, meta = _load_for_inference(args.model, dev)
     layer = args.layer or meta["layer"]
     _, x, y, idx = _test_set(args.data)
     sign, _, zero = _adversarial_inputs(args.attack, args.sign, None, len(idx))
@@ -307,11 +343,10 @@ def cmd_explain(args) -> None:
 
     from .attacks import check_eps, perturb
     from .cam import explain
-    from .models import load_checkpoint
     from .store import read_attrs, read_h5, write_h5
 
     dev = _setup_torch(args)
-    model, meta = load_checkpoint(args.model, dev)
+    model, meta = _load_for_inference(args.model, dev)
     layer = args.layer or meta["layer"]
     _, x, y, idx = _test_set(args.data)
     attack, eps, seed, zero = "clean", 0.0, 0, None
@@ -345,6 +380,7 @@ def cmd_score(args) -> None:
     from .store import atomic_path, read_attrs, read_h5
 
     dev = _setup_torch(args)
+    _log_runtime(dev, f"SSIM in float64 ({args.ssim})")
     c = read_h5(args.clean, ["maps", "pred", "labels", "index", "zero_cam"])
     a = read_h5(args.adv)
     ca, aa = read_attrs(args.clean), read_attrs(args.adv)

@@ -1,5 +1,6 @@
 """Fine-tuning on a prepared store: AdamW or SGD, warm-up + cosine schedule, augmentation on the device,
-best epoch selected on validation accuracy. On CUDA: bf16 autocast and channels_last.
+best epoch selected on validation accuracy. Precision and memory layout are chosen from the machine
+(:func:`advcam.precision.choose_precision`): bf16 on CUDA and where the CPU computes it fast, else fp32.
 
 The whole uint8 training set is moved to the device once (when it fits in a quarter of free memory,
 else it stays in pinned host memory), so a step never waits for decoding or host-side augmentation.
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import model_device, predict
+from .precision import Precision, choose_precision
 
 __all__ = ["augment", "TrainResult", "train_model", "accuracy", "OPTIMIZERS"]
 
@@ -66,6 +68,7 @@ class TrainResult:
     state_dict: dict | None = None
     seconds: float = 0.0
     images_per_second: float = 0.0
+    precision: Precision | None = None
 
 
 def train_model(
@@ -87,12 +90,14 @@ def train_model(
     pixel_noise_from: int = 1,
     amp: bool | None = None,
     progress: bool = True,
+    precision: Precision | None = None,
 ) -> TrainResult:
     """Train ``model`` (already on its device) and load the best-validation weights into it.
 
-    x_* : (N,3,H,W) uint8 tensors; y_* : (N,) int64. ``amp``: None → bf16 autocast on CUDA only; True → bf16
-    autocast on any device (on CPUs with AVX512-BF16 or AMX about 1.5–2× faster); False → fp32.
-    The model runs channels_last while training (faster on CUDA and on oneDNN CPUs).
+    x_* : (N,3,H,W) uint8 tensors; y_* : (N,) int64. ``amp``: None → decided from the machine (bf16 on CUDA,
+    on CPUs with AMX, and on other CPUs only where a one-off micro-benchmark of this model's step finds it
+    faster; see :mod:`advcam.precision`); True → bf16 autocast; False → fp32. ``precision``: a choice made
+    beforehand (e.g. to log it first), which then overrides ``amp``; the one used is ``TrainResult.precision``.
     ``pixel_noise`` adds Gaussian pixel noise to every training image (on the device), its std drawn per
     image from U(0, pixel_noise), so the model is not fragile to random perturbations of that size;
     ``pixel_noise_from`` is the first epoch (1-based) that adds it. Models that learn slowly from scratch
@@ -110,8 +115,10 @@ def train_model(
         raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     dev = model_device(model)
     cuda = dev.type == "cuda"
-    amp = cuda if amp is None else bool(amp)
-    model = model.to(memory_format=torch.channels_last)
+    if precision is None:
+        precision = choose_precision(model, dev, tuple(x_train.shape[-2:]), amp)
+    amp, fmt = precision.amp, precision.memory_format()
+    model = model.to(memory_format=fmt)
     if cuda:
         free, _ = torch.cuda.mem_get_info(dev)
         data_dev = dev if x_train.numel() < free // 4 else torch.device("cpu")
@@ -144,7 +151,7 @@ def train_model(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator(device=dev).manual_seed(seed)
     perm_gen = torch.Generator().manual_seed(seed)
-    res = TrainResult()
+    res = TrainResult(precision=precision)
     best = -1.0
     t_start = time.perf_counter()
     seen = 0
@@ -171,7 +178,7 @@ def train_model(
                 sigma = torch.rand(xb.shape[0], 1, 1, 1, device=dev, generator=gen) * pixel_noise
                 noise = torch.randn(xb.shape, device=dev, generator=gen, dtype=xb.dtype)
                 xb = (xb + sigma * noise).clamp_(0, 1)
-            xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = xb.contiguous(memory_format=fmt)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)

@@ -1,0 +1,187 @@
+"""Precision and memory layout for training, chosen from the machine rather than from a config constant.
+
+bf16 autocast is fast only where the hardware computes bf16 natively. Measured on this project's 2-core
+machines (resnet50@128, batch 16, one thread, ms per image per training step):
+
+=============================================  =======  ==================  =============
+CPU (oneDNN ISA)                               fp32     fp32 channels_last  bf16 autocast
+=============================================  =======  ==================  =============
+AMD EPYC, AVX-512 + AVX512-BF16, no AMX        112      92                  52
+another one, AVX-512 + AVX512-BF16, no AMX     92       81                  119
+either, capped at ``ONEDNN_MAX_CPU_ISA=AVX2``  122-206  104                 3,147
+=============================================  =======  ==================  =============
+
+So the same ISA flags can mean bf16 1.8× faster or 1.3× slower, and a laptop CPU (AVX2) emulates bf16
+at 15× the cost. :func:`choose_precision` therefore decides per machine:
+
+- CUDA: bf16 where the GPU supports it, channels_last;
+- CPU with AMX tiles (and no ``ONEDNN_MAX_CPU_ISA`` cap below AMX): bf16, channels_last;
+- CPU where oneDNN has no native bf16 (``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is false, as
+  under an AVX2 cap): fp32, no bf16 step is ever timed;
+- any other CPU: a one-off micro-benchmark of the model's own training step (forward + backward, eval
+  mode so no state changes, a few images) in fp32 contiguous, fp32 channels_last and bf16
+  channels_last; the fastest wins, bf16 only when at least ``BF16_MARGIN`` faster than the best fp32.
+
+The choice carries a one-line reason for logs and train.json, e.g. ``fp32 channels_last (no AMX; bf16
+measured 1.31x slower)``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Precision", "choose_precision", "cpu_has_amx", "onednn_isa_cap", "time_training_step", "BF16_MARGIN"]
+
+#: bf16 must beat the best fp32 step by this factor to be chosen on a CPU (timing noise and the bf16
+#: accuracy cost make a near-tie a loss).
+BF16_MARGIN = 1.1
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model runs: ``amp`` = bf16 autocast, ``channels_last`` = NHWC memory format.
+
+    reason : one line saying why (for job logs and train.json); timings : ms per image of the probe's
+    steps by configuration name ("fp32", "fp32_cl", "bf16_cl"), empty when nothing was timed.
+    """
+
+    amp: bool
+    channels_last: bool
+    reason: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """e.g. ``bf16 channels_last`` or ``fp32``."""
+        return ("bf16" if self.amp else "fp32") + (" channels_last" if self.channels_last else "")
+
+    def describe(self) -> str:
+        """``<name> (<reason>)``, the job log's precision line."""
+        return f"{self.name} ({self.reason})"
+
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def as_dict(self) -> dict:
+        """JSON-ready record for train.json."""
+        return {"amp": self.amp, "channels_last": self.channels_last, "name": self.name, "reason": self.reason,
+                "probe_ms_per_image": {k: round(v, 3) for k, v in self.timings.items()}}
+
+
+def onednn_isa_cap() -> str | None:
+    """The ISA cap the user set for oneDNN (``ONEDNN_MAX_CPU_ISA``, or the older ``DNNL_MAX_CPU_ISA``),
+    upper-cased; None when unset or ``ALL``/``DEFAULT``."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if not cap or cap.upper() in ("ALL", "DEFAULT"):
+        return None
+    return cap.upper()
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tiles and oneDNN may use them (no ``ONEDNN_MAX_CPU_ISA`` cap below AMX)."""
+    cap = onednn_isa_cap()
+    if cap is not None and "AMX" not in cap:
+        return False
+    fn = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(fn()) if fn is not None else False
+
+
+def cpu_has_native_bf16() -> bool:
+    """oneDNN's own answer to "does this CPU (under the current ISA cap) compute bf16 natively"."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def time_training_step(
+    model: nn.Module, x: torch.Tensor, amp: bool, channels_last: bool, reps: int = 2, give_up_after: float | None = None
+) -> float:
+    """Seconds per image of the fastest of ``reps`` forward + backward passes of ``model`` on ``x``
+    (N,3,H,W) in [0,1], after one untimed warm-up. Eval mode (batch-norm statistics and dropout untouched);
+    the parameters' ``.grad`` are left as they were. When the warm-up alone takes longer than
+    ``give_up_after`` seconds per image, that figure is returned without the timed repetitions."""
+    was_training = model.training
+    saved = [(p, p.grad) for p in model.parameters()]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.eval().to(memory_format=fmt)
+    xb = x.contiguous(memory_format=fmt)
+    dev = xb.device
+    y = torch.zeros(xb.shape[0], dtype=torch.long, device=dev)
+
+    def step() -> float:
+        t = time.perf_counter()
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(xb)
+        F.cross_entropy(out.float(), y).backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        for p in model.parameters():
+            p.grad = None
+        return (time.perf_counter() - t) / xb.shape[0]
+
+    try:
+        first = step()
+        if give_up_after is not None and first > give_up_after:
+            return first
+        return min(step() for _ in range(reps))
+    finally:
+        for p, g in saved:
+            p.grad = g
+        model.train(was_training)
+
+
+def choose_precision(
+    model: nn.Module,
+    device: torch.device | str,
+    input_size: int | tuple[int, int],
+    amp: bool | None = None,
+    probe_batch: int = 4,
+) -> Precision:
+    """Pick bf16 autocast or fp32, and the memory layout, for training ``model`` on ``device``.
+
+    amp : None → decide from the machine (module docstring); True/False → forced (the layout is still
+    channels_last, measured the faster layout for every paper model on the CPU as found here).
+    input_size : the training images' side in pixels (or (H, W)), used by the CPU micro-benchmark, which
+    runs ``probe_batch`` random images through the model and leaves its weights, gradients and statistics
+    unchanged (its memory format ends contiguous: apply ``Precision.memory_format()`` afterwards).
+    """
+    dev = torch.device(device)
+    if amp is not None:
+        return Precision(bool(amp), True, f"forced: amp {'on' if amp else 'off'}")
+    if dev.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision(True, True, "CUDA with bf16")
+        return Precision(False, True, "CUDA without bf16")
+    if dev.type != "cpu":
+        return Precision(False, False, f"{dev.type}: fp32")
+    if cpu_has_amx():
+        return Precision(True, True, "AMX: native bf16")
+    if not cpu_has_native_bf16():
+        cap = onednn_isa_cap()
+        why = f"ONEDNN_MAX_CPU_ISA={cap}" if cap else "no AVX512-BF16/AMX"
+        return Precision(False, True, f"{why}: oneDNN would emulate bf16")
+    return _probe_cpu(model, dev, input_size, probe_batch)
+
+
+def _probe_cpu(model: nn.Module, dev: torch.device, input_size, batch: int) -> Precision:
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    x = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(0)).to(dev)
+    t = {"fp32": time_training_step(model, x, False, False), "fp32_cl": time_training_step(model, x, False, True)}
+    cl = t["fp32_cl"] <= t["fp32"]
+    best32 = min(t["fp32"], t["fp32_cl"])
+    # bf16 emulated in software can cost 15x fp32: one warm-up step tells, without timed repetitions
+    t["bf16_cl"] = time_training_step(model, x, True, True, give_up_after=4 * best32)
+    model.to(memory_format=torch.contiguous_format)
+    ms = {k: v * 1000 for k, v in t.items()}
+    ratio = t["bf16_cl"] / best32
+    if ratio * BF16_MARGIN <= 1:
+        return Precision(True, True, f"no AMX; bf16 measured {1 / ratio:.2f}x faster than fp32", ms)
+    layout = "channels_last" if cl else "contiguous"
+    return Precision(False, cl, f"no AMX; bf16 measured {ratio:.2f}x slower than fp32, {layout} fastest"
+                     if ratio > 1 else f"no AMX; bf16 only {1 / ratio:.2f}x faster, under the {BF16_MARGIN}x margin", ms)
