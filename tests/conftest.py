@@ -3,6 +3,7 @@ is set, and printed on failure) and a tiny synthetic dataset built by the projec
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# One probe cache for the whole session, shared by the workflow runs it starts (local and SLURM jobs inherit
+# the environment): every run then makes the same precision choice, so their outputs can be compared byte
+# for byte, and the developer's own cache is left alone.
+os.environ.setdefault("ADVCAM_CACHE_DIR", tempfile.mkdtemp(prefix="advcam-test-cache-"))
 
 
 @pytest.fixture

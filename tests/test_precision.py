@@ -11,6 +11,12 @@ from advcam.models import build_model
 from advcam.precision import Precision, choose_precision, time_training_step
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Each test starts with an empty probe cache (verdicts are cached per machine and workload)."""
+    monkeypatch.setenv("ADVCAM_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def model():
     torch.manual_seed(0)
@@ -122,3 +128,15 @@ def test_train_log_and_report_record_the_choice(tiny_store, tmp_path, monkeypatc
                  "--batch-size", "8", "--device", "cpu", "--amp", "on", "--no-progress"]) == 0
     assert "bf16 channels_last (forced: amp on)" in capsys.readouterr().err.splitlines()[0]
     assert json.loads((tmp_path / "train.json").read_text())["precision"]["amp"] is True
+
+
+def test_a_probe_verdict_is_reused_for_the_same_workload(model, monkeypatch):
+    calls = _machine(monkeypatch, timings={"fp32": 0.112, "fp32_cl": 0.092, "bf16_cl": 0.052})
+    first = choose_precision(model, "cpu", 32)
+    assert first.amp and len(calls) == 3 and precision.cache_file().is_file()
+    # timings that would now say fp32: the cached verdict stands, and says where it came from
+    calls = _machine(monkeypatch, timings={"fp32": 0.092, "fp32_cl": 0.081, "bf16_cl": 0.119})
+    again = choose_precision(model, "cpu", 32)
+    assert again.amp and calls == [] and "reused from" in again.reason and again.timings == first.timings
+    # another input size is another workload: probed anew
+    assert not choose_precision(model, "cpu", 48).amp and len(calls) == 3

@@ -24,18 +24,27 @@ at 15× the cost. :func:`choose_precision` therefore decides per machine:
 
 The choice carries a one-line reason for logs and train.json, e.g. ``fp32 channels_last (no AMX; bf16
 measured 1.31x slower)``.
+
+A probe's verdict is kept per machine and workload (CPU model, torch version, ISA cap, architecture,
+parameter count, input size) in ``$ADVCAM_CACHE_DIR/precision.json`` (default
+``~/.cache/advcam/precision.json``) and reused, so reruns and every job of a study on one machine make the
+same choice even where the two precisions are close; delete the file to probe again, or force ``amp``.
 """
 from __future__ import annotations
 
+import json
 import os
+import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Precision", "choose_precision", "cpu_has_amx", "onednn_isa_cap", "time_training_step", "BF16_MARGIN"]
+__all__ = ["Precision", "choose_precision", "cpu_has_amx", "cpu_has_native_bf16", "onednn_isa_cap", "time_training_step",
+           "cache_file", "BF16_MARGIN"]
 
 #: bf16 must beat the best fp32 step by this factor to be chosen on a CPU (timing noise and the bf16
 #: accuracy cost make a near-tie a loss).
@@ -169,8 +178,66 @@ def choose_precision(
     return _probe_cpu(model, dev, input_size, probe_batch)
 
 
+def cache_file() -> Path:
+    """Where probe verdicts are kept: ``$ADVCAM_CACHE_DIR/precision.json``, else
+    ``$XDG_CACHE_HOME/advcam/precision.json`` (``~/.cache/advcam/precision.json``)."""
+    root = os.environ.get("ADVCAM_CACHE_DIR")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "advcam")
+    return Path(root) / "precision.json"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _workload_key(model: nn.Module, h: int, w: int, batch: int) -> str:
+    net = getattr(model, "net", model)
+    n = sum(p.numel() for p in model.parameters())
+    return (f"{_cpu_model()} | torch {torch.__version__} | isa cap {onednn_isa_cap() or 'none'} | "
+            f"{type(net).__name__} {n} params | {h}x{w} batch {batch}")
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    from .store import atomic_path
+
+    try:
+        cache = _read_cache()
+        cache[key] = entry
+        with atomic_path(cache_file()) as tmp:
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    except (OSError, ValueError):  # a cache that cannot be written only costs a probe next time
+        pass
+
+
 def _probe_cpu(model: nn.Module, dev: torch.device, input_size, batch: int) -> Precision:
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    key = _workload_key(model, h, w, batch)
+    hit = _read_cache().get(key)
+    if isinstance(hit, dict) and {"amp", "channels_last", "reason"} <= set(hit):
+        return Precision(bool(hit["amp"]), bool(hit["channels_last"]),
+                         f"{hit['reason']}; probe of {hit.get('date', '?')} reused from {cache_file()}",
+                         dict(hit.get("ms", {})))
+    p = _measure_cpu(model, dev, h, w, batch)
+    _write_cache(key, {"amp": p.amp, "channels_last": p.channels_last, "reason": p.reason, "ms": p.timings,
+                       "date": time.strftime("%Y-%m-%d")})
+    return p
+
+
+def _measure_cpu(model: nn.Module, dev: torch.device, h: int, w: int, batch: int) -> Precision:
     x = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(0)).to(dev)
     t = {"fp32": time_training_step(model, x, False, False), "fp32_cl": time_training_step(model, x, False, True)}
     cl = t["fp32_cl"] <= t["fp32"]
