@@ -6,7 +6,12 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
-configfile: "config.yaml"
+# The embedded default study, unless a study is given with --configfile: that file is then the whole study
+# (schema defaults fill what it leaves out). Snakemake would otherwise deep-merge it over config.yaml, and
+# the default's models, attacks and training keys would leak into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

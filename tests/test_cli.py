@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -102,3 +103,117 @@ def test_bad_inputs_exit_2(tiny_store, trained, tmp_path, capsys):
     assert run("explain", "--model", tmp_path / "none.pt", "--data", tiny_store, "--out", tmp_path / "h.h5") == 2
     assert "none.pt' does not exist" in capsys.readouterr().err
     assert not any(tmp_path.glob("*.h5")) and not (tmp_path / "m.pt").exists()
+
+
+class _Boom:
+    """Unpickling this would run a shell command: a weights-only load must refuse it."""
+
+    def __reduce__(self):
+        return (__import__("os").system, ("touch pwned-by-checkpoint",))
+
+
+def test_foreign_or_broken_checkpoints_are_named_errors(tiny_store, trained, tmp_path, capsys, monkeypatch):
+    _, model = trained
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "meta": _Boom()}, evil)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(model.read_bytes()[:5000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), foreign)
+    wrong = tmp_path / "wrong.pt"
+    ck = torch.load(model, weights_only=True)
+    ck["meta"]["arch"] = "resnet18"
+    torch.save(ck, wrong)
+    for path, why in ((evil, "not a weights-only advcam checkpoint"), (truncated, "not a weights-only advcam checkpoint"),
+                      (foreign, "not an advcam checkpoint"), (wrong, "do not fit resnet18")):
+        assert run("explain", "--model", path, "--data", tiny_store, "--out", tmp_path / "h.h5") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("advcam explain: error: checkpoint") and path.name in err[-1] and why in err[-1], err
+        assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "pwned-by-checkpoint").exists() and not (tmp_path / "h.h5").exists()
+
+
+def test_diverging_training_stops_and_writes_no_checkpoint(tiny_store, tmp_path, capsys):
+    out = tmp_path / "m" / "model.pt"
+    assert run("train", "--data", tiny_store, "--arch", "resnet18", "--out", out, "--epochs", "2", "--batch-size", "8",
+               "--lr", "1e12", "--amp", "off", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert re.search(r"training diverged: the loss is (nan|inf) at epoch 1, step [2-9] of", err), err
+    assert "lower the learning rate" in err
+    assert not out.exists() and not (tmp_path / "m" / "train.json").exists()
+
+
+def test_a_model_with_nan_weights_stops_the_stage_naming_it(tiny_store, trained, tmp_path, capsys):
+    _, model = trained
+    ck = torch.load(model, weights_only=True)
+    ck["state_dict"] = {k: v.float().fill_(float("nan")) if k.endswith("fc.weight") else v for k, v in ck["state_dict"].items()}
+    bad = tmp_path / "nan.pt"
+    torch.save(ck, bad)
+    assert run("explain", "--model", bad, "--data", tiny_store, "--out", tmp_path / "h.h5") == 2
+    assert f"{bad}: logits hold NaN or infinite values for 4 of 4 test images" in capsys.readouterr().err
+    assert run("gradient", "--model", bad, "--data", tiny_store, "--out", tmp_path / "s.h5") == 2
+    assert f"{bad}: the input gradient holds NaN or infinite values for test images [0, 1, 2, 3]" in capsys.readouterr().err
+    assert not any(tmp_path.glob("*.h5"))
+    # a heatmap file with a NaN map stops the score job, naming that file
+    clean, broken = tmp_path / "maps" / "clean.h5", tmp_path / "maps" / "broken.h5"
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", clean) == 0
+    broken.write_bytes(clean.read_bytes())
+    with h5py.File(broken, "r+") as f:
+        maps = f["maps"][()]
+        maps[2, 5, 5] = np.nan
+        f["maps"][...] = maps
+    assert run("score", "--clean", clean, "--adv", broken, "--out", tmp_path / "s.csv") == 2
+    assert f"{broken}: heatmaps hold NaN or infinite values for 1 of 4 test images (positions [2])" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_failing_write_names_the_path_and_leaves_nothing(tiny_store, trained, tmp_path, capsys, monkeypatch):
+    """ENOSPC injected at the rename and inside the HDF5 write: exit 2, the path named, no output and no
+    temporary file left."""
+    import errno
+
+    import advcam.store as store
+
+    _, model = trained
+    out = tmp_path / "hm" / "clean.h5"
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(store.os, "replace", no_space)
+        assert run("explain", "--model", model, "--data", tiny_store, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write '{out}': No space left on device; nothing was written" in err and "Traceback" not in err
+    with monkeypatch.context() as m:
+        m.setattr(store.h5py.File, "create_dataset", no_space)
+        assert run("explain", "--model", model, "--data", tiny_store, "--out", out) == 2
+    assert f"cannot write '{out}'" in capsys.readouterr().err
+    assert list((tmp_path / "hm").iterdir()) == []
+
+
+def test_a_full_disk_leaves_no_output(tiny_store, trained, tmp_path, capsys):
+    """The same on a real 16 KiB tmpfs (needs root and mount; skipped elsewhere): the heatmap file does not fit."""
+    _, model = trained
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = disk / "clean.h5"
+        assert run("explain", "--model", model, "--data", tiny_store, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write '{out}'" in err and "Traceback" not in err
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_summary_refuses_nan_scores(tmp_path, capsys):
+    bad = tmp_path / "s.csv"
+    pd.DataFrame({"model": "m", "attack": "fgsm", "eps": 0.1, "index": [0, 1, 2], "label": 0, "pred_clean": 0,
+                  "pred_adv": 1, "ssim": [0.5, np.nan, 0.4], "nissim": [0.25, np.nan, 0.3]}).to_csv(bad, index=False)
+    assert run("summarise", bad, "--out", tmp_path / "mod.csv") == 2
+    assert f"score table '{bad}' has 1 NaN NISSIM values (test images [1])" in capsys.readouterr().err
+    assert not (tmp_path / "mod.csv").exists()

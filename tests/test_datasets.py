@@ -106,3 +106,16 @@ def test_loose_box_crop(tmp_path):
     prepare(root, tmp_path / "v.h5", size=32, min_images=3, split=(0.34, 0.33, 0.33), margin=0.0)
     assert load_prepared(tmp_path / "v.h5").images.mean() > 240
     assert load_image(root / "n000001" / "0000_01.jpg", 32).mean() < 128  # centred square without a box
+
+
+@pytest.mark.parametrize("side", [64, 40])  # with the limit at 1100 px: 64² is over 2x it (PIL's error), 40² over 1x (its warning)
+def test_decompression_bomb_is_a_named_read_error_and_skippable(tmp_path, monkeypatch, side):
+    root = synthesize(tmp_path / "s", identities=2, images_per_identity=6, size=32, seed=0)
+    bomb = root / "id0000" / "0002.png"
+    Image.new("RGB", (side, side)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1100)  # the other images are 32² = 1024 px: under it
+    with pytest.raises(ImageReadError, match="0002.png.*decompression bomb"):
+        prepare(root, tmp_path / "x.h5", size=32, min_images=3)
+    assert not (tmp_path / "x.h5").exists()
+    rep = prepare(root, tmp_path / "x.h5", size=32, min_images=3, skip_broken=True)
+    assert rep["skipped_files"] == ["id0000/0002.png"] and rep["skipped"] == 1

@@ -90,3 +90,14 @@ def test_chunking_does_not_change_results(rng):
     a, b = _pairs(rng, 7, 12, 12)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     assert torch.equal(ssim(ta, tb, chunk=2), ssim(ta, tb, chunk=100))
+
+
+def test_ssim_refuses_non_finite_maps():
+    a = torch.rand(3, 16, 16)
+    b = a.clone()
+    b[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"b holds NaN or infinite values \(images \[1\]\)"):
+        ssim(a, b)
+    a[2, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"a holds NaN or infinite values \(images \[2\]\)"):
+        ssim(a, a)

@@ -2,9 +2,12 @@
 and one real end-to-end run of the smoke config."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -143,3 +146,71 @@ def test_report(smoke_run):
     snakemake(smoke_run, "--report", "report.html", config=REPO / "configs/smoke.yaml")
     html = (smoke_run / "report.html").read_text(errors="ignore")
     assert "MOD" in html and len(html) > 10_000
+
+
+def test_a_configfile_is_the_whole_study_from_the_repo_root(tmp_path):
+    """From the repo root, where config.yaml lies, a study given with --configfile takes nothing from config.yaml
+    (snakemake would deep-merge it over the Snakefile's configfile): only its own models are planned, each
+    with its own training values or the schema's defaults. Without --configfile, config.yaml is the study."""
+    user = tmp_path / "two.yaml"
+    user.write_text(yaml.safe_dump({
+        "dataset": {"source": "synthetic", "identities": 3, "images_per_identity": 12, "synthetic_size": 48},
+        "models": {"resnet18": {"size": 48, "epochs": 2}, "vgg16": {"size": 48, "epochs": 3, "lr": 1e-4}},
+        "attacks": {"fgsm": {"eps": [0.1]}},
+    }))
+    paper = load("configs/paper.yaml")
+    root = tmp_path / "vggface2" / "train"
+    for ident in ("n000001", "n000002"):
+        (root / ident).mkdir(parents=True)
+    paper["dataset"]["root"] = str(root)
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(paper))
+    defaults = {"lr": 0.001, "warmup_epochs": 1, "augment": 1.0, "pixel_noise": 0.0, "pixel_noise_from": 1}
+    flags = {"epochs": "epochs", "lr": "lr", "warmup_epochs": "warmup-epochs", "augment": "augment",
+             "pixel_noise": "pixel-noise", "pixel_noise_from": "pixel-noise-from"}
+    for cfg in (None, REPO / "configs/smoke.yaml", tmp_path / "paper.yaml", user):
+        study = yaml.safe_load((cfg or REPO / "config.yaml").read_text())
+        cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "2", "--config", f"results={tmp_path / 'results'}"]
+        proc = subprocess.run(cmd + (["--configfile", str(cfg)] if cfg else []),
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        out = proc.stdout + proc.stderr
+        trains = [line for line in out.splitlines() if "advcam train " in line]
+        archs = sorted(re.search(r"--arch (\S+)", t).group(1) for t in trains)
+        assert archs == sorted(study["models"]), (cfg, archs)
+        for t in trains:
+            spec = {**defaults, **study["models"][re.search(r"--arch (\S+)", t).group(1)]}
+            for key, flag in flags.items():
+                assert f"--{flag} {spec[key]} " in t, (cfg, key, t)
+            assert "--amp auto" in t, t
+        assert ("--attack noise" in out) == ("noise" in study["attacks"]), cfg
+
+
+SUMMARIES = ("mod_vid.csv", "vid.csv", "vid_per_image.csv", "nissim.csv")
+
+
+@pytest.mark.slow
+def test_killed_mid_attack_resumes_to_identical_summaries(smoke_run, tmp_path):
+    """SIGKILL the whole smoke study (snakemake and its jobs) while an attack job runs; the same command is then
+    refused until `--unlock`, after which it finishes the study with summaries byte-identical to the
+    uninterrupted run's (README: "When a run is interrupted")."""
+    wd = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(wd), "--cores", "2",
+           "--configfile", str(REPO / "configs/smoke.yaml")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    logs = wd / "results" / "logs" / "attack"
+    deadline = time.monotonic() + 900
+    try:
+        while not (logs.is_dir() and any(logs.rglob("*.log"))):  # a job's log opens when the job starts
+            assert proc.poll() is None, "the study ended before any attack job started"
+            assert time.monotonic() < deadline, "no attack job started in 900 s"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (wd / "results" / "summary" / "mod_vid.csv").exists()
+    locked = snakemake(wd, config=REPO / "configs/smoke.yaml", check=False)
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    snakemake(wd, "--unlock", config=REPO / "configs/smoke.yaml")
+    snakemake(wd, config=REPO / "configs/smoke.yaml")
+    for name in SUMMARIES:
+        assert (wd / "results/summary" / name).read_bytes() == (smoke_run / "results/summary" / name).read_bytes(), name

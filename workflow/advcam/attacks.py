@@ -83,7 +83,8 @@ def gradient_sign(
 
     x : (N,3,H,W) float in [0,1] or uint8; y : (N,) int64 true labels. Results go to ``out_device``
     (None: stay on the model's device). The loss is summed (not averaged) over the batch so each
-    image's sign does not depend on the batch it sits in.
+    image's sign does not depend on the batch it sits in. A NaN or infinite gradient raises ValueError
+    naming the images.
     """
     dev = model_device(model)
     signs, logits, zero = [], [], []
@@ -97,6 +98,10 @@ def gradient_sign(
         if xb.dtype == torch.uint8:
             xb = xb.float().div_(255)
         g, lg = _input_grad(model, xb, torch.as_tensor(y[s : s + batch_size]).long().to(dev))
+        bad = ~torch.isfinite(g).flatten(1).all(1)
+        if bool(bad.any()):  # one check per batch: the sign of NaN would be cast to int8 as garbage
+            raise ValueError(f"the input gradient holds NaN or infinite values for test images "
+                             f"{(bad.nonzero().flatten() + s).tolist()[:10]}")
         sg = g.sign().to(torch.int8)
         z = (sg.flatten(1) == 0).all(1)
         if out_device is not None:

@@ -93,7 +93,7 @@ def _runtime_line(dev, threads: int, precision: str | None = None) -> str:
     if precision:
         line += f", {precision}"
     cap = onednn_isa_cap()
-    if cap and dev.type == "cpu":
+    if cap and dev.type == "cpu" and f"ONEDNN_MAX_CPU_ISA={cap}" not in line:
         line += f"; ONEDNN_MAX_CPU_ISA={cap}"
     env = os.environ
     if env.get("SLURM_JOB_ID"):
@@ -114,6 +114,17 @@ def _load_for_inference(path: str, dev):
     model.to(memory_format=torch.channels_last)
     _log_runtime(dev, INFERENCE_PRECISION)
     return model, meta
+
+
+def _require_finite(source, what: str, t) -> None:
+    """ValueError naming ``source`` (the model or input file) when ``t`` (N,...) holds NaN or inf."""
+    import torch
+
+    bad = ~torch.isfinite(t.float()).flatten(1).all(1)
+    if bool(bad.any()):
+        first = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{source}: {what} hold NaN or infinite values for {int(bad.sum())} of {len(bad)} test images "
+                         f"(positions {first}{' …' if int(bad.sum()) > 5 else ''})")
 
 
 def _provenance(args, **extra) -> dict:
@@ -229,7 +240,11 @@ def cmd_gradient(args) -> None:
     dev = _setup_torch(args)
     model, meta = _load_for_inference(args.model, dev)
     _, x, y, idx = _test_set(args.data)
-    gs = gradient_sign(model, x, y, args.batch_size)
+    try:
+        gs = gradient_sign(model, x, y, args.batch_size)
+    except ValueError as e:
+        raise ValueError(f"{args.model}: {e}") from None
+    _require_finite(args.model, "logits", gs.logits)
     write_h5(
         args.out,
         {"sign": gs.sign.numpy(), "logits": gs.logits.numpy(), "zero_grad": gs.zero_grad.numpy(), "index": idx, "labels": y.numpy()},
@@ -258,10 +273,12 @@ def _adversarial_inputs(attack: str, sign_file: str | None, adv_file: str | None
     return sign, delta, zero
 
 
-def _heatmap_record(cams, y, idx, zero) -> dict:
+def _heatmap_record(cams, y, idx, zero, source) -> dict:
     from .cam import CamOutput
 
     c = CamOutput.cat(cams)
+    for what in ("logits", "raw", "maps"):
+        _require_finite(source, f"Grad-CAM {what}" if what != "logits" else "logits", getattr(c, what))
     out = {
         "maps": c.maps.numpy(), "raw": c.raw.numpy(), "logits": c.logits.numpy(), "pred": c.pred.numpy(),
         "target": c.target.numpy(), "labels": y.numpy(), "index": idx,
@@ -313,7 +330,9 @@ def cmd_attack(args) -> None:
             cams.append(o)
             preds.append(o.pred)
         else:
-            preds.append(predict(model, xa, args.batch_size).argmax(1))
+            lg = predict(model, xa, args.batch_size)
+            _require_finite(args.model, "logits", lg)
+            preds.append(lg.argmax(1))
     if args.clean_logits:
         stored = read_h5(args.clean_logits, ["logits", "index"])
         if not np.array_equal(stored["index"], idx):
@@ -333,7 +352,7 @@ def cmd_attack(args) -> None:
     write_h5(args.out, out, _provenance(args, model=meta["arch"], stage="attack", attack=args.attack, eps=eps, seed=args.seed,
                                         acc_clean=acc_c, acc_adv=acc_a, **extra))
     if args.heatmaps:
-        rec = _heatmap_record(cams, y, idx, zero)
+        rec = _heatmap_record(cams, y, idx, zero, args.model)
         write_h5(args.heatmaps, rec, _heatmap_attrs(args, meta, layer, args.attack, eps, args.seed, x.shape[-1], rec["raw"].shape[1:]))
     print(f"{meta['arch']} {args.attack} ε={eps:g}: accuracy {acc_c:.3f} → {acc_a:.3f}")
 
@@ -366,7 +385,7 @@ def cmd_explain(args) -> None:
             xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
                          None if delta is None else delta[sl], seed=seed)
         cams.append(explain(model, layer, xb, None if args.target == "predicted" else y[sl], args.batch_size, amp=args.amp))
-    rec = _heatmap_record(cams, y, idx, zero)
+    rec = _heatmap_record(cams, y, idx, zero, args.model)
     write_h5(args.out, rec, _heatmap_attrs(args, meta, layer, attack, eps, seed, x.shape[-1], rec["raw"].shape[1:]))
     print(f"{args.out}: {len(idx)} maps ({attack}, ε={eps:g}), CAM {tuple(rec['raw'].shape[1:])}, "
           f"all-zero {int(rec['zero_cam'].sum())}")
@@ -388,6 +407,8 @@ def cmd_score(args) -> None:
         raise ValueError(f"{args.clean} and {args.adv} hold different test images")
     if ca.get("target_mode") != aa.get("target_mode") or ca.get("layer") != aa.get("layer"):
         raise ValueError(f"{args.clean} and {args.adv} were explained differently (target mode or layer)")
+    _require_finite(args.clean, "heatmaps", torch.as_tensor(c["maps"]))
+    _require_finite(args.adv, "heatmaps", torch.as_tensor(a["maps"]))
     s = ssim(torch.as_tensor(c["maps"]).to(dev), torch.as_tensor(a["maps"]).to(dev), gaussian=args.ssim == "gaussian").cpu().numpy()
     df = pd.DataFrame({
         "model": aa.get("model"), "attack": aa.get("attack"), "eps": float(aa.get("eps")),
@@ -408,7 +429,13 @@ def _read_scores(paths: list[str]):
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"score table '{p}' does not exist")
-        frames.append(pd.read_csv(p))
+        df = pd.read_csv(p)
+        # MOD and VID never average over a missing value silently: a NaN here is a broken score file
+        if "nissim" in df and df["nissim"].isna().any():
+            bad = df.loc[df["nissim"].isna(), "index"].tolist() if "index" in df else []
+            raise ValueError(f"score table '{p}' has {int(df['nissim'].isna().sum())} NaN NISSIM values "
+                             f"(test images {bad[:10]}); rerun its score job")
+        frames.append(df)
     if not frames:
         raise ValueError("no score tables given")
     return pd.concat(frames, ignore_index=True)
@@ -615,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (ValueError, FileNotFoundError, DatasetError, StoreError) as e:
         print(f"advcam {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write or read the stage could not do (disk full, permissions): name the file
+        where = f"'{e.filename}': " if e.filename else ""
+        print(f"advcam {args.stage}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     return 0
 

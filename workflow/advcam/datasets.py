@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,9 +138,14 @@ def load_image(
     Raises :class:`ImageReadError` naming the file when it cannot be decoded.
     """
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.load()
+        with warnings.catch_warnings():
+            # PIL warns above MAX_IMAGE_PIXELS and raises above twice that: both are refused, before decoding
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"cannot read image '{path}': refused as a possible decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"cannot read image '{path}': {e}") from None
     w, h = im.size

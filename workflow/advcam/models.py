@@ -28,6 +28,7 @@ __all__ = [
     "load_checkpoint",
     "UnknownModelError",
     "UnknownLayerError",
+    "CheckpointError",
     "frozen_parameters",
     "model_device",
     "pick_device",
@@ -43,6 +44,11 @@ class UnknownModelError(ValueError):
 
 class UnknownLayerError(ValueError):
     """The Grad-CAM target layer is not a submodule of the model."""
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable, weights-only advcam checkpoint (foreign pickle, truncated file,
+    another program's weights, weights of another architecture)."""
 
 
 @dataclass(frozen=True)
@@ -196,12 +202,27 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # weights_only: a pickle that would run code (or build foreign objects) is refused, never executed
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, … by case
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint '{path}' is not a weights-only advcam checkpoint (torch.load refused it: "
+                              f"{first[:200]})") from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)
+            and {"arch", "num_classes"} <= set(ckpt["meta"])):
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"checkpoint '{path}' is not an advcam checkpoint (expected 'state_dict' and 'meta' with "
+                              f"'arch' and 'num_classes'; found {keys})")
     meta = ckpt["meta"]
     # build on the meta device (no random initialisation to pay for), then take the stored tensors
     with torch.device("meta"):
         model = build_model(meta["arch"], int(meta["num_classes"]))
-    model.load_state_dict(ckpt["state_dict"], assign=True)
+    try:
+        model.load_state_dict(ckpt["state_dict"], assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint '{path}': its weights do not fit {meta['arch']} with {meta['num_classes']} "
+                              f"classes ({str(e).splitlines()[0][:200]})") from None
     return model.to(device).eval(), meta
 
 

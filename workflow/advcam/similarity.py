@@ -44,6 +44,10 @@ def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"{name} must have shape (N,H,W) or (H,W), got {tuple(x.shape)}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} holds NaN or infinite values (images {bad[:10]}{' …' if len(bad) > 10 else ''}); "
+                         "SSIM of such maps is undefined")
     return x
 
 
@@ -74,6 +78,8 @@ def ssim(
     Returns
     -------
     (N,) float64 tensor on the inputs' device, SSIM in [-1, 1].
+
+    Raises ValueError naming ``a`` or ``b`` (and the images) when either holds NaN or infinite values.
     """
     a = _as_batch(a, "a")
     b = _as_batch(b, "b")

@@ -7,6 +7,7 @@ target only once the body finished without error, so a killed job leaves either 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 from pathlib import Path
@@ -15,11 +16,16 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 
-__all__ = ["atomic_path", "write_h5", "read_h5", "read_attrs", "write_json", "StoreError"]
+__all__ = ["atomic_path", "write_h5", "read_h5", "read_attrs", "write_json", "StoreError", "WriteError"]
 
 
 class StoreError(ValueError):
     """A store file is missing, unreadable or lacks a dataset it must have."""
+
+
+class WriteError(StoreError):
+    """An output could not be written (disk full, no permission, read-only filesystem, …); nothing of it
+    is left behind."""
 
 
 @contextlib.contextmanager
@@ -27,17 +33,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
 
     On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is left
-    untouched.
+    untouched. An OSError while writing (ENOSPC, EACCES, EROFS, …) becomes a :class:`WriteError` naming
+    ``path`` and the reason.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise WriteError(f"cannot write '{path}': {e.strerror or e}; nothing was written") from e
         raise
 
 
@@ -53,6 +62,13 @@ def _attr_value(v: Any) -> Any:
     return v
 
 
+#: HDF5 files up to this many bytes of data are built in memory and written to disk in one plain write.
+#: HDF5 1.14 (h5py 3.16) crashed the process (SIGSEGV inside the close) when the disk filled up during a
+#: write; a plain write fails with a clean ENOSPC instead. Larger files (paper-scale stores) are written
+#: by HDF5 directly and keep that risk.
+IN_MEMORY_MAX_BYTES = 1 << 30
+
+
 def write_h5(
     path: str | os.PathLike,
     datasets: Mapping[str, np.ndarray],
@@ -64,26 +80,38 @@ def write_h5(
 
     Arrays of two or more dimensions are chunked one item along the first axis (one image per chunk)
     and compressed; strings are stored as UTF-8 variable-length strings. Attribute values that are
-    dicts or mixed lists are stored as JSON text; ``None`` as ``"null"``.
+    dicts or mixed lists are stored as JSON text; ``None`` as ``"null"``. A write that fails (a full
+    disk) raises :class:`WriteError` naming ``path`` and leaves nothing behind.
     """
+    arrays = {name: np.asarray(arr) for name, arr in datasets.items()}
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for name, arr in datasets.items():
-                arr = np.asarray(arr)
-                if arr.dtype.kind in "UO":
-                    f.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
-                    continue
-                kw: dict[str, Any] = {}
-                if arr.ndim >= 2 and arr.shape[0] > 0 and chunk_first_axis:
-                    kw["chunks"] = (1,) + arr.shape[1:]
-                    if compression:
-                        kw["compression"] = compression
-                        if compression == "gzip":
-                            kw["compression_opts"] = 4
-                        kw["shuffle"] = True
-                f.create_dataset(name, data=arr, **kw)
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = _attr_value(v)
+        if sum(a.nbytes for a in arrays.values()) <= IN_MEMORY_MAX_BYTES:
+            buf = io.BytesIO()
+            with h5py.File(buf, "w") as f:
+                _fill_h5(f, arrays, attrs, chunk_first_axis, compression)
+            with open(tmp, "wb") as out:
+                out.write(buf.getbuffer())
+        else:
+            with h5py.File(tmp, "w") as f:
+                _fill_h5(f, arrays, attrs, chunk_first_axis, compression)
+
+
+def _fill_h5(f: h5py.File, arrays: Mapping[str, np.ndarray], attrs, chunk_first_axis: bool, compression) -> None:
+    for name, arr in arrays.items():
+        if arr.dtype.kind in "UO":
+            f.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
+            continue
+        kw: dict[str, Any] = {}
+        if arr.ndim >= 2 and arr.shape[0] > 0 and chunk_first_axis:
+            kw["chunks"] = (1,) + arr.shape[1:]
+            if compression:
+                kw["compression"] = compression
+                if compression == "gzip":
+                    kw["compression_opts"] = 4
+                kw["shuffle"] = True
+        f.create_dataset(name, data=arr, **kw)
+    for k, v in (attrs or {}).items():
+        f.attrs[k] = _attr_value(v)
 
 
 def read_h5(path: str | os.PathLike, names: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -18,9 +18,13 @@ from torch import nn
 from .models import model_device, predict
 from .precision import Precision, choose_precision
 
-__all__ = ["augment", "TrainResult", "train_model", "accuracy", "OPTIMIZERS"]
+__all__ = ["augment", "TrainResult", "TrainingDiverged", "train_model", "accuracy", "OPTIMIZERS"]
 
 OPTIMIZERS = ("adamw", "sgd")
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite; nothing trained past that point is worth keeping."""
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, strength: float = 1.0) -> torch.Tensor:
@@ -71,6 +75,13 @@ class TrainResult:
     precision: Precision | None = None
 
 
+def _diverged(value: float | str, epoch: int, step: int, steps: int, opt: torch.optim.Optimizer) -> None:
+    raise TrainingDiverged(
+        f"training diverged: the loss is {value} at epoch {epoch}, step {step} of {steps} "
+        f"(learning rate {opt.param_groups[0]['lr']:.3g}); lower the learning rate or check the data"
+    )
+
+
 def train_model(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -104,6 +115,8 @@ def train_model(
     (Inception-v3 here) lose accuracy when noise comes from the start, and keep it when the noise
     starts once the clean task is half learnt.
     The learning rate warms up linearly for ``warmup_epochs`` then follows a cosine to zero.
+    A NaN or infinite loss raises :class:`TrainingDiverged` naming the epoch and step (on the CPU at that
+    step; on CUDA, where a per-step check would stall the device, at the end of that epoch).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got '{optimizer}'")
@@ -167,6 +180,7 @@ def train_model(
         # running sums stay on the device: no host synchronisation inside the step loop
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev)
+        first_bad = torch.zeros((), dtype=torch.long, device=dev)  # 1-based step of the first non-finite loss
         count = 0
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size]
@@ -182,6 +196,10 @@ def train_model(
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
+            if cuda:
+                first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), i + 1, first_bad)
+            elif not math.isfinite(loss.item()):
+                _diverged(loss.item(), epoch, i + 1, steps_per_epoch, opt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -192,6 +210,8 @@ def train_model(
             seen += len(idx)
             if bar is not None:
                 bar.update(1)
+        if cuda and int(first_bad):
+            _diverged("NaN or infinite", epoch, int(first_bad), steps_per_epoch, opt)
         if bar is not None:
             bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / max(count, 1):.3f}")
         val_acc = accuracy(predict(model, x_val, amp=amp), y_val) if len(y_val) else float("nan")
