@@ -27,7 +27,7 @@ import advcam  # noqa: E402
 from advcam.attacks import apply_sign, gradient_sign  # noqa: E402
 from advcam.cam import explain  # noqa: E402
 from advcam.models import PAPER_MODELS, build_model, frozen_parameters  # noqa: E402
-from advcam.precision import choose_precision, onednn_isa_cap  # noqa: E402
+from advcam.precision import choose_precision, cpu_model, onednn_isa_cap  # noqa: E402
 from advcam.similarity import ssim  # noqa: E402
 from advcam.train import train_model  # noqa: E402
 
@@ -37,14 +37,7 @@ GPU_SIZES = {"resnet50": 224, "vgg16": 224, "inception_v3": 299, "xception": 299
 
 def cpu_class() -> str:
     """The CPU's model name and the ISA oneDNN runs at (and the cap, when ONEDNN_MAX_CPU_ISA sets one)."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     amx = "AMX" if torch.cpu._is_amx_tile_supported() else "no AMX"
     cap = onednn_isa_cap()
     return f"{model}, {torch.backends.cpu.get_cpu_capability()} ({amx}){f', ONEDNN_MAX_CPU_ISA={cap}' if cap else ''}"

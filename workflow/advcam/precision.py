@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Precision", "choose_precision", "cpu_has_amx", "cpu_has_native_bf16", "onednn_isa_cap", "time_training_step",
-           "cache_file", "BF16_MARGIN"]
+           "cache_file", "cpu_model", "BF16_MARGIN"]
 
 #: bf16 must beat the best fp32 step by this factor to be chosen on a CPU (timing noise and the bf16
 #: accuracy cost make a near-tie a loss).
@@ -187,7 +187,8 @@ def cache_file() -> Path:
     return Path(root) / "precision.json"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` says)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -200,7 +201,7 @@ def _cpu_model() -> str:
 def _workload_key(model: nn.Module, h: int, w: int, batch: int) -> str:
     net = getattr(model, "net", model)
     n = sum(p.numel() for p in model.parameters())
-    return (f"{_cpu_model()} | torch {torch.__version__} | isa cap {onednn_isa_cap() or 'none'} | "
+    return (f"{cpu_model()} | torch {torch.__version__} | isa cap {onednn_isa_cap() or 'none'} | "
             f"{type(net).__name__} {n} params | {h}x{w} batch {batch}")
 
 
