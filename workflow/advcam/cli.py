@@ -277,8 +277,8 @@ def _heatmap_record(cams, y, idx, zero, source) -> dict:
     from .cam import CamOutput
 
     c = CamOutput.cat(cams)
-    for what in ("logits", "raw", "maps"):
-        _require_finite(source, f"Grad-CAM {what}" if what != "logits" else "logits", getattr(c, what))
+    for what, t in (("logits", c.logits), ("Grad-CAM raw", c.raw), ("Grad-CAM maps", c.maps)):
+        _require_finite(source, what, t)
     out = {
         "maps": c.maps.numpy(), "raw": c.raw.numpy(), "logits": c.logits.numpy(), "pred": c.pred.numpy(),
         "target": c.target.numpy(), "labels": y.numpy(), "index": idx,

@@ -84,16 +84,12 @@ def write_h5(
     disk) raises :class:`WriteError` naming ``path`` and leaves nothing behind.
     """
     arrays = {name: np.asarray(arr) for name, arr in datasets.items()}
+    buf = io.BytesIO() if sum(a.nbytes for a in arrays.values()) <= IN_MEMORY_MAX_BYTES else None
     with atomic_path(path) as tmp:
-        if sum(a.nbytes for a in arrays.values()) <= IN_MEMORY_MAX_BYTES:
-            buf = io.BytesIO()
-            with h5py.File(buf, "w") as f:
-                _fill_h5(f, arrays, attrs, chunk_first_axis, compression)
-            with open(tmp, "wb") as out:
-                out.write(buf.getbuffer())
-        else:
-            with h5py.File(tmp, "w") as f:
-                _fill_h5(f, arrays, attrs, chunk_first_axis, compression)
+        with h5py.File(tmp if buf is None else buf, "w") as f:
+            _fill_h5(f, arrays, attrs, chunk_first_axis, compression)
+        if buf is not None:
+            tmp.write_bytes(buf.getbuffer())
 
 
 def _fill_h5(f: h5py.File, arrays: Mapping[str, np.ndarray], attrs, chunk_first_axis: bool, compression) -> None:
