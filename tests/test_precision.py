@@ -66,10 +66,14 @@ def test_an_isa_cap_below_amx_hides_amx(model, monkeypatch):
     assert "1.50x slower" in p.reason
 
 
-def test_auto_without_native_bf16_never_times_bf16(model, monkeypatch):
-    calls = _machine(monkeypatch, bf16=False, timings={}, cap="AVX2")
+@pytest.mark.parametrize("fp32, fp32_cl, cl", [(0.215, 0.229, False), (0.122, 0.104, True)])
+def test_auto_without_native_bf16_never_times_bf16_and_probes_the_layout(model, monkeypatch, fp32, fp32_cl, cl):
+    calls = _machine(monkeypatch, bf16=False, timings={"fp32": fp32, "fp32_cl": fp32_cl}, cap="AVX2")
     p = choose_precision(model, "cpu", 32)
-    assert not p.amp and calls == [] and "ONEDNN_MAX_CPU_ISA=AVX2" in p.reason and "emulate" in p.reason
+    assert not p.amp and p.channels_last is cl and all(not amp for amp, _ in calls) and len(calls) == 2
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in p.reason and "emulate" in p.reason
+    assert ("channels_last" if cl else "contiguous") + f" measured {max(fp32, fp32_cl) / min(fp32, fp32_cl):.2f}x faster" in p.reason
+    assert "bf16_cl" not in p.as_dict()["probe_ms_per_image"]
 
 
 def test_auto_without_amx_takes_bf16_when_the_probe_finds_it_faster(model, monkeypatch):
