@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 import advcam  # noqa: E402
 from advcam.attacks import apply_sign, gradient_sign  # noqa: E402
-from advcam.cam import explain  # noqa: E402
+from advcam.base_cam import explain  # noqa: E402
 from advcam.models import PAPER_MODELS, build_model, frozen_parameters  # noqa: E402
 from advcam.precision import choose_precision, cpu_model, onednn_isa_cap  # noqa: E402
 from advcam.similarity import ssim  # noqa: E402

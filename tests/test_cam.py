@@ -5,7 +5,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import advcam
-from advcam.cam import explain, gradcam_batch, upsample_cam
+from advcam.base_cam import explain, gradcam_batch, upsample_cam
 from advcam.models import PAPER_MODELS, UnknownLayerError, build_model
 
 SIZES = {"vgg16": 64, "resnet50": 64, "resnet101": 64, "inception_v3": 107, "xception": 96}

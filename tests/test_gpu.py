@@ -5,7 +5,7 @@ import torch
 
 import advcam
 from advcam.attacks import apply_sign, gradient_sign
-from advcam.cam import explain
+from advcam.base_cam import explain
 from advcam.models import PAPER_MODELS, build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

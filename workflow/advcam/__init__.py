@@ -4,15 +4,19 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .attacks import apply_sign, fgsm, gradient_sign, pgd, random_sign  # noqa: E402
-from .cam import explain, gradcam, upsample_cam  # noqa: E402
+from .base_cam import explain, gradcam, upsample_cam  # noqa: E402
+from .explainers import CAM_METHODS, cam, cams  # noqa: E402
 from .models import PAPER_MODELS, build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from .similarity import nissim, ssim  # noqa: E402
 
 __all__ = [
     "__version__",
+    "CAM_METHODS",
     "PAPER_MODELS",
     "apply_sign",
     "build_model",
+    "cam",
+    "cams",
     "explain",
     "fgsm",
     "gradcam",

@@ -274,7 +274,7 @@ def _adversarial_inputs(attack: str, sign_file: str | None, adv_file: str | None
 
 
 def _heatmap_record(cams, y, idx, zero, source) -> dict:
-    from .cam import CamOutput
+    from .base_cam import CamOutput
 
     c = CamOutput.cat(cams)
     for what, t in (("logits", c.logits), ("Grad-CAM raw", c.raw), ("Grad-CAM maps", c.maps)):
@@ -301,7 +301,7 @@ def cmd_attack(args) -> None:
     import torch
 
     from .attacks import ATTACKS, check_eps, pgd, perturb
-    from .cam import explain
+    from .base_cam import explain
     from .models import predict
     from .store import read_h5, write_h5
 
@@ -361,7 +361,7 @@ def cmd_explain(args) -> None:
     import torch
 
     from .attacks import check_eps, perturb
-    from .cam import explain
+    from .base_cam import explain
     from .store import read_attrs, read_h5, write_h5
 
     dev = _setup_torch(args)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .models import frozen_parameters, model_device, resolve_layer
 
-__all__ = ["CamOutput", "gradcam", "gradcam_batch", "explain", "upsample_cam", "minmax"]
+__all__ = ["CamOutput", "LayerPass", "layer_pass", "gradcam", "gradcam_batch", "explain", "upsample_cam", "minmax"]
 
 EPS = 1e-7
 
@@ -91,6 +91,75 @@ def _as_target(target, logits: torch.Tensor) -> torch.Tensor:
     return t
 
 
+@dataclass
+class LayerPass:
+    """What one forward (and, when asked, one logit→layer backward) gives every CAM method.
+
+    acts : (N,K,h,w) float32, the target layer's activations A. grads : (N,K,h,w) float32 ∂y_c/∂A for the
+    explained class c of each image (None when no gradient was asked for). logits : (N,C) float32.
+    target : (N,) int64, the explained class c.
+    """
+
+    acts: torch.Tensor
+    grads: torch.Tensor | None
+    logits: torch.Tensor
+    target: torch.Tensor
+
+
+def layer_pass(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | None = None,
+    need_grad: bool = True,
+    amp: bool = False,
+) -> LayerPass:
+    """One forward of ``x`` (N,3,H,W) in [0,1] through ``model``, keeping the activations of ``layer``, and
+    with ``need_grad`` one backward from the explained logits to that layer — never further: parameters
+    are frozen and the activation is detached at the layer, so autograd records nothing upstream and no
+    parameter gradient is computed. ``target`` None → each image's predicted class, else (N,) or scalar
+    class indices. ``amp``: bfloat16 autocast for the forward (CUDA only). Runs where ``x`` lives; the
+    forward hook is removed whatever happens. Raises TypeError naming the layer when its output is not a
+    4-D tensor.
+    """
+    module = resolve_layer(model, layer)
+    name = layer if isinstance(layer, str) else type(layer).__name__
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _inp, out):
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            what = f"a {out.dim()}-D tensor" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(f"CAM layer '{name}' must output a 4-D tensor (N,K,h,w), got {what}")
+        a = out.detach().requires_grad_(need_grad)
+        store["A"] = a
+        return a
+
+    was_training = model.training
+    model.eval()
+    handle = module.register_forward_hook(hook)
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        if amp and x.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    try:
+        with frozen_parameters(model), torch.set_grad_enabled(need_grad), autocast:
+            logits = model(x.detach())
+        if "A" not in store:
+            raise RuntimeError(f"the CAM layer '{name}' was not called in the forward pass")
+        logits = logits.float()
+        tgt = _as_target(target, logits)
+        grad = None
+        if need_grad:
+            score = logits.gather(1, tgt[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, store["A"])
+            grad = grad.float()
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return LayerPass(acts=store["A"].detach().float(), grads=grad, logits=logits.detach(), target=tgt)
+
+
 def gradcam_batch(
     model: nn.Module,
     layer: str | nn.Module,
@@ -104,41 +173,11 @@ def gradcam_batch(
     indices (e.g. the true labels). amp : bfloat16 autocast for the forward (CUDA only; maps stay within
     about 1e-2 of fp32). Returns a :class:`CamOutput` on ``x``'s device.
     """
-    module = resolve_layer(model, layer)
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _inp, out):
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"Grad-CAM layer must output a tensor, got {type(out).__name__}")
-        a = out.detach().requires_grad_(True)
-        store["A"] = a
-        return a
-
-    was_training = model.training
-    model.eval()
-    handle = module.register_forward_hook(hook)
-    autocast = (
-        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-        if amp and x.device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    try:
-        with frozen_parameters(model), torch.enable_grad(), autocast:
-            logits = model(x.detach())
-        if "A" not in store:
-            raise RuntimeError("the Grad-CAM layer was not called in the forward pass")
-        logits = logits.float()
-        tgt = _as_target(target, logits)
-        score = logits.gather(1, tgt[:, None]).sum()
-        (grad,) = torch.autograd.grad(score, store["A"])
-    finally:
-        handle.remove()
-        model.train(was_training)
-    a = store["A"].detach().float()
-    w = grad.float().mean(dim=(2, 3))  # (N,K)
-    raw = torch.einsum("nk,nkhw->nhw", w, a).clamp_min(0)
+    lp = layer_pass(model, layer, x, target, need_grad=True, amp=amp)
+    w = lp.grads.mean(dim=(2, 3))  # (N,K)
+    raw = torch.einsum("nk,nkhw->nhw", w, lp.acts).clamp_min(0)
     maps = upsample_cam(raw, x.shape[-2:])
-    return CamOutput(maps=maps, raw=raw, logits=logits.detach(), target=tgt)
+    return CamOutput(maps=maps, raw=raw, logits=lp.logits, target=lp.target)
 
 
 def explain(

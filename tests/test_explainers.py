@@ -1,0 +1,158 @@
+"""Every CAM method equals the pytorch-grad-cam class of the same name, on the paper's architectures at
+odd input sizes, for the predicted class and for given targets, on freshly drawn inputs."""
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+import advcam
+import advcam.base_cam as base_cam
+from advcam.explainers import CAM_METHODS, GRADIENT_METHODS, cams_batch, principal_projection
+from advcam.models import PAPER_MODELS, build_model
+
+PGC = {
+    "gradcam": GradCAM, "hirescam": HiResCAM, "gradcam_elementwise": GradCAMElementWise,
+    "gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM, "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM,
+}
+# odd sizes, each the smallest-ish that gives a CAM of at least 2x2
+SIZES = {"vgg16": 45, "resnet50": 67, "inception_v3": 139, "xception": 71}
+_models: dict = {}
+
+
+def model_for(arch):
+    if arch not in _models:
+        with torch.random.fork_rng():  # the weights are fixed; the inputs stay freshly drawn
+            torch.manual_seed(0)
+            _models[arch] = build_model(arch, 5).eval()
+    return _models[arch]
+
+
+class SignCorrectedEigenCAM(EigenCAM):
+    """pgc's EigenCAM with pgc's own sign correction (pgc issue #364: the SVD leaves the sign to chance)."""
+
+    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
+        return get_2d_projection_with_sign_correction(activations)
+
+
+class SignCorrectedEigenGradCAM(EigenGradCAM):
+    """pgc's EigenGradCAM with the same correction."""
+
+    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
+        return get_2d_projection_with_sign_correction(grads * activations)
+
+
+def reference(method, model, layer, x, targets):
+    cls = {"eigencam": SignCorrectedEigenCAM, "eigengradcam": SignCorrectedEigenGradCAM}.get(method, PGC[method])
+    with cls(model=model, target_layers=[model.net.get_submodule(layer)]) as c:
+        if method == "scorecam":
+            c.batch_size = 64
+        return c(input_tensor=x, targets=targets)
+
+
+def _compare(arch, methods, n):
+    model = model_for(arch)
+    layer = PAPER_MODELS[arch].layer
+    s = SIZES[arch]
+    x = torch.rand(n, 3, s, s)
+    y = torch.randint(0, 5, (n,))
+    ours = advcam.cams(model, layer, x, methods)
+    ours_y = advcam.cams(model, layer, x, methods, target=y)
+    for m in methods:
+        assert ours[m].shape == (n, s, s) and ours[m].dtype == torch.float32
+        assert ours[m].min() >= 0 and ours[m].max() <= 1
+        ref = reference(m, model, layer, x, None)
+        assert np.abs(ours[m].numpy() - ref).max() < 1e-5, (arch, m, "predicted")
+        ref_y = reference(m, model, layer, x, [ClassifierOutputTarget(int(c)) for c in y])
+        assert np.abs(ours_y[m].numpy() - ref_y).max() < 1e-5, (arch, m, "given targets")
+
+
+@pytest.mark.parametrize("arch", list(SIZES))
+def test_pass_methods_match_pytorch_grad_cam(arch, seed):
+    _compare(arch, [m for m in CAM_METHODS if m not in ("scorecam", "ablationcam")], 3)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet50"])
+def test_perturbation_methods_match_pytorch_grad_cam(arch, seed):
+    # K forwards per image (512 for VGG16, 2048 for ResNet50's layer4): one image, small input
+    _compare(arch, ["scorecam", "ablationcam"], 1)
+
+
+def test_cam_is_cams_and_gradcam(seed):
+    model = model_for("resnet50")
+    x = torch.rand(2, 3, 67, 67)
+    one = advcam.cam(model, "layer4", x, method="layercam")
+    assert torch.equal(one, advcam.cams(model, "layer4", x, ["layercam", "gradcam"])["layercam"])
+    assert torch.equal(advcam.cam(model, "layer4", x), advcam.gradcam(model, "layer4", x))
+
+
+def test_every_gradient_method_from_one_forward_and_one_backward(seed, monkeypatch):
+    """One layer pass per batch serves all gradient methods; a forward-only request asks for no gradient."""
+    calls = []
+    real = base_cam.layer_pass
+
+    def counting(*a, **k):
+        calls.append(k.get("need_grad", True))
+        return real(*a, **k)
+
+    import advcam.explainers as ex
+
+    monkeypatch.setattr(ex, "layer_pass", counting)
+    model = model_for("resnet50")
+    for p in model.parameters():  # pgc's references ran full backwards on this shared model
+        p.grad = None
+    x = torch.rand(5, 3, 67, 67)
+    advcam.cams(model, "layer4", x, list(GRADIENT_METHODS) + ["eigencam"], batch_size=4)
+    assert calls == [True, True]  # two batches, one pass each
+    calls.clear()
+    advcam.cams(model, "layer4", x, ["eigencam"], batch_size=8)
+    assert calls == [False]
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.net.layer4._forward_hooks
+
+
+def test_all_zero_map_stays_zero_for_every_method(seed):
+    """A layer whose activations are all zero gives all-zero maps, whatever the method."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3).eval()
+    with torch.no_grad():
+        # layer4's last block is relu(bn2(conv2(...)) + identity): a -1e4 shift makes every output 0
+        model.net.layer4[-1].bn2.weight.zero_()
+        model.net.layer4[-1].bn2.bias.fill_(-1e4)
+        model.net.fc.bias.copy_(torch.tensor([0.5, -0.3, 0.2]))  # AblationCAM divides by the logit
+    x = torch.rand(2, 3, 64, 64)
+    out = advcam.cams(model, "layer4", x, list(CAM_METHODS))
+    for m, maps in out.items():
+        assert torch.count_nonzero(maps) == 0, m
+
+
+def test_principal_projection_matches_pgc_sign_corrected(seed):
+    z = torch.randn(4, 37, 5, 3)
+    ours = principal_projection(z).numpy()
+    ref = get_2d_projection_with_sign_correction(z.numpy())
+    assert np.abs(ours - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+def test_bad_inputs_name_what_is_wrong():
+    model = model_for("resnet50")
+    x = torch.rand(1, 3, 67, 67)
+    with pytest.raises(ValueError, match=r"unknown CAM method 'gradcam\+\+'.*gradcampp.*ablationcam"):
+        advcam.cams(model, "layer4", x, ["gradcam", "gradcam++"])
+    with pytest.raises(ValueError, match="unknown CAM method 'score'"):
+        advcam.cam(model, "layer4", x, method="score")
+    with pytest.raises(TypeError, match="CAM layer 'fc' must output a 4-D tensor"):
+        advcam.cam(model, "fc", x)
+    assert not model.net.fc._forward_hooks

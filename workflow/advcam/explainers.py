@@ -1,0 +1,284 @@
+"""Class activation maps beyond Grad-CAM, batched on the model's device, each equal to the
+pytorch-grad-cam 1.5.x class of the same name.
+
+Every method reduces the target layer's activations A (N,K,h,w) — and, for the gradient methods, the
+gradient G = ∂y_c/∂A of the explained logit — to a raw map (N,h,w); all maps are then normalised the same
+way (``minmax(ReLU(upsample(minmax(ReLU(raw)))))``, see :func:`advcam.base_cam.upsample_cam`). With
+S = Σ_{h,w} A per channel and weights w (N,K) → raw = Σ_k w_k A_k:
+
+================== ====================================================== ===========================
+method             raw map                                                passes per batch
+================== ====================================================== ===========================
+gradcam            w = mean_{h,w} G                                       shared forward + backward
+hirescam           Σ_k G ⊙ A                                              shared
+gradcam_elementwise Σ_k ReLU(G ⊙ A)                                       shared
+gradcampp          w = Σ_{h,w} ReLU(G)·α, α = G²/(2G² + S·G³ + 1e-6)      shared
+                   (α = 0 where G = 0)
+xgradcam           w = Σ_{h,w} G ⊙ A / (S + 1e-7)                         shared
+layercam           Σ_k ReLU(G) ⊙ A                                        shared
+eigengradcam       first principal component of G ⊙ A (per image)         shared
+eigencam           first principal component of A (per image)             forward only
+scorecam           w = softmax_k y_c(x ⊙ norm(up(A_k)))                   forward + K forwards/image
+ablationcam        w = (y_c − y_c(A with channel k ablated)) / y_c        forward + K forwards/image
+================== ====================================================== ===========================
+
+All gradient methods of a call share **one forward and one logit→layer backward per batch** (no
+parameter gradient, nothing upstream of the layer recorded). The principal component is that of the
+spatially centred (h·w, K) matrix; its sign, which the SVD leaves arbitrary (pytorch-grad-cam issue
+#364), is fixed as pytorch-grad-cam's ``get_2d_projection_with_sign_correction`` fixes it: flipped when
+|min| > |max|. It is computed from the (h·w, h·w) Gram matrix in float64 (σ₁u₁ = M v₁), not by an SVD
+of the (h·w, K) matrix. ScoreCAM's masks are the activations upsampled bilinearly with
+``align_corners=True`` and min-max normalised per channel (eps 1e-8). AblationCAM sets channel k to 0,
+or, where the image's activations have no zero, to their minimum − 1e7 (pytorch-grad-cam lowers that
+value by a further 1e7 for each earlier row of its ablation batch; we do not reproduce that artefact of
+its loop, which never arises after a ReLU); it reruns the whole network with the layer's output replaced.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .base_cam import LayerPass, layer_pass, upsample_cam
+from .models import frozen_parameters, model_device, resolve_layer
+
+__all__ = ["CAM_METHODS", "GRADIENT_METHODS", "cam", "cams", "cams_batch", "raw_cams", "principal_projection"]
+
+
+def _weighted(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("nk,nkhw->nhw", w, a)
+
+
+def _gradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return _weighted(g.mean(dim=(2, 3)), a)
+
+
+def _hirescam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (g * a).sum(1)
+
+
+def _gradcam_elementwise(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (g * a).clamp_min(0).sum(1)
+
+
+def _gradcampp(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    g2 = g * g
+    s = a.sum(dim=(2, 3), keepdim=True)
+    alpha = g2 / (2 * g2 + s * (g2 * g) + 1e-6)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    return _weighted((g.clamp_min(0) * alpha).sum(dim=(2, 3)), a)
+
+
+def _xgradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    s = a.sum(dim=(2, 3), keepdim=True)
+    return _weighted((g * a / (s + 1e-7)).sum(dim=(2, 3)), a)
+
+
+def _layercam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (g.clamp_min(0) * a).sum(1)
+
+
+def principal_projection(z: torch.Tensor) -> torch.Tensor:
+    """Per image, the projection of the spatially centred (h·w, K) matrix of ``z`` (N,K,h,w) on its first
+    principal axis, sign-corrected (flipped when |min| > |max|); (N,h,w) float32.
+
+    Computed in float64 from the Gram matrix M Mᵀ (h·w × h·w): its top eigenpair (λ₁, u₁) gives
+    M v₁ = √λ₁ u₁. A matrix of zeros gives zeros."""
+    n, k, h, w = z.shape
+    m = z.double().flatten(2).transpose(1, 2)  # (N, hw, K)
+    m = m - m.mean(dim=1, keepdim=True)
+    evals, evecs = torch.linalg.eigh(m @ m.transpose(1, 2))  # ascending
+    proj = evecs[..., -1] * evals[..., -1].clamp_min(0).sqrt()[:, None]  # (N, hw)
+    flip = proj.amin(1).abs() > proj.amax(1).abs()
+    proj = torch.where(flip[:, None], -proj, proj)
+    return proj.view(n, h, w).float()
+
+
+def _eigencam(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+    return principal_projection(a)
+
+
+def _eigengradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return principal_projection(g * a)
+
+
+#: methods computed from the shared pass: name → f(A, G) → raw map (N,h,w) before ReLU
+_FROM_PASS: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
+    "gradcam": _gradcam,
+    "hirescam": _hirescam,
+    "gradcam_elementwise": _gradcam_elementwise,
+    "gradcampp": _gradcampp,
+    "xgradcam": _xgradcam,
+    "layercam": _layercam,
+    "eigencam": _eigencam,
+    "eigengradcam": _eigengradcam,
+}
+
+#: every method, in the order of the table above
+CAM_METHODS: tuple[str, ...] = (
+    "gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam", "layercam", "eigencam",
+    "eigengradcam", "scorecam", "ablationcam",
+)
+#: the methods that need ∂y_c/∂A (all served by one backward per batch)
+GRADIENT_METHODS: tuple[str, ...] = tuple(m for m in _FROM_PASS if m != "eigencam")
+
+
+def check_methods(methods: str | Iterable[str]) -> list[str]:
+    """The method names as a list without repeats; ValueError naming an unknown one and listing
+    :data:`CAM_METHODS`."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    for m in names:
+        if m not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method '{m}': choose from {', '.join(CAM_METHODS)}")
+    if not names:
+        raise ValueError(f"no CAM method given: choose from {', '.join(CAM_METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def _replace_layer_output(module: nn.Module, make: Callable[[], torch.Tensor]):
+    """A forward hook on ``module`` that returns ``make()`` instead of its output; returns the handle."""
+    return module.register_forward_hook(lambda _m, _i, _o: make())
+
+
+def _scorecam(model: nn.Module, x: torch.Tensor, lp: LayerPass, batch_size: int) -> torch.Tensor:
+    """ScoreCAM weights (N,K): softmax over channels of the explained logit of ``x`` masked by each
+    channel's upsampled, min-max normalised activation."""
+    a = lp.acts
+    n, k = a.shape[:2]
+    scores = torch.empty(n, k, device=a.device)
+    with torch.no_grad(), frozen_parameters(model):
+        up = torch.nn.functional.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        lo = up.flatten(2).amin(2)[:, :, None, None]
+        hi = up.flatten(2).amax(2)[:, :, None, None]
+        up = (up - lo) / (hi - lo + 1e-8)
+        rows = [(i, c) for i in range(n) for c in range(k)]
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s : s + batch_size]
+            ii = torch.tensor([r[0] for r in chunk], device=a.device)
+            cc = torch.tensor([r[1] for r in chunk], device=a.device)
+            xb = x[ii] * up[ii, cc][:, None]
+            out = model(xb).float()
+            scores[ii, cc] = out.gather(1, lp.target[ii][:, None])[:, 0]
+    return _weighted(torch.softmax(scores, dim=1), a)
+
+
+def _ablationcam(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, lp: LayerPass, batch_size: int) -> torch.Tensor:
+    """AblationCAM weights (N,K): the relative drop of the explained logit when channel k of the layer's
+    output is ablated (set to 0, or to min − 1e7 where the activations have no zero)."""
+    a = lp.acts
+    n, k = a.shape[:2]
+    module = resolve_layer(model, layer)
+    original = lp.logits.gather(1, lp.target[:, None])[:, 0]  # (N,)
+    amin = a.flatten(1).amin(1)
+    value = torch.where(amin == 0, torch.zeros_like(amin), amin - 1e7)  # (N,)
+    scores = torch.empty(n, k, device=a.device)
+    rows = [(i, c) for i in range(n) for c in range(k)]
+    current: dict[str, torch.Tensor] = {}
+    handle = _replace_layer_output(module, lambda: current["A"])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), frozen_parameters(model):
+            for s in range(0, len(rows), batch_size):
+                chunk = rows[s : s + batch_size]
+                ii = torch.tensor([r[0] for r in chunk], device=a.device)
+                cc = torch.tensor([r[1] for r in chunk], device=a.device)
+                ab = a[ii].clone()
+                ab[torch.arange(len(chunk), device=a.device), cc] = value[ii][:, None, None].to(ab.dtype)
+                current["A"] = ab
+                out = model(x[ii]).float()
+                scores[ii, cc] = out.gather(1, lp.target[ii][:, None])[:, 0]
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return _weighted((original[:, None] - scores) / original[:, None], a)
+
+
+def raw_cams(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    methods: str | Iterable[str],
+    target: torch.Tensor | None = None,
+    batch_size: int = 64,
+    amp: bool = False,
+) -> tuple[dict[str, torch.Tensor], LayerPass]:
+    """Raw maps of one batch for each method: ({method: (N,h,w) float32 ≥ 0}, the shared
+    :class:`~advcam.base_cam.LayerPass`). ``x`` (N,3,H,W) in [0,1] on the model's device; ``batch_size``
+    bounds the perturbed forwards of scorecam/ablationcam. The gradient is computed only when a
+    gradient method is asked for."""
+    names = check_methods(methods)
+    need_grad = any(m in GRADIENT_METHODS for m in names)
+    lp = layer_pass(model, layer, x, target, need_grad=need_grad, amp=amp)
+    raw: dict[str, torch.Tensor] = {}
+    for m in names:
+        if m in _FROM_PASS:
+            r = _FROM_PASS[m](lp.acts, lp.grads)
+        elif m == "scorecam":
+            r = _scorecam(model, x, lp, batch_size)
+        else:
+            r = _ablationcam(model, layer, x, lp, batch_size)
+        raw[m] = r.clamp_min(0)
+    return raw, lp
+
+
+def cams_batch(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    methods: str | Iterable[str],
+    target: torch.Tensor | None = None,
+    batch_size: int = 64,
+    amp: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], LayerPass]:
+    """(maps, raw, pass) of one batch: maps {method: (N,H,W) float32 in [0,1]} at ``x``'s size, raw
+    {method: (N,h,w)}; see :func:`raw_cams`."""
+    raw, lp = raw_cams(model, layer, x, methods, target, batch_size, amp)
+    return {m: upsample_cam(r, x.shape[-2:]) for m, r in raw.items()}, raw, lp
+
+
+def cams(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    methods: str | Iterable[str],
+    target: torch.Tensor | None = None,
+    batch_size: int = 64,
+) -> dict[str, torch.Tensor]:
+    """Maps of ``x`` (N,3,H,W) in [0,1] (or uint8) for every method in ``methods``:
+    {method: (N,H,W) float32 in [0,1]} on ``x``'s device.
+
+    ``layer``: a module or its name (e.g. ``"layer4"``); ``target`` None explains each image's predicted
+    class, else (N,) class indices. Computed in batches of ``batch_size`` on the model's device; every
+    gradient method of the call comes from one forward and one logit→layer backward per batch; scorecam
+    and ablationcam add K forwards per image, batched ``batch_size`` at a time. Raises ValueError naming
+    an unknown method (and listing :data:`CAM_METHODS`), TypeError naming a layer whose output is not 4-D.
+    """
+    names = check_methods(methods)
+    dev = model_device(model)
+    parts: dict[str, list[torch.Tensor]] = {m: [] for m in names}
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s : s + batch_size].to(dev)
+        if xb.dtype == torch.uint8:
+            xb = xb.float().div_(255)
+        tb = None if target is None else torch.as_tensor(target)[s : s + batch_size].to(dev)
+        maps, _, _ = cams_batch(model, layer, xb, names, tb, batch_size)
+        for m in names:
+            parts[m].append(maps[m].to(x.device))
+    return {m: torch.cat(v) for m, v in parts.items()}
+
+
+def cam(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    method: str = "gradcam",
+    target: torch.Tensor | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Maps (N,H,W) float32 in [0,1] of one ``method`` (see :data:`CAM_METHODS`) for ``x`` (N,3,H,W)
+    in [0,1], on ``x``'s device; arguments as in :func:`cams`."""
+    if not isinstance(method, str):
+        raise ValueError(f"method must be one name of {', '.join(CAM_METHODS)}, got {method!r}")
+    return cams(model, layer, x, [method], target, batch_size)[method]
