@@ -83,7 +83,7 @@ class Bench:
     def row(self, stage, model, what, seconds, n, unit="img/s", **extra):
         r = {"stage": stage, "model": model, "what": what, "seconds": seconds, "throughput": n / seconds, "unit": unit, **extra}
         self.rows.append(r)
-        print(f"  {stage:<10} {model:<13} {what:<34} {n / seconds:>10.1f} {unit}", flush=True)
+        print(f"  {stage:<10} {model:<13} {what:<34} {n / seconds:>10.4g} {unit}", flush=True)
         return r
 
     def data(self, arch):
@@ -151,6 +151,41 @@ class Bench:
             t_bf16 = timed(lambda: explain(m, layer, x, batch_size=n, amp=True, out_device=None), self.dev, iters=it)
             self.row("gradcam", arch, "advcam explain bf16", t_bf16, n, vs_floor=t_floor / t_bf16,
                      max_abs_diff_vs_fp32=float((fp32 - bf16).abs().max()))
+
+    def cams(self, arch, m, x, y, perturbation: bool = False):
+        """Every CAM method: ours one at a time and all gradient methods from one pass, against the
+        pytorch-grad-cam class of the same name at the same batch (and, with ``perturbation``, ScoreCAM
+        and AblationCAM on two images at pgc's default batch sizes)."""
+        import pytorch_grad_cam as pgc
+
+        from advcam.explainers import CAM_METHODS, GRADIENT_METHODS, cams_batch
+
+        classes = {"gradcam": pgc.GradCAM, "hirescam": pgc.HiResCAM, "gradcam_elementwise": pgc.GradCAMElementWise,
+                   "gradcampp": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM,
+                   "eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM, "scorecam": pgc.ScoreCAM,
+                   "ablationcam": pgc.AblationCAM}
+        layer = PAPER_MODELS[arch].layer
+        n, it = x.shape[0], self.iters
+        pass_methods = list(GRADIENT_METHODS) + ["eigencam"]
+        t_one = timed(lambda: cams_batch(m, layer, x, ["gradcam"]), self.dev, iters=it)
+        t_all = timed(lambda: cams_batch(m, layer, x, pass_methods), self.dev, iters=it)
+        self.row("cams", arch, "advcam gradcam alone", t_one, n)
+        self.row("cams", arch, f"advcam all {len(pass_methods)} pass methods at once", t_all, n,
+                 ours_over_gradcam=t_all / t_one, target="≤ 1.3x gradcam")
+        methods = [c for c in CAM_METHODS if perturbation or c in pass_methods]
+        for meth in methods:
+            xs = x if meth in pass_methods else x[:2]
+            k = len(xs)
+            ref = classes[meth](model=m, target_layers=[m.net.get_submodule(layer)])
+            # K forwards per image: one timed call, no warm-up (the first of thousands of forwards is noise)
+            reps = dict(warmup=0, iters=1) if k < n else dict(iters=it)
+            t_ours = timed(lambda: cams_batch(m, layer, xs, [meth], batch_size=64), self.dev, **reps)
+            t_ref = timed(lambda: ref(input_tensor=xs, targets=None), self.dev, **reps)
+            ref.activations_and_grads.release()
+            self.row("cams", arch, f"advcam {meth}", t_ours, k, vs_ref=t_ref / t_ours,
+                     **({"target": "≥ 3x pgc (CPU), ≥ 8x (GPU)"} if meth in GRADIENT_METHODS else
+                        {"target": "≥ 5x pgc (GPU)"} if meth in ("scorecam", "ablationcam") else {}))
+            self.row("cams", arch, f"  pytorch-grad-cam {classes[meth].__name__}", t_ref, k)
 
     def fgsm(self, arch, m, x, y):
         import torchattacks
@@ -326,10 +361,12 @@ def markdown(rows: list[dict], header: str) -> str:
             continue
         ratios = []
         for k, label in (("vs_floor", "× floor"), ("ours_over_floor", "time / floor"), ("vs_ref", "× reference"),
+                         ("ours_over_gradcam", "time / gradcam alone"),
                          ("vs_pool", "× skimage all cores"), ("target", "target")):
             if k in r:
-                ratios.append(f"{r[k]:.2f} {label}")
-        lines.append(f"| {r['stage']} | {r['model']} | {r['what']} | {r['throughput']:,.1f} {r['unit']} | {'; '.join(ratios)} |")
+                ratios.append(f"{r[k]}" if isinstance(r[k], str) else f"{r[k]:.2f} {label}")
+        tp = f"{r['throughput']:,.1f}" if r["throughput"] >= 10 else f"{r['throughput']:.3g}"
+        lines.append(f"| {r['stage']} | {r['model']} | {r['what']} | {tp} {r['unit']} | {'; '.join(ratios)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -338,7 +375,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 64 on GPU, 8 on CPU)")
     p.add_argument("--models", nargs="+", default=None, help="subset of resnet50 vgg16 inception_v3 xception")
-    p.add_argument("--stages", nargs="+", default=["gradcam", "fgsm", "ssim", "train", "pipeline"])
+    p.add_argument("--stages", nargs="+", default=["gradcam", "cams", "fgsm", "ssim", "train", "pipeline"],
+                   help="gradcam cams cams_perturbation fgsm ssim train pipeline (cams_perturbation: ScoreCAM and "
+                        "AblationCAM, K forwards per image: minutes on a CPU)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--out", default=None, help="output prefix (default: bench/results/<device>-<date>)")
     args = p.parse_args(argv)
@@ -358,11 +397,12 @@ def main(argv=None) -> int:
     import timm
 
     versions = {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(), "advcam": advcam.__version__}
-    for mod in ("pytorch_grad_cam", "torchattacks", "skimage"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod, dist in (("pytorch_grad_cam", "grad-cam"), ("torchattacks", "torchattacks"), ("skimage", "scikit-image")):
         try:
-            m = __import__(mod)
-            versions[mod] = getattr(m, "__version__", "?")
-        except ImportError:
+            versions[mod] = version(dist)
+        except PackageNotFoundError:
             versions[mod] = "missing"
     print(f"device {name}; batch {batch}; fp32; {versions}", flush=True)
     t_start = time.perf_counter()
@@ -371,6 +411,8 @@ def main(argv=None) -> int:
         m = b.model(arch)
         if "gradcam" in args.stages:
             b.gradcam(arch, m, x, y)
+        if "cams" in args.stages or "cams_perturbation" in args.stages:
+            b.cams(arch, m, x, y, perturbation="cams_perturbation" in args.stages)
         if "fgsm" in args.stages:
             b.fgsm(arch, m, x, y)
         if "pipeline" in args.stages:

@@ -156,3 +156,34 @@ def test_bad_inputs_name_what_is_wrong():
     with pytest.raises(TypeError, match="CAM layer 'fc' must output a 4-D tensor"):
         advcam.cam(model, "fc", x)
     assert not model.net.fc._forward_hooks
+
+
+@pytest.mark.parametrize("arch", list(SIZES))
+def test_network_after_the_layer_gives_the_logits(arch, seed):
+    """The cut network maps the layer's activations to the model's logits, so AblationCAM recomputes
+    nothing before the layer."""
+    from advcam.base_cam import layer_pass
+    from advcam.explainers import network_after
+
+    model = model_for(arch)
+    layer = PAPER_MODELS[arch].layer
+    x = torch.rand(2, 3, SIZES[arch], SIZES[arch])
+    tail = network_after(model, layer)
+    assert tail is not None
+    lp = layer_pass(model, layer, x, need_grad=False)
+    with torch.no_grad():
+        assert torch.allclose(tail(lp.acts), lp.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_ablationcam_without_a_cut_reruns_the_whole_network(seed, monkeypatch):
+    """Where the graph cannot be cut at the layer, the layer's output is replaced in a full forward: the
+    same maps."""
+    import advcam.explainers as ex
+
+    model = model_for("vgg16")
+    x = torch.rand(1, 3, SIZES["vgg16"], SIZES["vgg16"])
+    cut = advcam.cam(model, "features.29", x, method="ablationcam")
+    monkeypatch.setattr(ex, "network_after", lambda *a: None)
+    whole = advcam.cam(model, "features.29", x, method="ablationcam")
+    assert (cut - whole).abs().max() < 1e-5
+    assert not model.net.features[29]._forward_hooks

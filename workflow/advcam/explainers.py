@@ -43,7 +43,7 @@ from torch import nn
 from .base_cam import LayerPass, layer_pass, upsample_cam
 from .models import frozen_parameters, model_device, resolve_layer
 
-__all__ = ["CAM_METHODS", "GRADIENT_METHODS", "cam", "cams", "cams_batch", "raw_cams", "principal_projection"]
+__all__ = ["CAM_METHODS", "GRADIENT_METHODS", "cam", "cams", "cams_batch", "network_after", "raw_cams", "principal_projection"]
 
 
 def _weighted(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -163,9 +163,62 @@ def _scorecam(model: nn.Module, x: torch.Tensor, lp: LayerPass, batch_size: int)
     return _weighted(torch.softmax(scores, dim=1), a)
 
 
+def network_after(model: nn.Module, layer: str | nn.Module) -> nn.Module | None:
+    """The part of ``model`` after ``layer`` as a module mapping the layer's output (N,K,h,w) to the logits,
+    so that nothing before the layer is recomputed; None when the traced graph cannot be cut there (a
+    later node reads something computed before the layer, or the model does not trace with torch.fx).
+
+    Traced with timm's leaf modules and functions (those it marks as not traceable) kept whole."""
+    import torch.fx as fx
+
+    module = resolve_layer(model, layer)
+    qualname = next((n for n, m in model.named_modules() if m is module), None)
+    if qualname is None:
+        return None
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+
+        leaves, autowrap = tuple(get_notrace_modules()), tuple(get_notrace_functions())
+    except ImportError:  # pragma: no cover - timm is a dependency
+        leaves, autowrap = (), ()
+
+    class _Tracer(fx.Tracer):
+        def __init__(self):
+            super().__init__(autowrap_functions=autowrap)
+
+        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+            return name == qualname or isinstance(m, leaves) or super().is_leaf_module(m, name)
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - data-dependent control flow and the like: no cut, the caller falls back
+        return None
+    nodes = list(graph.nodes)
+    cut = [i for i, nd in enumerate(nodes) if nd.op == "call_module" and nd.target == qualname]
+    if len(cut) != 1:
+        return None
+    tail = fx.Graph()
+    env = {nodes[cut[0]]: tail.placeholder("a")}
+    for nd in nodes[cut[0] + 1 :]:
+        if nd.op == "placeholder":
+            return None
+        missing = [arg for arg in nd.all_input_nodes if arg not in env and arg.op != "get_attr"]
+        if missing:
+            return None
+        for arg in nd.all_input_nodes:
+            if arg not in env:  # a parameter or buffer read by the tail
+                env[arg] = tail.node_copy(arg, lambda n: env[n])
+        env[nd] = tail.node_copy(nd, lambda n: env[n])
+    gm = fx.GraphModule(model, tail)
+    gm.eval()
+    return gm
+
+
 def _ablationcam(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, lp: LayerPass, batch_size: int) -> torch.Tensor:
     """AblationCAM weights (N,K): the relative drop of the explained logit when channel k of the layer's
-    output is ablated (set to 0, or to min − 1e7 where the activations have no zero)."""
+    output is ablated (set to 0, or to min − 1e7 where the activations have no zero). The ablated
+    activations run through the network after the layer only (:func:`network_after`), or, where the
+    graph cannot be cut there, through the whole network with the layer's output replaced."""
     a = lp.acts
     n, k = a.shape[:2]
     module = resolve_layer(model, layer)
@@ -174,8 +227,9 @@ def _ablationcam(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, lp: 
     value = torch.where(amin == 0, torch.zeros_like(amin), amin - 1e7)  # (N,)
     scores = torch.empty(n, k, device=a.device)
     rows = [(i, c) for i in range(n) for c in range(k)]
+    tail = network_after(model, layer)
     current: dict[str, torch.Tensor] = {}
-    handle = _replace_layer_output(module, lambda: current["A"])
+    handle = None if tail is not None else _replace_layer_output(module, lambda: current["A"])
     was_training = model.training
     model.eval()
     try:
@@ -186,11 +240,15 @@ def _ablationcam(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, lp: 
                 cc = torch.tensor([r[1] for r in chunk], device=a.device)
                 ab = a[ii].clone()
                 ab[torch.arange(len(chunk), device=a.device), cc] = value[ii][:, None, None].to(ab.dtype)
-                current["A"] = ab
-                out = model(x[ii]).float()
+                if tail is not None:
+                    out = tail(ab).float()
+                else:
+                    current["A"] = ab
+                    out = model(x[ii]).float()
                 scores[ii, cc] = out.gather(1, lp.target[ii][:, None])[:, 0]
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
         model.train(was_training)
     return _weighted((original[:, None] - scores) / original[:, None], a)
 
