@@ -63,6 +63,15 @@ def test_pipeline_in_process(tiny_store, trained, capsys):
         assert f["maps"].shape == (4, 48, 48) and f["raw"].shape[1:] == (2, 2)
         assert f.attrs["attack"] == "fgsm" and f.attrs["eps"] == 0.1 and f.attrs["layer"] == "layer4"
         assert f.attrs["target_mode"] == "predicted"
+    sc = pd.read_csv(scores[1])
+    assert {"ssim", "nissim", "spearman", "topk", "topk_k", "com_shift"} <= set(sc.columns)
+    assert sc["topk_k"].eq(round(0.1 * 48 * 48)).all() and sc["topk"].between(0, 1).all()
+    only = d / "sc" / "only.csv"
+    assert run("score", "--clean", d / "hm" / "clean.h5", "--adv", d / "hm" / "fgsm" / "0.1.h5", "--out", only,
+               "--measures", "spearman", "--k", "30") == 0
+    assert "spearman" in pd.read_csv(only) and "topk" not in pd.read_csv(only)
+    assert run("score", "--clean", d / "hm" / "clean.h5", "--adv", d / "hm" / "fgsm" / "0.1.h5", "--out", only,
+               "--k", "2.5") == 2
     summ = d / "summary" / "mod_vid.csv"
     assert run("summarise", *scores, "--out", summ, "--vid", d / "summary" / "vid.csv",
                "--vid-images", d / "summary" / "vid_images.csv", "--nissim", d / "summary" / "nissim.csv") == 0

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 import advcam
-from advcam.summary import bootstrap_ci, vid, vid_per_image
+from advcam.summary import bootstrap_ci, mod_vid, vid, vid_per_image
 
 
 def _table():
@@ -57,3 +57,18 @@ def test_bootstrap_ci_covers_mean(rng):
 def test_missing_column():
     with pytest.raises(ValueError, match="nissim"):
         advcam.mod_vid(_table().drop(columns="nissim"))
+
+
+def test_measures_are_summarised_and_nans_counted(rng):
+    n = 40
+    t = pd.DataFrame({
+        "model": "m", "attack": "fgsm", "eps": 0.1, "index": np.arange(n), "label": 0, "pred_clean": 0, "pred_adv": 0,
+        "nissim": rng.random(n), "spearman": rng.uniform(-1, 1, n), "topk": rng.random(n), "com_shift": rng.random(n) * 9,
+    })
+    t.loc[3, "com_shift"] = np.nan  # an all-zero map
+    s = mod_vid(t).iloc[0]
+    assert s["spearman_mean"] == pytest.approx(t["spearman"].mean()) and s["spearman_nan"] == 0
+    assert s["topk_ci_low"] <= s["topk_mean"] <= s["topk_ci_high"]
+    assert s["com_shift_nan"] == 1 and s["com_shift_mean"] == pytest.approx(t["com_shift"].drop(3).mean())
+    # without measure columns nothing is added
+    assert not any(c.startswith("spearman") for c in mod_vid(t.drop(columns=["spearman", "topk", "com_shift"])).columns)

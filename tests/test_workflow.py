@@ -77,6 +77,8 @@ def test_smoke_dag(tmp_path):
         ({"device": "gpu"}, "gpu"),
         ({"cam": {"target": "true"}}, "true"),
         ({"models": {"resnet50": {"size": 64, "epochs": 3, "pixel_noise": 0.1, "pixel_noise_from": 4}}}, "pixel_noise_from 4"),
+        ({"metrics": {"measures": ["spearman", "kendall"]}}, "kendall"),
+        ({"metrics": {"k": 2.5}}, "k 2.5"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, patch, message):
@@ -103,8 +105,11 @@ def test_smoke_end_to_end(smoke_run):
         assert s[col].between(0, 1).all(), col
     assert (s["n"] == s["n"].iloc[0]).all() and s["n"].iloc[0] >= 4
     required = {"model", "attack", "eps", "n", "mod", "mod_ci_low", "mod_ci_high", "nissim_var", "acc_clean", "acc_adv",
-                "flip_rate"}
+                "flip_rate", "spearman_mean", "spearman_ci_low", "spearman_ci_high", "spearman_nan", "topk_mean",
+                "topk_nan", "com_shift_mean", "com_shift_nan"}
     assert required <= set(s.columns)
+    assert s["spearman_mean"].between(-1, 1).all() and s["topk_mean"].between(0, 1).all()
+    assert (s["com_shift_mean"] >= 0).all()
     v = pd.read_csv(res / "summary" / "vid.csv")
     assert len(v) == 4 and v["vid"].between(0, 1).all()
     for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "gallery_resnet50", "gallery_vgg16"):
@@ -130,6 +135,10 @@ def test_partial_reruns(smoke_run):
     assert c["train"] == 1 and c["gradient"] == 1 and c["explain_clean"] == 1
     assert c["attack"] == c["score"] == 4
     assert "prepare" not in c and "synth" not in c
+    # a measure dropped or k changed: only scoring and the summaries rerun
+    fewer = {**cfg, "metrics": {"measures": ["spearman"], "k": 0.2}}
+    c = job_counts(snakemake(smoke_run, "-n", config=fewer))
+    assert c == {"score": 8, "summarise": 1, "plot": 1, "all": 1}
     # a scheduling priority is not provenance: nothing reruns
     prio = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "priority": 5}}}
     proc = snakemake(smoke_run, "-n", config=prio)

@@ -7,7 +7,7 @@ from .attacks import apply_sign, fgsm, gradient_sign, pgd, random_sign  # noqa: 
 from .base_cam import explain, gradcam, upsample_cam  # noqa: E402
 from .explainers import CAM_METHODS, cam, cams  # noqa: E402
 from .models import PAPER_MODELS, build_model, load_checkpoint, save_checkpoint  # noqa: E402
-from .similarity import nissim, ssim  # noqa: E402
+from .similarity import com_shift, nissim, spearman, ssim, topk_intersection  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -17,6 +17,7 @@ __all__ = [
     "build_model",
     "cam",
     "cams",
+    "com_shift",
     "explain",
     "fgsm",
     "gradcam",
@@ -27,7 +28,9 @@ __all__ = [
     "pgd",
     "random_sign",
     "save_checkpoint",
+    "spearman",
     "ssim",
+    "topk_intersection",
     "upsample_cam",
 ]
 

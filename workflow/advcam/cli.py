@@ -391,12 +391,31 @@ def cmd_explain(args) -> None:
           f"all-zero {int(rec['zero_cam'].sum())}")
 
 
+#: measures the score stage can add beside SSIM/NISSIM (score-table column → what it is)
+MEASURES = {
+    "spearman": "Spearman rank correlation of the two maps' pixels (1 = same order)",
+    "topk": "share of the clean map's top-k pixels among the adversarial map's top-k",
+    "com_shift": "distance in pixels between the maps' centres of mass (NaN for an all-zero map)",
+}
+
+
+def _topk_count(k: float) -> int | float:
+    """--k as topk_intersection takes it: a fraction in (0, 1) stays a float, a whole number ≥ 1 is a count."""
+    if 0 < k < 1:
+        return float(k)
+    if k >= 1 and float(k).is_integer():
+        return int(k)
+    raise ValueError(f"--k must be a fraction in (0, 1) or a whole number of pixels, got {k:g}")
+
+
 def cmd_score(args) -> None:
     import pandas as pd
     import torch
 
-    from .similarity import ssim
+    from .similarity import com_shift, spearman, ssim, topk_intersection
     from .store import atomic_path, read_attrs, read_h5
+
+    k = _topk_count(args.k)
 
     dev = _setup_torch(args)
     _log_runtime(dev, f"SSIM in float64 ({args.ssim})")
@@ -409,11 +428,16 @@ def cmd_score(args) -> None:
         raise ValueError(f"{args.clean} and {args.adv} were explained differently (target mode or layer)")
     _require_finite(args.clean, "heatmaps", torch.as_tensor(c["maps"]))
     _require_finite(args.adv, "heatmaps", torch.as_tensor(a["maps"]))
-    s = ssim(torch.as_tensor(c["maps"]).to(dev), torch.as_tensor(a["maps"]).to(dev), gaussian=args.ssim == "gaussian").cpu().numpy()
+    mc, ma = torch.as_tensor(c["maps"]).to(dev), torch.as_tensor(a["maps"]).to(dev)
+    s = ssim(mc, ma, gaussian=args.ssim == "gaussian").cpu().numpy()
+    fns = {"spearman": spearman, "topk": lambda x, y: topk_intersection(x, y, k), "com_shift": com_shift}
+    extra = {m: fns[m](mc, ma).cpu().numpy() for m in dict.fromkeys(args.measures)}
+    if "topk" in extra:
+        extra["topk_k"] = k if isinstance(k, int) else max(1, int(round(k * mc.shape[1] * mc.shape[2])))
     df = pd.DataFrame({
         "model": aa.get("model"), "attack": aa.get("attack"), "eps": float(aa.get("eps")),
         "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": a["pred"],
-        "ssim": s, "nissim": (1 - s) / 2, "zero_cam_clean": c["zero_cam"], "zero_cam_adv": a["zero_cam"],
+        "ssim": s, "nissim": (1 - s) / 2, **extra, "zero_cam_clean": c["zero_cam"], "zero_cam_adv": a["zero_cam"],
         "zero_grad": a["zero_grad"] if "zero_grad" in a else False, "target_mode": aa.get("target_mode"),
         "ssim_mode": args.ssim,
     })
@@ -599,6 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="per-image CSV")
     s.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
                    help="uniform 7×7 with sample covariance, or Gaussian σ=1.5 with population covariance")
+    s.add_argument("--measures", nargs="*", choices=list(MEASURES), default=list(MEASURES),
+                   help="dissimilarity measures besides SSIM/NISSIM, one column each (default: all)")
+    s.add_argument("--k", type=float, default=0.1,
+                   help="top-k intersection: a fraction of the pixels in (0, 1) or a whole number of pixels")
     _add_common(s, device=True)
     s.set_defaults(func=cmd_score)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ssim", "nissim", "gaussian_window", "SSIMWindowError"]
+__all__ = ["ssim", "nissim", "spearman", "topk_intersection", "com_shift", "gaussian_window", "SSIMWindowError"]
 
 K1 = 0.01
 K2 = 0.03
@@ -133,3 +133,89 @@ def nissim(a: torch.Tensor, b: torch.Tensor, gaussian: bool = False, **kwargs) -
     Takes the same arguments as :func:`ssim`; returns (N,) float64 in [0, 1].
     """
     return (1.0 - ssim(a, b, gaussian=gaussian, **kwargs)) / 2.0
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two finite batches of maps of one shape (N,H,W), as float64 on ``a``'s device."""
+    a = _as_batch(a, "a")
+    b = _as_batch(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return a.double(), b.to(a.device).double()
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..P of each row of ``x`` (N,P), ties given the mean of their positions (scipy's 'average')."""
+    v, order = x.sort(dim=1)
+    n, p = v.shape
+    pos = torch.arange(1, p + 1, dtype=torch.float64, device=x.device).expand(n, p)
+    new_run = torch.ones_like(v, dtype=torch.bool)
+    new_run[:, 1:] = v[:, 1:] != v[:, :-1]
+    run = new_run.long().cumsum(1) - 1  # (N,P) index of each sorted position's run of equal values
+    total = torch.zeros(n, p, dtype=torch.float64, device=x.device).scatter_add_(1, run, pos)
+    count = torch.zeros(n, p, dtype=torch.float64, device=x.device).scatter_add_(1, run, torch.ones_like(pos))
+    avg = (total / count.clamp_min(1)).gather(1, run)
+    return torch.empty_like(avg).scatter_(1, order, avg)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each pair of maps over their pixels, ties at average ranks:
+    ``scipy.stats.spearmanr(a[i].ravel(), b[i].ravel()).statistic`` (to 1e-9).
+
+    a, b : (N,H,W) (or (H,W)) finite maps of one shape. Returns (N,) float64 in [-1, 1]; NaN where a map is
+    constant (its ranks have no variance), as scipy gives."""
+    a, b = _pair(a, b)
+    ra, rb = _average_ranks(a.flatten(1)), _average_ranks(b.flatten(1))
+    ra = ra - ra.mean(1, keepdim=True)
+    rb = rb - rb.mean(1, keepdim=True)
+    den = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
+    r = (ra * rb).sum(1) / den
+    return torch.where(den > 0, r.clamp(-1, 1), torch.full_like(r, float("nan")))
+
+
+def topk_intersection(a: torch.Tensor, b: torch.Tensor, k: int | float = 0.1) -> torch.Tensor:
+    """|top-k(a) ∩ top-k(b)| / k for each pair of maps: the share of a's k highest pixels that are also
+    among b's (Ghorbani et al. 2019).
+
+    a, b : (N,H,W) (or (H,W)) finite maps of one shape. k : a number of pixels (int, 1 ≤ k ≤ H·W) or a
+    fraction of them (float in (0, 1), rounded to the nearest count, at least 1). Ties are broken by the
+    lower flat (row-major) index. Returns (N,) float64 in [0, 1]."""
+    a, b = _pair(a, b)
+    p = a.shape[1] * a.shape[2]
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise ValueError(f"k must be a pixel count or a fraction in (0, 1), got {k!r}")
+    if isinstance(k, float):
+        if not 0 < k < 1:
+            raise ValueError(f"k as a fraction must lie in (0, 1), got {k}")
+        kk = max(1, int(round(k * p)))
+    else:
+        if not 1 <= k <= p:
+            raise ValueError(f"k must lie in [1, {p}] pixels for {a.shape[1]}x{a.shape[2]} maps, got {k}")
+        kk = int(k)
+
+    def top(x: torch.Tensor) -> torch.Tensor:
+        idx = torch.sort(-x.flatten(1), dim=1, stable=True).indices[:, :kk]
+        return torch.zeros(x.shape[0], p, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
+
+    return (top(a) & top(b)).sum(1).double() / kk
+
+
+def com_shift(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance in pixels between the centres of mass (row, column) of each pair of maps
+    (Ghorbani et al.'s "center dislocation"); the centre of mass is ``scipy.ndimage.center_of_mass``'s.
+
+    a, b : (N,H,W) (or (H,W)) finite, non-negative maps of one shape. Returns (N,) float64 ≥ 0; NaN where
+    either map sums to zero (it has no centre), to be counted, not dropped."""
+    a, b = _pair(a, b)
+    if bool((a < 0).any()) or bool((b < 0).any()):
+        raise ValueError("a and b must be non-negative maps (a centre of mass needs non-negative mass)")
+    h, w = a.shape[1:]
+    rows = torch.arange(h, dtype=torch.float64, device=a.device)[:, None]
+    cols = torch.arange(w, dtype=torch.float64, device=a.device)[None, :]
+
+    def centre(x: torch.Tensor) -> torch.Tensor:
+        m = x.sum(dim=(1, 2))
+        c = torch.stack([(x * rows).sum(dim=(1, 2)), (x * cols).sum(dim=(1, 2))], 1) / m[:, None]
+        return torch.where((m > 0)[:, None], c, torch.full_like(c, float("nan")))
+
+    return (centre(a) - centre(b)).norm(dim=1)

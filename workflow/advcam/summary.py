@@ -9,15 +9,20 @@ index, label, pred_clean, pred_adv, nissim`` and optionally ``zero_cam_clean, ze
   "the variance of NISSIM"; this is that reading, under its own name).
 * **VID** (model, attack) = the paper's formula: for each image, the population standard deviation of
   its NISSIM across the ε levels ε > 0; reported as the mean over images (and its std).
+* Other measures present in the table (``spearman``, ``topk``, ``com_shift``): their mean over the images
+  where they are defined, its bootstrap CI, and the count of images where they are not (NaN: a constant
+  map has no ranks, an all-zero map no centre of mass) — counted, never silently dropped.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["REQUIRED_COLUMNS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci"]
+__all__ = ["REQUIRED_COLUMNS", "MEASURE_COLUMNS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci"]
 
 REQUIRED_COLUMNS = ("model", "attack", "eps", "index", "label", "pred_clean", "pred_adv", "nissim")
+#: optional per-image measures summarised beside NISSIM when the score table has them
+MEASURE_COLUMNS = ("spearman", "topk", "com_shift")
 
 
 def _check(table: pd.DataFrame) -> None:
@@ -50,7 +55,9 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
 
     Columns: model, attack, eps, n, mod, mod_std, mod_ci_low, mod_ci_high, nissim_var, nissim_std,
     acc_clean, acc_adv, flip_rate, n_flipped, mod_flipped, mod_unflipped, zero_cam_clean, zero_cam_adv,
-    zero_grad_frac. Accuracies and rates are fractions in [0,1]; NISSIM in [0,1].
+    zero_grad_frac; then for each measure M of :data:`MEASURE_COLUMNS` in the table: M_mean, M_ci_low,
+    M_ci_high (over the images where M is defined) and M_nan (how many it is not). Accuracies and rates
+    are fractions in [0,1]; NISSIM in [0,1].
     """
     _check(table)
     rows = []
@@ -79,9 +86,23 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
                 "zero_cam_clean": int(g["zero_cam_clean"].sum()) if "zero_cam_clean" in g else 0,
                 "zero_cam_adv": int(g["zero_cam_adv"].sum()) if "zero_cam_adv" in g else 0,
                 "zero_grad_frac": float(g["zero_grad"].mean()) if "zero_grad" in g else float("nan"),
+                **_measures(g, confidence, n_resamples, seed),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _measures(g: pd.DataFrame, confidence: float, n_resamples: int, seed: int) -> dict:
+    out: dict = {}
+    for m in MEASURE_COLUMNS:
+        if m not in g:
+            continue
+        v = g[m].to_numpy(float)
+        ok = v[~np.isnan(v)]
+        lo, hi = bootstrap_ci(ok, confidence, n_resamples, seed)
+        out.update({f"{m}_mean": float(ok.mean()) if ok.size else float("nan"), f"{m}_ci_low": lo, f"{m}_ci_high": hi,
+                    f"{m}_nan": int(v.size - ok.size)})
+    return out
 
 
 def vid_per_image(table: pd.DataFrame) -> pd.DataFrame:

@@ -31,6 +31,9 @@ if DATASET["source"] == "folder":
         raise ValueError("config: dataset: root is required when dataset: source is 'folder'")
     if not Path(DATASET["root"]).is_dir():
         raise ValueError(f"config: dataset: root '{DATASET['root']}' does not exist or is not a folder")
+_k = config["metrics"]["k"]
+if _k >= 1 and not float(_k).is_integer():
+    raise ValueError(f"config: metrics: k {_k:g} must be a fraction of the pixels in (0, 1) or a whole number of pixels")
 if abs(sum(DATASET["split"]) - 1) > 1e-6:
     raise ValueError(f"config: dataset: split {DATASET['split']} must sum to 1")
 for _name, _spec in MODELS.items():

@@ -38,6 +38,8 @@ rule score:
         f"{RESULTS}/scores/{{model}}/{{attack}}/{{eps}}.csv",
     params:
         ssim=config["ssim"],
+        measures=" ".join(config["metrics"]["measures"]),
+        k=config["metrics"]["k"],
     log:
         f"{RESULTS}/logs/score/{{model}}/{{attack}}/{{eps}}.log",
     benchmark:
@@ -49,5 +51,5 @@ rule score:
     conda:
         "../../envs/advcam.yaml"
     shell:
-        "python -m advcam score --clean {input.clean} --adv {input.adv} --out {output} --ssim {params.ssim} --device cpu "
-        "--threads {threads} > {log} 2>&1"
+        "python -m advcam score --clean {input.clean} --adv {input.adv} --out {output} --ssim {params.ssim} "
+        "--measures {params.measures} --k {params.k} --device cpu --threads {threads} > {log} 2>&1"
