@@ -412,7 +412,7 @@ def cmd_score(args) -> None:
     import pandas as pd
     import torch
 
-    from .similarity import com_shift, spearman, ssim, topk_intersection
+    from .similarity import com_shift, spearman, ssim, topk_count, topk_intersection
     from .store import atomic_path, read_attrs, read_h5
 
     k = _topk_count(args.k)
@@ -433,7 +433,7 @@ def cmd_score(args) -> None:
     fns = {"spearman": spearman, "topk": lambda x, y: topk_intersection(x, y, k), "com_shift": com_shift}
     extra = {m: fns[m](mc, ma).cpu().numpy() for m in dict.fromkeys(args.measures)}
     if "topk" in extra:
-        extra["topk_k"] = k if isinstance(k, int) else max(1, int(round(k * mc.shape[1] * mc.shape[2])))
+        extra["topk_k"] = topk_count(k, *mc.shape[1:])
     df = pd.DataFrame({
         "model": aa.get("model"), "attack": aa.get("attack"), "eps": float(aa.get("eps")),
         "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": a["pred"],
@@ -624,7 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
                    help="uniform 7×7 with sample covariance, or Gaussian σ=1.5 with population covariance")
     s.add_argument("--measures", nargs="*", choices=list(MEASURES), default=list(MEASURES),
-                   help="dissimilarity measures besides SSIM/NISSIM, one column each (default: all)")
+                   help="dissimilarity measures besides SSIM/NISSIM, one column each (default: all): "
+                        + "; ".join(f"{m}: {what}" for m, what in MEASURES.items()))
     s.add_argument("--k", type=float, default=0.1,
                    help="top-k intersection: a fraction of the pixels in (0, 1) or a whole number of pixels")
     _add_common(s, device=True)

@@ -31,7 +31,8 @@ of the (h·w, K) matrix. ScoreCAM's masks are the activations upsampled bilinear
 ``align_corners=True`` and min-max normalised per channel (eps 1e-8). AblationCAM sets channel k to 0,
 or, where the image's activations have no zero, to their minimum − 1e7 (pytorch-grad-cam lowers that
 value by a further 1e7 for each earlier row of its ablation batch; we do not reproduce that artefact of
-its loop, which never arises after a ReLU); it reruns the whole network with the layer's output replaced.
+its loop, which never arises after a ReLU); the ablated activations run through the network after the
+layer only (cut from a torch.fx trace), where pytorch-grad-cam reruns the whole network.
 """
 from __future__ import annotations
 
@@ -141,6 +142,14 @@ def _replace_layer_output(module: nn.Module, make: Callable[[], torch.Tensor]):
     return module.register_forward_hook(lambda _m, _i, _o: make())
 
 
+def _channel_batches(n: int, k: int, batch_size: int, device: torch.device):
+    """The (image, channel) pairs of n images × k channels, ``batch_size`` at a time, image-major: yields
+    (images, channels), two (B,) int64 tensors on ``device``."""
+    for s in range(0, n * k, batch_size):
+        flat = torch.arange(s, min(s + batch_size, n * k), device=device)
+        yield flat // k, flat % k
+
+
 def _scorecam(model: nn.Module, x: torch.Tensor, lp: LayerPass, batch_size: int) -> torch.Tensor:
     """ScoreCAM weights (N,K): softmax over channels of the explained logit of ``x`` masked by each
     channel's upsampled, min-max normalised activation."""
@@ -152,11 +161,7 @@ def _scorecam(model: nn.Module, x: torch.Tensor, lp: LayerPass, batch_size: int)
         lo = up.flatten(2).amin(2)[:, :, None, None]
         hi = up.flatten(2).amax(2)[:, :, None, None]
         up = (up - lo) / (hi - lo + 1e-8)
-        rows = [(i, c) for i in range(n) for c in range(k)]
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s : s + batch_size]
-            ii = torch.tensor([r[0] for r in chunk], device=a.device)
-            cc = torch.tensor([r[1] for r in chunk], device=a.device)
+        for ii, cc in _channel_batches(n, k, batch_size, a.device):
             xb = x[ii] * up[ii, cc][:, None]
             out = model(xb).float()
             scores[ii, cc] = out.gather(1, lp.target[ii][:, None])[:, 0]
@@ -226,7 +231,6 @@ def _ablationcam(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, lp: 
     amin = a.flatten(1).amin(1)
     value = torch.where(amin == 0, torch.zeros_like(amin), amin - 1e7)  # (N,)
     scores = torch.empty(n, k, device=a.device)
-    rows = [(i, c) for i in range(n) for c in range(k)]
     tail = network_after(model, layer)
     current: dict[str, torch.Tensor] = {}
     handle = None if tail is not None else _replace_layer_output(module, lambda: current["A"])
@@ -234,12 +238,9 @@ def _ablationcam(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, lp: 
     model.eval()
     try:
         with torch.no_grad(), frozen_parameters(model):
-            for s in range(0, len(rows), batch_size):
-                chunk = rows[s : s + batch_size]
-                ii = torch.tensor([r[0] for r in chunk], device=a.device)
-                cc = torch.tensor([r[1] for r in chunk], device=a.device)
+            for ii, cc in _channel_batches(n, k, batch_size, a.device):
                 ab = a[ii].clone()
-                ab[torch.arange(len(chunk), device=a.device), cc] = value[ii][:, None, None].to(ab.dtype)
+                ab[torch.arange(len(ii), device=a.device), cc] = value[ii][:, None, None].to(ab.dtype)
                 if tail is not None:
                     out = tail(ab).float()
                 else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ssim", "nissim", "spearman", "topk_intersection", "com_shift", "gaussian_window", "SSIMWindowError"]
+__all__ = ["ssim", "nissim", "spearman", "topk_intersection", "topk_count", "com_shift", "gaussian_window", "SSIMWindowError"]
 
 K1 = 0.01
 K2 = 0.03
@@ -173,6 +173,22 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, r.clamp(-1, 1), torch.full_like(r, float("nan")))
 
 
+def topk_count(k: int | float, h: int, w: int) -> int:
+    """The number of pixels :func:`topk_intersection` compares for ``k`` on (h, w) maps: an int k itself
+    (1 ≤ k ≤ h·w), a float fraction in (0, 1) rounded to the nearest count, at least 1. ValueError naming
+    ``k`` otherwise."""
+    p = h * w
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise ValueError(f"k must be a pixel count or a fraction in (0, 1), got {k!r}")
+    if isinstance(k, float):
+        if not 0 < k < 1:
+            raise ValueError(f"k as a fraction must lie in (0, 1), got {k}")
+        return max(1, int(round(k * p)))
+    if not 1 <= k <= p:
+        raise ValueError(f"k must lie in [1, {p}] pixels for {h}x{w} maps, got {k}")
+    return int(k)
+
+
 def topk_intersection(a: torch.Tensor, b: torch.Tensor, k: int | float = 0.1) -> torch.Tensor:
     """|top-k(a) ∩ top-k(b)| / k for each pair of maps: the share of a's k highest pixels that are also
     among b's (Ghorbani et al. 2019).
@@ -182,16 +198,7 @@ def topk_intersection(a: torch.Tensor, b: torch.Tensor, k: int | float = 0.1) ->
     lower flat (row-major) index. Returns (N,) float64 in [0, 1]."""
     a, b = _pair(a, b)
     p = a.shape[1] * a.shape[2]
-    if isinstance(k, bool) or not isinstance(k, (int, float)):
-        raise ValueError(f"k must be a pixel count or a fraction in (0, 1), got {k!r}")
-    if isinstance(k, float):
-        if not 0 < k < 1:
-            raise ValueError(f"k as a fraction must lie in (0, 1), got {k}")
-        kk = max(1, int(round(k * p)))
-    else:
-        if not 1 <= k <= p:
-            raise ValueError(f"k must lie in [1, {p}] pixels for {a.shape[1]}x{a.shape[2]} maps, got {k}")
-        kk = int(k)
+    kk = topk_count(k, a.shape[1], a.shape[2])
 
     def top(x: torch.Tensor) -> torch.Tensor:
         idx = torch.sort(-x.flatten(1), dim=1, stable=True).indices[:, :kk]
