@@ -187,3 +187,23 @@ def test_ablationcam_without_a_cut_reruns_the_whole_network(seed, monkeypatch):
     whole = advcam.cam(model, "features.29", x, method="ablationcam")
     assert (cut - whole).abs().max() < 1e-5
     assert not model.net.features[29]._forward_hooks
+
+
+def test_a_model_in_train_mode_is_explained_in_eval_mode_and_left_in_train_mode(seed):
+    """Every pass, ScoreCAM's masked forwards included, runs in eval mode (batch-norm running statistics,
+    as pgc sets it); the batch-norm statistics are untouched and the model's mode is given back."""
+    model = model_for("resnet50")
+    x = torch.rand(1, 3, SIZES["resnet50"], SIZES["resnet50"])
+    expected = advcam.cams(model, "layer4", x, ["scorecam", "ablationcam", "gradcam"], batch_size=256)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model.train()
+    try:
+        got = advcam.cams(model, "layer4", x, ["scorecam", "ablationcam", "gradcam"], batch_size=256)
+        assert model.training
+    finally:
+        model.eval()
+    for m in expected:
+        assert torch.equal(got[m], expected[m]), m
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            assert torch.equal(v, stats[k]), k

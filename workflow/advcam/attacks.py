@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import frozen_parameters, model_device
+from .models import eval_mode, frozen_parameters, model_device
 
 __all__ = [
     "ATTACKS",
@@ -48,16 +48,11 @@ def check_eps(eps: float) -> float:
 
 def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(∇ₓ Σᵢ CE(f(xᵢ), yᵢ), logits) for one batch, parameters frozen."""
-    was_training = model.training
-    model.eval()
-    try:
-        with frozen_parameters(model), torch.enable_grad():
-            xg = x.detach().clone().requires_grad_(True)
-            logits = model(xg)
-            loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            (g,) = torch.autograd.grad(loss, xg)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), frozen_parameters(model), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        logits = model(xg)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xg)
     return g, logits.detach().float()
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import frozen_parameters, model_device, resolve_layer
+from .models import eval_mode, frozen_parameters, model_device, resolve_layer
 
 __all__ = ["CamOutput", "LayerPass", "layer_pass", "gradcam", "gradcam_batch", "explain", "upsample_cam", "minmax"]
 
@@ -134,8 +134,6 @@ def layer_pass(
         store["A"] = a
         return a
 
-    was_training = model.training
-    model.eval()
     handle = module.register_forward_hook(hook)
     autocast = (
         torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
@@ -143,7 +141,7 @@ def layer_pass(
         else contextlib.nullcontext()
     )
     try:
-        with frozen_parameters(model), torch.set_grad_enabled(need_grad), autocast:
+        with eval_mode(model), frozen_parameters(model), torch.set_grad_enabled(need_grad), autocast:
             logits = model(x.detach())
         if "A" not in store:
             raise RuntimeError(f"the CAM layer '{name}' was not called in the forward pass")
@@ -156,7 +154,6 @@ def layer_pass(
             grad = grad.float()
     finally:
         handle.remove()
-        model.train(was_training)
     return LayerPass(acts=store["A"].detach().float(), grads=grad, logits=logits.detach(), target=tgt)
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .base_cam import LayerPass, layer_pass, upsample_cam
-from .models import frozen_parameters, model_device, resolve_layer
+from .models import eval_mode, frozen_parameters, model_device, resolve_layer
 
 __all__ = ["CAM_METHODS", "GRADIENT_METHODS", "cam", "cams", "cams_batch", "network_after", "raw_cams", "principal_projection"]
 
@@ -234,8 +234,6 @@ def _ablationcam(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, lp: 
     tail = network_after(model, layer)
     current: dict[str, torch.Tensor] = {}
     handle = None if tail is not None else _replace_layer_output(module, lambda: current["A"])
-    was_training = model.training
-    model.eval()
     try:
         with torch.no_grad(), frozen_parameters(model):
             for ii, cc in _channel_batches(n, k, batch_size, a.device):
@@ -250,7 +248,6 @@ def _ablationcam(model: nn.Module, layer: str | nn.Module, x: torch.Tensor, lp: 
     finally:
         if handle is not None:
             handle.remove()
-        model.train(was_training)
     return _weighted((original[:, None] - scores) / original[:, None], a)
 
 
@@ -269,16 +266,18 @@ def raw_cams(
     gradient method is asked for."""
     names = check_methods(methods)
     need_grad = any(m in GRADIENT_METHODS for m in names)
-    lp = layer_pass(model, layer, x, target, need_grad=need_grad, amp=amp)
     raw: dict[str, torch.Tensor] = {}
-    for m in names:
-        if m in _FROM_PASS:
-            r = _FROM_PASS[m](lp.acts, lp.grads)
-        elif m == "scorecam":
-            r = _scorecam(model, x, lp, batch_size)
-        else:
-            r = _ablationcam(model, layer, x, lp, batch_size)
-        raw[m] = r.clamp_min(0)
+    # eval mode for every pass, the perturbed forwards of scorecam/ablationcam included (as pgc sets it)
+    with eval_mode(model):
+        lp = layer_pass(model, layer, x, target, need_grad=need_grad, amp=amp)
+        for m in names:
+            if m in _FROM_PASS:
+                r = _FROM_PASS[m](lp.acts, lp.grads)
+            elif m == "scorecam":
+                r = _scorecam(model, x, lp, batch_size)
+            else:
+                r = _ablationcam(model, layer, x, lp, batch_size)
+            raw[m] = r.clamp_min(0)
     return raw, lp
 
 

@@ -6,11 +6,12 @@ and never see normalised values.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ __all__ = [
     "UnknownLayerError",
     "CheckpointError",
     "frozen_parameters",
+    "eval_mode",
     "model_device",
     "pick_device",
     "timm_name",
@@ -244,6 +246,18 @@ class frozen_parameters:
         for p, flag in self._saved:
             p.requires_grad_(flag)
         self._saved = []
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Context manager: ``model`` in eval mode inside (batch-norm running statistics, no dropout), its
+    train/eval mode restored on exit whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def model_device(model: nn.Module) -> torch.device:
