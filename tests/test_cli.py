@@ -97,6 +97,71 @@ def test_pipeline_in_process(tiny_store, trained, capsys):
         assert np.array_equal(fa["pred_adv"][()], fh["pred"][()])
 
 
+def test_cam_methods_one_file_each(tiny_store, trained, tmp_path, capsys):
+    """explain and attack write one file per method, named after it, each equal to advcam.cam of that method;
+    score pairs them by the method each records, whatever the order; the gallery shows a row per method."""
+    import advcam
+    from advcam.datasets import load_prepared
+    from advcam.models import load_checkpoint, to_tensor_images
+
+    d, model = trained
+    methods = ["gradcam", "gradcampp", "eigencam", "layercam"]
+    clean = [tmp_path / "hm" / "clean" / f"{m}.h5" for m in methods]
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", *clean) == 0
+    sign = tmp_path / "sign.h5"
+    assert run("gradient", "--model", model, "--data", tiny_store, "--out", sign) == 0
+    adv = [tmp_path / "hm" / "fgsm" / "0.1" / f"{m}.h5" for m in methods]
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "fgsm", "--eps", "0.1", "--sign", sign,
+               "--out", tmp_path / "att.h5", "--heatmaps", *adv) == 0
+    net, meta = load_checkpoint(model, "cpu")
+    net.to(memory_format=torch.channels_last)  # as the stages run it (the layout moves gradcampp's sums by ~1e-4)
+    ds = load_prepared(tiny_store)
+    with h5py.File(clean[0]) as f:
+        idx = f["index"][()]
+    x = to_tensor_images(ds.images[idx])
+    ref = advcam.cams(net, meta["layer"], x, methods)
+    preds = set()
+    for m, path in zip(methods, clean):
+        with h5py.File(path) as f:
+            assert f.attrs["cam"] == m and f["maps"].shape == (4, 48, 48)
+            assert np.abs(f["maps"][()] - ref[m].numpy()).max() < 1e-5, m
+    for m, path in zip(methods, adv):
+        with h5py.File(path) as f:
+            assert f.attrs["cam"] == m and f.attrs["attack"] == "fgsm"
+            preds.add(tuple(f["pred"][()]))
+    assert len(preds) == 1  # one forward gave every method's map and the prediction
+    scores = tmp_path / "sc.csv"
+    assert run("score", "--clean", *clean, "--adv", *reversed(adv), "--out", scores) == 0
+    t = pd.read_csv(scores)
+    assert list(t["cam"].unique()) == methods and len(t) == 4 * len(methods)
+    single = tmp_path / "single.csv"
+    assert run("score", "--clean", clean[1], "--adv", adv[1], "--out", single) == 0
+    one = pd.read_csv(single)
+    assert np.array_equal(one["nissim"], t.loc[t["cam"] == "gradcampp", "nissim"])
+    assert run("summarise", scores, "--out", tmp_path / "s.csv") == 0
+    summ = pd.read_csv(tmp_path / "s.csv")
+    assert sorted(summ["cam"]) == sorted(methods) and summ["acc_adv"].nunique() == 1
+    assert run("gallery", "--data", tiny_store, "--clean", *clean, "--adv", *adv, "--n", "2",
+               "--out", tmp_path / "gallery") == 0
+    assert (tmp_path / "gallery.png").stat().st_size > 1000
+    capsys.readouterr()
+    # a file name that names no method, a method without a partner, a method named twice: named errors
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", clean[0], tmp_path / "maps.h5") == 2
+    assert "maps.h5': cannot tell its CAM method" in capsys.readouterr().err
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", tmp_path / "a.h5", "--cams", "gradcam", "smoothgrad") == 2
+    assert "unknown CAM method 'smoothgrad'" in capsys.readouterr().err
+    assert run("score", "--clean", clean[0], clean[2], "--adv", adv[0], adv[1], "--out", tmp_path / "x.csv") == 2
+    assert "holds eigencam maps but no adversarial file does" in capsys.readouterr().err
+    assert run("score", "--clean", clean[0], clean[1], "--adv", adv[0], adv[0], "--out", tmp_path / "x.csv") == 2
+    assert "both hold gradcam maps" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "a.h5").exists() and not (tmp_path / "maps.h5").exists()
+    # --cams names the methods of files named otherwise
+    named = [tmp_path / "first.h5", tmp_path / "second.h5"]
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", *named, "--cams", "xgradcam", "hirescam") == 0
+    with h5py.File(named[1]) as f:
+        assert f.attrs["cam"] == "hirescam"
+
+
 def test_bad_inputs_exit_2(tiny_store, trained, tmp_path, capsys):
     _, model = trained
     assert run("attack", "--model", model, "--data", tiny_store, "--attack", "noise", "--eps", "1.5", "--out", tmp_path / "a.h5") == 2

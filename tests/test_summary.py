@@ -72,3 +72,18 @@ def test_measures_are_summarised_and_nans_counted(rng):
     assert s["com_shift_nan"] == 1 and s["com_shift_mean"] == pytest.approx(t["com_shift"].drop(3).mean())
     # without measure columns nothing is added
     assert not any(c.startswith("spearman") for c in mod_vid(t.drop(columns=["spearman", "topk", "com_shift"])).columns)
+
+
+def test_each_cam_method_is_summarised_on_its_own():
+    a = _table().assign(cam="gradcam")
+    b = _table().assign(cam="eigencam", nissim=lambda t: t["nissim"] / 2)
+    s = mod_vid(pd.concat([a, b], ignore_index=True))
+    assert list(s.columns[:4]) == ["model", "cam", "attack", "eps"] and len(s) == 4
+    g = s[(s["cam"] == "gradcam") & (s["eps"] == 0.1)].iloc[0]
+    e = s[(s["cam"] == "eigencam") & (s["eps"] == 0.1)].iloc[0]
+    assert g["mod"] == pytest.approx(0.2) and e["mod"] == pytest.approx(0.1)
+    assert g["acc_adv"] == e["acc_adv"] and g["n"] == e["n"] == 3  # never pooled across methods
+    v = vid(pd.concat([a, b], ignore_index=True)).set_index("cam")
+    assert v.loc["gradcam", "vid"] == pytest.approx(0.2 / 3) and v.loc["eigencam", "vid"] == pytest.approx(0.1 / 3)
+    # a table written before methods were an axis holds Grad-CAM
+    assert set(mod_vid(_table())["cam"]) == {"gradcam"} and set(vid_per_image(_table())["cam"]) == {"gradcam"}

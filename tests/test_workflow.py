@@ -79,6 +79,8 @@ def test_smoke_dag(tmp_path):
         ({"models": {"resnet50": {"size": 64, "epochs": 3, "pixel_noise": 0.1, "pixel_noise_from": 4}}}, "pixel_noise_from 4"),
         ({"metrics": {"measures": ["spearman", "kendall"]}}, "kendall"),
         ({"metrics": {"k": 2.5}}, "k 2.5"),
+        ({"cams": ["gradcam", "smoothgrad"]}, "'smoothgrad' is not one of ['gradcam', 'hirescam'"),
+        ({"cams": []}, "cams"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, patch, message):
@@ -94,12 +96,25 @@ def test_bad_config_fails_before_any_job(tmp_path, patch, message):
     assert not (tmp_path / "results").exists()
 
 
+def test_the_schema_lists_every_cam_method():
+    from advcam import CAM_METHODS
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert tuple(schema["properties"]["cams"]["items"]["enum"]) == CAM_METHODS
+    assert load("configs/paper.yaml")["cams"] == list(CAM_METHODS)
+    # the CPU default: every method served by the shared pass, not the K-forward ones
+    assert set(load("config.yaml")["cams"]) == set(CAM_METHODS) - {"scorecam", "ablationcam"}
+
+
 @pytest.mark.slow
 def test_smoke_end_to_end(smoke_run):
     res = smoke_run / "results"
     s = pd.read_csv(res / "summary" / "mod_vid.csv")
-    assert len(s) == 2 * 2 * 2
+    assert len(s) == 2 * 2 * 2 * 2
     assert set(s["model"]) == {"resnet50", "vgg16"} and set(s["attack"]) == {"fgsm", "noise"}
+    assert set(s["cam"]) == {"gradcam", "eigencam"}
+    # the predictions do not depend on the method
+    assert s.groupby(["model", "attack", "eps"])["acc_adv"].nunique().eq(1).all()
     assert set(s["eps"]) == {0.05, 0.1}
     for col in ("mod", "mod_ci_low", "mod_ci_high", "acc_clean", "acc_adv", "flip_rate"):
         assert s[col].between(0, 1).all(), col
@@ -111,7 +126,10 @@ def test_smoke_end_to_end(smoke_run):
     assert s["spearman_mean"].between(-1, 1).all() and s["topk_mean"].between(0, 1).all()
     assert (s["com_shift_mean"] >= 0).all()
     v = pd.read_csv(res / "summary" / "vid.csv")
-    assert len(v) == 4 and v["vid"].between(0, 1).all()
+    assert len(v) == 8 and v["vid"].between(0, 1).all() and set(v["cam"]) == {"gradcam", "eigencam"}
+    for m in ("gradcam", "eigencam"):
+        assert (res / "heatmaps" / "vgg16" / "clean" / f"{m}.h5").is_file()
+        assert (res / "heatmaps" / "vgg16" / "fgsm" / "0.1" / f"{m}.h5").is_file()
     for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "gallery_resnet50", "gallery_vgg16"):
         assert (res / "plots" / f"{name}.png").stat().st_size > 1000
     assert (res / "logs" / "train" / "resnet50.log").is_file()
@@ -139,6 +157,14 @@ def test_partial_reruns(smoke_run):
     fewer = {**cfg, "metrics": {"measures": ["spearman"], "k": 0.2}}
     c = job_counts(snakemake(smoke_run, "-n", config=fewer))
     assert c == {"score": 8, "summarise": 1, "plot": 1, "all": 1}
+    # a CAM method added: its heatmaps come from the attack and clean-explain jobs (no training, no gradient sign)
+    more_cams = {**cfg, "cams": cfg["cams"] + ["gradcampp"]}
+    c = job_counts(snakemake(smoke_run, "-n", config=more_cams))
+    assert c == {"explain_clean": 2, "attack": 8, "score": 8, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    # a CAM method removed: no heatmap is recomputed; scores, summaries and galleries drop it
+    fewer_cams = {**cfg, "cams": ["gradcam"]}
+    c = job_counts(snakemake(smoke_run, "-n", config=fewer_cams))
+    assert c == {"score": 8, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
     # a scheduling priority is not provenance: nothing reruns
     prio = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "priority": 5}}}
     proc = snakemake(smoke_run, "-n", config=prio)

@@ -23,11 +23,11 @@ STAGES = {
     "train": "fine-tune a timm model on a prepared store → checkpoint + train.json",
     "gradient": "FGSM input-gradient sign of every test image (once per model)",
     "attack": "adversarial test set for one attack and ε → predictions",
-    "explain": "Grad-CAM heatmaps of the clean or adversarial test set → HDF5",
-    "score": "NISSIM of each clean/adversarial heatmap pair → per-image CSV",
+    "explain": "CAM heatmaps (one file per method) of the clean or adversarial test set → HDF5",
+    "score": "NISSIM and other measures of each clean/adversarial heatmap pair, per method → per-image CSV",
     "summarise": "MOD, VID, accuracies per model, attack and ε → CSV",
     "plot": "MOD/accuracy/VID/NISSIM figures from the summaries",
-    "gallery": "per-model gallery of clean and adversarial heatmaps",
+    "gallery": "per-model gallery of clean and adversarial heatmaps, a row per CAM method",
 }
 
 
@@ -50,7 +50,12 @@ def _add_common(p: argparse.ArgumentParser, device: bool = False) -> None:
 
 
 def _add_cam_options(p: argparse.ArgumentParser) -> None:
-    """Options of the stages that write Grad-CAM heatmaps (attack --heatmaps, explain)."""
+    """Options of the stages that write CAM heatmaps (attack --heatmaps, explain)."""
+    from .explainers import CAM_METHODS
+
+    p.add_argument("--cams", nargs="+", metavar="METHOD",
+                   help="the CAM method of each heatmap file, in order (default: each file's name, <method>.h5; a "
+                        f"single file of another name gets gradcam). Methods: {', '.join(CAM_METHODS)}")
     p.add_argument("--name", help="model name to record in the heatmaps (default: the checkpoint's arch)")
     p.add_argument("--layer", help="override the checkpoint's Grad-CAM layer")
     p.add_argument("--target", choices=["predicted", "label"], default="predicted",
@@ -117,14 +122,10 @@ def _load_for_inference(path: str, dev):
 
 
 def _require_finite(source, what: str, t) -> None:
-    """ValueError naming ``source`` (the model or input file) when ``t`` (N,...) holds NaN or inf."""
-    import torch
+    """ValueError naming ``source`` when ``t`` (N,...) holds NaN or inf (see :func:`advcam.heatmaps.require_finite`)."""
+    from .heatmaps import require_finite
 
-    bad = ~torch.isfinite(t.float()).flatten(1).all(1)
-    if bool(bad.any()):
-        first = bad.nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{source}: {what} hold NaN or infinite values for {int(bad.sum())} of {len(bad)} test images "
-                         f"(positions {first}{' …' if int(bad.sum()) > 5 else ''})")
+    require_finite(source, what, t)
 
 
 def _provenance(args, **extra) -> dict:
@@ -273,27 +274,11 @@ def _adversarial_inputs(attack: str, sign_file: str | None, adv_file: str | None
     return sign, delta, zero
 
 
-def _heatmap_record(cams, y, idx, zero, source) -> dict:
-    from .base_cam import CamOutput
-
-    c = CamOutput.cat(cams)
-    for what, t in (("logits", c.logits), ("Grad-CAM raw", c.raw), ("Grad-CAM maps", c.maps)):
-        _require_finite(source, what, t)
-    out = {
-        "maps": c.maps.numpy(), "raw": c.raw.numpy(), "logits": c.logits.numpy(), "pred": c.pred.numpy(),
-        "target": c.target.numpy(), "labels": y.numpy(), "index": idx,
-        "zero_cam": (c.raw.flatten(1).amax(1) == 0).numpy(),
-    }
-    if zero is not None:
-        out["zero_grad"] = zero
-    return out
-
-
-def _heatmap_attrs(args, meta, layer, attack, eps, seed, input_size, cam_size) -> dict:
+def _heatmap_attrs(args, meta, layer, attack, eps, seed, input_size) -> dict:
     return _provenance(
         args, model=args.name or meta["arch"], arch=meta["arch"], layer=layer, attack=attack, eps=eps, seed=seed,
-        target_mode=args.target, input_size=int(input_size), cam_size=list(cam_size), amp=bool(args.amp),
-        upsample="minmax(relu(bilinear(minmax(raw), align_corners=False)))", stage="explain",
+        target_mode=args.target, input_size=int(input_size), amp=bool(args.amp),
+        upsample="minmax(relu(bilinear(minmax(relu(raw)), align_corners=False)))", stage="explain",
     )
 
 
@@ -301,20 +286,24 @@ def cmd_attack(args) -> None:
     import torch
 
     from .attacks import ATTACKS, check_eps, pgd, perturb
-    from .base_cam import explain
+    from .base_cam import CamOutput
+    from .explainers import explain_cams
+    from .heatmaps import methods_for, write_heatmaps
     from .models import predict
     from .store import read_h5, write_h5
 
     eps = check_eps(args.eps)
     if args.attack not in ATTACKS:
         raise ValueError(f"unknown attack '{args.attack}': choose one of {', '.join(ATTACKS)}")
+    methods = methods_for(args.heatmaps, args.cams) if args.heatmaps else []
     dev = _setup_torch(args)
     model, meta = _load_for_inference(args.model, dev)
     layer = args.layer or meta["layer"]
     _, x, y, idx = _test_set(args.data)
     sign, _, zero = _adversarial_inputs(args.attack, args.sign, None, len(idx))
     extra: dict = {}
-    preds, deltas, cams = [], [], []
+    preds, deltas = [], []
+    cams: dict[str, list] = {m: [] for m in methods}
     gen = torch.Generator().manual_seed(args.seed)
     for s in range(0, x.shape[0], args.batch_size):
         sl = slice(s, s + args.batch_size)
@@ -324,11 +313,13 @@ def cmd_attack(args) -> None:
             deltas.append((xa - xb).numpy())
         else:
             xa = perturb(xb, args.attack, eps, idx[sl], None if sign is None else sign[sl], seed=args.seed)
-        if args.heatmaps:
-            # one forward gives both the adversarial prediction and the Grad-CAM
-            o = explain(model, layer, xa, None if args.target == "predicted" else y[sl], args.batch_size, amp=args.amp)
-            cams.append(o)
-            preds.append(o.pred)
+        if methods:
+            # one forward (and one logit→layer backward) gives the adversarial prediction and every method's map
+            outs = explain_cams(model, layer, xa, methods, None if args.target == "predicted" else y[sl], args.batch_size,
+                                amp=args.amp)
+            for m, o in outs.items():
+                cams[m].append(o)
+            preds.append(outs[methods[0]].pred)
         else:
             lg = predict(model, xa, args.batch_size)
             _require_finite(args.model, "logits", lg)
@@ -351,9 +342,9 @@ def cmd_attack(args) -> None:
     acc_a = float((pred == y).float().mean())
     write_h5(args.out, out, _provenance(args, model=meta["arch"], stage="attack", attack=args.attack, eps=eps, seed=args.seed,
                                         acc_clean=acc_c, acc_adv=acc_a, **extra))
-    if args.heatmaps:
-        rec = _heatmap_record(cams, y, idx, zero, args.model)
-        write_h5(args.heatmaps, rec, _heatmap_attrs(args, meta, layer, args.attack, eps, args.seed, x.shape[-1], rec["raw"].shape[1:]))
+    if methods:
+        write_heatmaps(dict(zip(methods, args.heatmaps)), {m: CamOutput.cat(v) for m, v in cams.items()}, y.numpy(), idx,
+                       zero, args.model, _heatmap_attrs(args, meta, layer, args.attack, eps, args.seed, x.shape[-1]))
     print(f"{meta['arch']} {args.attack} ε={eps:g}: accuracy {acc_c:.3f} → {acc_a:.3f}")
 
 
@@ -361,9 +352,12 @@ def cmd_explain(args) -> None:
     import torch
 
     from .attacks import check_eps, perturb
-    from .base_cam import explain
-    from .store import read_attrs, read_h5, write_h5
+    from .base_cam import CamOutput
+    from .explainers import explain_cams
+    from .heatmaps import methods_for, write_heatmaps
+    from .store import read_attrs, read_h5
 
+    methods = methods_for(args.out, args.cams)
     dev = _setup_torch(args)
     model, meta = _load_for_inference(args.model, dev)
     layer = args.layer or meta["layer"]
@@ -377,18 +371,24 @@ def cmd_explain(args) -> None:
         stored = read_h5(args.attack_file, ["index"])["index"]
         if not np.array_equal(stored, idx):
             raise ValueError(f"{args.attack_file}: test indices do not match {args.data}; rerun the attack stage")
-    cams = []
+    cams: dict[str, list] = {m: [] for m in methods}
     for s in range(0, x.shape[0], args.batch_size):
         sl = slice(s, s + args.batch_size)
         xb = x[sl].float().div(255)
         if attack != "clean":
             xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
                          None if delta is None else delta[sl], seed=seed)
-        cams.append(explain(model, layer, xb, None if args.target == "predicted" else y[sl], args.batch_size, amp=args.amp))
-    rec = _heatmap_record(cams, y, idx, zero, args.model)
-    write_h5(args.out, rec, _heatmap_attrs(args, meta, layer, attack, eps, seed, x.shape[-1], rec["raw"].shape[1:]))
-    print(f"{args.out}: {len(idx)} maps ({attack}, ε={eps:g}), CAM {tuple(rec['raw'].shape[1:])}, "
-          f"all-zero {int(rec['zero_cam'].sum())}")
+        outs = explain_cams(model, layer, xb, methods, None if args.target == "predicted" else y[sl], args.batch_size,
+                            amp=args.amp)
+        for m, o in outs.items():
+            cams[m].append(o)
+    outs = {m: CamOutput.cat(v) for m, v in cams.items()}
+    write_heatmaps(dict(zip(methods, args.out)), outs, y.numpy(), idx, zero, args.model,
+                   _heatmap_attrs(args, meta, layer, attack, eps, seed, x.shape[-1]))
+    for m, path in zip(methods, args.out):
+        o = outs[m]
+        print(f"{path}: {len(idx)} {m} maps ({attack}, ε={eps:g}), CAM {tuple(o.raw.shape[1:])}, "
+              f"all-zero {int((o.raw.flatten(1).amax(1) == 0).sum())}")
 
 
 #: measures the score stage can add beside SSIM/NISSIM (score-table column → what it is)
@@ -412,38 +412,36 @@ def cmd_score(args) -> None:
     import pandas as pd
     import torch
 
+    from .heatmaps import read_pairs
     from .similarity import com_shift, spearman, ssim, topk_count, topk_intersection
-    from .store import atomic_path, read_attrs, read_h5
+    from .store import atomic_path
 
     k = _topk_count(args.k)
-
     dev = _setup_torch(args)
     _log_runtime(dev, f"SSIM in float64 ({args.ssim})")
-    c = read_h5(args.clean, ["maps", "pred", "labels", "index", "zero_cam"])
-    a = read_h5(args.adv)
-    ca, aa = read_attrs(args.clean), read_attrs(args.adv)
-    if not np.array_equal(c["index"], a["index"]):
-        raise ValueError(f"{args.clean} and {args.adv} hold different test images")
-    if ca.get("target_mode") != aa.get("target_mode") or ca.get("layer") != aa.get("layer"):
-        raise ValueError(f"{args.clean} and {args.adv} were explained differently (target mode or layer)")
-    _require_finite(args.clean, "heatmaps", torch.as_tensor(c["maps"]))
-    _require_finite(args.adv, "heatmaps", torch.as_tensor(a["maps"]))
-    mc, ma = torch.as_tensor(c["maps"]).to(dev), torch.as_tensor(a["maps"]).to(dev)
-    s = ssim(mc, ma, gaussian=args.ssim == "gaussian").cpu().numpy()
     fns = {"spearman": spearman, "topk": lambda x, y: topk_intersection(x, y, k), "com_shift": com_shift}
-    extra = {m: fns[m](mc, ma).cpu().numpy() for m in dict.fromkeys(args.measures)}
-    if "topk" in extra:
-        extra["topk_k"] = topk_count(k, *mc.shape[1:])
-    df = pd.DataFrame({
-        "model": aa.get("model"), "attack": aa.get("attack"), "eps": float(aa.get("eps")),
-        "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": a["pred"],
-        "ssim": s, "nissim": (1 - s) / 2, **extra, "zero_cam_clean": c["zero_cam"], "zero_cam_adv": a["zero_cam"],
-        "zero_grad": a["zero_grad"] if "zero_grad" in a else False, "target_mode": aa.get("target_mode"),
-        "ssim_mode": args.ssim,
-    })
+    frames = []
+    for pair in read_pairs(args.clean, args.adv):
+        method, c, a, aa = pair.method, pair.clean, pair.adv, pair.adv_attrs
+        _require_finite(pair.clean_path, "heatmaps", c["maps"])
+        _require_finite(pair.adv_path, "heatmaps", a["maps"])
+        mc, ma = torch.as_tensor(c["maps"]).to(dev), torch.as_tensor(a["maps"]).to(dev)
+        s = ssim(mc, ma, gaussian=args.ssim == "gaussian").cpu().numpy()
+        extra = {m: fns[m](mc, ma).cpu().numpy() for m in dict.fromkeys(args.measures)}
+        if "topk" in extra:
+            extra["topk_k"] = topk_count(k, *mc.shape[1:])
+        frames.append(pd.DataFrame({
+            "model": aa.get("model"), "cam": method, "attack": aa.get("attack"), "eps": float(aa.get("eps")),
+            "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": a["pred"],
+            "ssim": s, "nissim": (1 - s) / 2, **extra, "zero_cam_clean": c["zero_cam"], "zero_cam_adv": a["zero_cam"],
+            "zero_grad": a["zero_grad"] if "zero_grad" in a else False, "target_mode": aa.get("target_mode"),
+            "ssim_mode": args.ssim,
+        }))
+    df = pd.concat(frames, ignore_index=True)
     with atomic_path(args.out) as tmp:
         df.to_csv(tmp, index=False, float_format="%.9g")
-    print(f"{args.out}: MOD {df['nissim'].mean():.4f} over {len(df)} images")
+    mods = df.groupby("cam", sort=False)["nissim"].mean()
+    print(f"{args.out}: {len(df) // len(mods)} images; MOD " + ", ".join(f"{m} {v:.4f}" for m, v in mods.items()))
 
 
 def _read_scores(paths: list[str]):
@@ -476,7 +474,7 @@ def cmd_summarise(args) -> None:
         if path:
             with atomic_path(path) as tmp:
                 frame.to_csv(tmp, index=False, float_format="%.6g")
-    cols = ["model", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate"]
+    cols = ["model", "cam", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate"]
     print(summ[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
@@ -500,21 +498,32 @@ def cmd_plot(args) -> None:
 
 def cmd_gallery(args) -> None:
     from .datasets import load_prepared
+    from .heatmaps import method_of
     from .plots import plot_gallery
     from .store import read_attrs, read_h5
 
     ds = load_prepared(args.data)
-    c = read_h5(args.clean, ["maps", "pred", "index", "labels"])
+    clean = {}
+    for f in args.clean:
+        clean.setdefault(method_of(read_attrs(f)), f)
+    first = read_h5(next(iter(clean.values())), ["pred", "index", "labels"])
     rng = np.random.default_rng(args.seed)
-    pick = np.sort(rng.choice(len(c["index"]), size=min(args.n, len(c["index"])), replace=False))
-    adv_maps, adv_pred = {}, {}
+    pick = np.sort(rng.choice(len(first["index"]), size=min(args.n, len(first["index"])), replace=False))
+    clean_maps = {m: read_h5(f, ["maps"])["maps"][pick] for m, f in clean.items()}
+    adv_maps: dict[str, dict[float, np.ndarray]] = {m: {} for m in clean}
+    adv_pred: dict[float, np.ndarray] = {}
     for f in args.adv:
         at = read_attrs(f)
-        d = read_h5(f, ["maps", "pred"])
-        adv_maps[float(at["eps"])] = d["maps"][pick]
-        adv_pred[float(at["eps"])] = d["pred"][pick]
-    plot_gallery(ds.images[c["index"][pick]], c["maps"][pick], adv_maps, c["pred"][pick], adv_pred, ds.identities,
-                 c["labels"][pick], args.out, title=args.title or "")
+        m, e = method_of(at), float(at["eps"])
+        if m not in clean:
+            raise ValueError(f"'{f}' holds {m} maps but no clean heatmap file does (they hold {', '.join(clean)})")
+        d = read_h5(f, ["maps", "pred", "index"])
+        if not np.array_equal(d["index"], first["index"]):
+            raise ValueError(f"'{f}' holds other test images than '{clean[m]}'")
+        adv_maps[m][e] = d["maps"][pick]
+        adv_pred[e] = d["pred"][pick]
+    plot_gallery(ds.images[first["index"][pick]], clean_maps, adv_maps, first["pred"][pick], adv_pred, ds.identities,
+                 first["labels"][pick], args.out, title=args.title or "")
     print(f"gallery written to {args.out}.png/.pdf")
 
 
@@ -602,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-random-start", action="store_true")
     s.add_argument("--out", required=True, help="attack file: predictions (and PGD's perturbation)")
     s.add_argument("--clean-logits", help="file with the clean test logits ('advcam gradient' output) to reuse")
-    s.add_argument("--heatmaps", help="also write the adversarial Grad-CAMs here (same forward pass as the predictions)")
+    s.add_argument("--heatmaps", nargs="+", metavar="FILE",
+                   help="also write the adversarial CAMs, one file per method (same forward pass as the predictions)")
     _add_cam_options(s)
     _add_common(s, device=True)
     s.set_defaults(func=cmd_attack)
@@ -610,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("explain", help=STAGES["explain"], description=STAGES["explain"], formatter_class=fmt)
     s.add_argument("--model", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, nargs="+", metavar="FILE", help="heatmap files, one per CAM method")
     s.add_argument("--attack-file", help="output of 'advcam attack' (omit for the clean set)")
     s.add_argument("--sign", help="gradient sign file (fgsm)")
     _add_cam_options(s)
@@ -618,8 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("score", help=STAGES["score"], description=STAGES["score"], formatter_class=fmt)
-    s.add_argument("--clean", required=True, help="clean heatmaps (advcam explain)")
-    s.add_argument("--adv", required=True, help="adversarial heatmaps of the same model")
+    s.add_argument("--clean", required=True, nargs="+", metavar="FILE",
+                   help="clean heatmap files of one model (advcam explain), one per CAM method")
+    s.add_argument("--adv", required=True, nargs="+", metavar="FILE",
+                   help="adversarial heatmap files of the same model, attack and ε, one per CAM method (paired by the method each records)")
     s.add_argument("--out", required=True, help="per-image CSV")
     s.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
                    help="uniform 7×7 with sample covariance, or Gaussian σ=1.5 with population covariance")
@@ -651,8 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("gallery", help=STAGES["gallery"], description=STAGES["gallery"], formatter_class=fmt)
     s.add_argument("--data", required=True)
-    s.add_argument("--clean", required=True)
-    s.add_argument("--adv", nargs="+", required=True, help="adversarial heatmap files (one per ε)")
+    s.add_argument("--clean", required=True, nargs="+", metavar="FILE", help="clean heatmap files, one per CAM method (a row each)")
+    s.add_argument("--adv", nargs="+", required=True, metavar="FILE", help="adversarial heatmap files, one per method and ε")
     s.add_argument("--out", required=True, help="output prefix (.png and .pdf are written)")
     s.add_argument("--n", type=int, default=6, help="number of test images")
     s.add_argument("--seed", type=int, default=0)

@@ -41,10 +41,13 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .base_cam import LayerPass, layer_pass, upsample_cam
+from .base_cam import CamOutput, LayerPass, layer_pass, upsample_cam
 from .models import eval_mode, frozen_parameters, model_device, resolve_layer
 
-__all__ = ["CAM_METHODS", "GRADIENT_METHODS", "cam", "cams", "cams_batch", "network_after", "raw_cams", "principal_projection"]
+__all__ = [
+    "CAM_METHODS", "GRADIENT_METHODS", "cam", "cams", "cams_batch", "explain_cams", "network_after", "raw_cams",
+    "principal_projection",
+]
 
 
 def _weighted(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -325,6 +328,39 @@ def cams(
         for m in names:
             parts[m].append(maps[m].to(x.device))
     return {m: torch.cat(v) for m, v in parts.items()}
+
+
+def explain_cams(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    methods: str | Iterable[str],
+    target: torch.Tensor | None = None,
+    batch_size: int = 64,
+    amp: bool = False,
+    out_device: str | torch.device | None = "cpu",
+) -> dict[str, CamOutput]:
+    """Every method's full result for ``x`` (N,3,H,W) in [0,1] or uint8, batched on the model's device:
+    {method: :class:`~advcam.base_cam.CamOutput`} with the maps (N,H,W) in [0,1], the raw maps (N,h,w),
+    and the logits and explained classes of the shared forward (the same object for every method).
+
+    What the explain and attack stages write, one file per method. ``out_device``: where the results go
+    ("cpu", for writing to disk); None keeps them on the model's device. Other arguments as in :func:`cams`.
+    """
+    names = check_methods(methods)
+    dev = model_device(model)
+    parts: dict[str, list[CamOutput]] = {m: [] for m in names}
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s : s + batch_size].to(dev, non_blocking=True)
+        if xb.dtype == torch.uint8:
+            xb = xb.float().div_(255)
+        tb = None if target is None else torch.as_tensor(target)[s : s + batch_size].to(dev)
+        maps, raw, lp = cams_batch(model, layer, xb, names, tb, batch_size, amp)
+        logits, tgt = (lp.logits, lp.target) if out_device is None else (lp.logits.to(out_device), lp.target.to(out_device))
+        for m in names:
+            o = CamOutput(maps=maps[m], raw=raw[m], logits=logits, target=tgt)
+            parts[m].append(o if out_device is None else CamOutput(o.maps.to(out_device), o.raw.to(out_device), logits, tgt))
+    return {m: CamOutput.cat(v) for m, v in parts.items()}
 
 
 def cam(

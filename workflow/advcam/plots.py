@@ -1,5 +1,6 @@
 """Figures: MOD and accuracy against ε (with CIs and the noise control), VID and NISSIM distributions,
-and a per-model gallery of clean and adversarial heatmaps. Each figure is written as PNG and PDF."""
+and a per-model gallery of clean and adversarial heatmaps; every figure shows the CAM methods side by
+side. Each figure is written as PNG and PDF."""
 from __future__ import annotations
 
 import os
@@ -31,31 +32,68 @@ def save(fig, prefix: str | os.PathLike) -> list[Path]:
     return out
 
 
-def _colors(models) -> dict:
+def _colors(keys) -> dict:
     cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(models)}
+    return {m: cmap(i % 10) for i, m in enumerate(keys)}
+
+
+def _with_cam(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with a ``cam`` column (Grad-CAM where it has none, as in summaries written before methods
+    were an axis)."""
+    return frame if "cam" in frame.columns else frame.assign(cam="gradcam")
+
+
+def _cam_order(frame: pd.DataFrame) -> list[str]:
+    """The CAM methods of ``frame`` in the order of :data:`advcam.explainers.CAM_METHODS` (others after)."""
+    from .explainers import CAM_METHODS
+
+    present = list(frame["cam"].unique())
+    return [m for m in CAM_METHODS if m in present] + sorted(m for m in present if m not in CAM_METHODS)
+
+
+def _panels(n: int, width: float = 3.4, height: float = 2.8, max_cols: int = 3, sharey: bool = True):
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), sharey=sharey, squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
 
 
 def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
-    """MOD (mean NISSIM) against ε per model, 95% bootstrap CI as a band; solid FGSM, dotted noise control.
-    ε = 0 is the clean set (MOD 0)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    col = _colors(sorted(summary["model"].unique()))
-    for (model, attack), g in summary.groupby(["model", "attack"], sort=True):
-        g = g.sort_values("eps")
-        e = np.r_[0.0, g["eps"]]
-        ax.plot(e, np.r_[0.0, g["mod"]], STYLE.get(attack, "-."), marker="o", ms=3, color=col[model], label=f"{model} · {attack}")
-        ax.fill_between(e, np.r_[0.0, g["mod_ci_low"]], np.r_[0.0, g["mod_ci_high"]], color=col[model], alpha=0.15, lw=0)
-    ax.set_xlabel("ε (pixel scale [0,1])")
-    ax.set_ylabel("MOD = mean NISSIM")
-    ax.set_title("Grad-CAM shift under attack (band: 95% bootstrap CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    """MOD (mean NISSIM) against ε, one panel per model and a line per CAM method (colour) and attack
+    (solid FGSM, dotted noise control), 95% bootstrap CI as a band. ε = 0 is the clean set (MOD 0)."""
+    summary = _with_cam(summary)
+    models = sorted(summary["model"].unique())
+    cams = _cam_order(summary)
+    col = _colors(cams)
+    fig, axes = _panels(len(models))
+    for ax, model in zip(axes, models):
+        for (cam, attack), g in summary[summary["model"] == model].groupby(["cam", "attack"], sort=True):
+            g = g.sort_values("eps")
+            e = np.r_[0.0, g["eps"]]
+            ax.plot(e, np.r_[0.0, g["mod"]], STYLE.get(attack, "-."), marker="o", ms=2.5, lw=1.1, color=col[cam],
+                    label=f"{cam} · {attack}")
+            ax.fill_between(e, np.r_[0.0, g["mod_ci_low"]], np.r_[0.0, g["mod_ci_high"]], color=col[cam], alpha=0.12, lw=0)
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("ε (pixel scale [0,1])", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("MOD = mean NISSIM", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: (cams.index(labels[i].split(" · ")[0]), labels[i]))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, ncol=min(4, max(1, len(labels))),
+               loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.suptitle("Explanation shift under attack per CAM method (band: 95% bootstrap CI)", fontsize=9, y=1.0 + 0.03 * -(-len(labels) // 4))
+    fig.tight_layout()
     return save(fig, prefix)
 
 
 def plot_accuracy(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
-    """Test accuracy against ε per model (ε = 0: clean accuracy); solid FGSM, dotted noise control."""
+    """Test accuracy against ε per model (ε = 0: clean accuracy); solid FGSM, dotted noise control. The
+    predictions do not depend on the CAM method: one line per (model, attack)."""
+    summary = _with_cam(summary)
+    summary = summary[summary["cam"] == _cam_order(summary)[0]]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     col = _colors(sorted(summary["model"].unique()))
     for (model, attack), g in summary.groupby(["model", "attack"], sort=True):
@@ -72,50 +110,71 @@ def plot_accuracy(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path
 
 
 def plot_vid(per_image: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
-    """Distribution over test images of VID (per-image std of NISSIM across ε), per model and attack."""
+    """Distribution over test images of VID (per-image std of NISSIM across ε): a panel per attack, a group
+    of boxes per model and a box per CAM method (colour)."""
+    per_image = _with_cam(per_image)
     attacks = sorted(per_image["attack"].unique())
     models = sorted(per_image["model"].unique())
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.3 * len(models) * len(attacks)), 4.2))
-    data, labels, pos = [], [], []
-    for i, m in enumerate(models):
-        for j, a in enumerate(attacks):
-            v = per_image.loc[(per_image["model"] == m) & (per_image["attack"] == a), "vid"].to_numpy()
-            if len(v):
-                data.append(v)
-                labels.append(f"{m}\n{a}")
-                pos.append(i * (len(attacks) + 1) + j)
-    if data:
-        ax.boxplot(data, positions=pos, widths=0.7, showmeans=True)
-        ax.set_xticks(pos, labels, fontsize=7)
-    ax.set_ylabel("VID = std of NISSIM across ε (per image)")
-    ax.set_title("Variation in dissimilarity")
-    ax.grid(alpha=0.3, axis="y")
+    cams = _cam_order(per_image)
+    col = _colors(cams)
+    width = max(6.4, 0.28 * len(models) * (len(cams) + 1))
+    fig, axes = plt.subplots(len(attacks), 1, figsize=(width, 3.2 * len(attacks)), sharey=True, squeeze=False)
+    for ax, a in zip(axes[:, 0], attacks):
+        t = per_image[per_image["attack"] == a]
+        for j, cam in enumerate(cams):
+            data, pos = [], []
+            for i, m in enumerate(models):
+                v = t.loc[(t["model"] == m) & (t["cam"] == cam), "vid"].to_numpy()
+                if len(v):
+                    data.append(v)
+                    pos.append(i * (len(cams) + 1) + j)
+            if data:
+                b = ax.boxplot(data, positions=pos, widths=0.7, showmeans=True, patch_artist=True,
+                               flierprops={"markersize": 2}, meanprops={"markersize": 3})
+                for patch in b["boxes"]:
+                    patch.set(facecolor=col[cam], alpha=0.55)
+                ax.plot([], [], "s", color=col[cam], label=cam)
+        centres = [i * (len(cams) + 1) + (len(cams) - 1) / 2 for i in range(len(models))]
+        ax.set_xticks(centres, models, fontsize=8)
+        ax.set_ylabel(f"VID ({a})", fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].legend(fontsize=7, ncol=min(5, len(cams)), loc="upper left")
+    axes[0, 0].set_title("Variation in dissimilarity: std of NISSIM across ε per image")
+    fig.tight_layout()
     return save(fig, prefix)
 
 
 def plot_nissim(table: pd.DataFrame, prefix: str | os.PathLike, attack: str = "fgsm") -> list[Path]:
-    """Per-model distributions of NISSIM at each ε for one attack (violins)."""
-    t = table[table["attack"] == attack]
+    """Distributions of NISSIM at each ε for one attack (violins): a row per CAM method, a column per model."""
+    t = _with_cam(table)
+    t = t[t["attack"] == attack]
     models = sorted(t["model"].unique())
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(2.6 * max(1, len(models)), 3.4), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], models):
-        g = t[t["model"] == m]
-        eps = sorted(g["eps"].unique())
-        vals = [g.loc[g["eps"] == e, "nissim"].to_numpy() for e in eps]
-        if vals:
-            ax.violinplot(vals, showmeans=True)
-            ax.set_xticks(range(1, len(eps) + 1), [f"{e:g}" for e in eps], fontsize=7)
-        ax.set_title(m, fontsize=9)
-        ax.set_xlabel("ε")
-        ax.grid(alpha=0.3, axis="y")
-    axes[0][0].set_ylabel(f"NISSIM ({attack})")
+    cams = _cam_order(t) or ["gradcam"]
+    fig, axes = plt.subplots(len(cams), max(1, len(models)), figsize=(2.6 * max(1, len(models)), 2.4 * len(cams) + 0.6),
+                             sharey=True, squeeze=False)
+    for r, cam in enumerate(cams):
+        for ax, m in zip(axes[r], models):
+            g = t[(t["model"] == m) & (t["cam"] == cam)]
+            eps = sorted(g["eps"].unique())
+            vals = [g.loc[g["eps"] == e, "nissim"].to_numpy() for e in eps]
+            if vals:
+                ax.violinplot(vals, showmeans=True)
+                ax.set_xticks(range(1, len(eps) + 1), [f"{e:g}" for e in eps], fontsize=7)
+            if r == 0:
+                ax.set_title(m, fontsize=9)
+            if r == len(cams) - 1:
+                ax.set_xlabel("ε")
+            ax.grid(alpha=0.3, axis="y")
+        axes[r][0].set_ylabel(f"NISSIM\n{cam}", fontsize=8)
+    fig.suptitle(f"NISSIM per test image under {attack}", fontsize=9)
+    fig.tight_layout()
     return save(fig, prefix)
 
 
 def plot_gallery(
     images: np.ndarray,
-    clean_maps: np.ndarray,
-    adv_maps: dict[float, np.ndarray],
+    clean_maps: dict[str, np.ndarray],
+    adv_maps: dict[str, dict[float, np.ndarray]],
     pred_clean: np.ndarray,
     pred_adv: dict[float, np.ndarray],
     names: list[str],
@@ -123,28 +182,35 @@ def plot_gallery(
     prefix: str | os.PathLike,
     title: str = "",
 ) -> list[Path]:
-    """Rows of test images: the image, its clean CAM, and its adversarial CAM at each ε, each titled with
-    the predicted identity (✓ when it is the true one). images (n,H,W,3) uint8; maps (n,H,W) in [0,1]."""
-    eps = sorted(adv_maps)
+    """For each test image a block of rows, one per CAM method: the image, its clean map, and its
+    adversarial map at each ε, titled with the predicted identity (✓ when it is the true one; the
+    predictions do not depend on the method). images (n,H,W,3) uint8; clean_maps {method: (n,H,W) in [0,1]};
+    adv_maps {method: {ε: (n,H,W)}}; pred_adv {ε: (n,)}."""
+    methods = list(clean_maps)
+    eps = sorted(pred_adv)
     n, cols = images.shape[0], 2 + len(eps)
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
+    rows = n * len(methods)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
 
     def tag(p: int, y: int) -> str:
         return f"{names[p]}{' ✓' if p == y else ' ✗'}"
 
     for i in range(n):
-        axes[i][0].imshow(images[i])
-        axes[i][0].set_title(f"true {names[labels[i]]}", fontsize=6)
-        axes[i][1].imshow(images[i])
-        axes[i][1].imshow(clean_maps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        axes[i][1].set_title(f"clean: {tag(pred_clean[i], labels[i])}", fontsize=6)
-        for j, e in enumerate(eps):
-            ax = axes[i][2 + j]
-            ax.imshow(images[i])
-            ax.imshow(adv_maps[e][i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            ax.set_title(f"ε={e:g}: {tag(pred_adv[e][i], labels[i])}", fontsize=6)
-        for ax in axes[i]:
-            ax.axis("off")
+        for j, m in enumerate(methods):
+            ax_row = axes[i * len(methods) + j]
+            ax_row[0].imshow(images[i])
+            ax_row[0].set_title(f"true {names[labels[i]]}\n{m}" if j == 0 else m, fontsize=6)
+            ax_row[1].imshow(images[i])
+            ax_row[1].imshow(clean_maps[m][i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax_row[1].set_title(f"clean: {tag(pred_clean[i], labels[i])}", fontsize=6)
+            for k, e in enumerate(eps):
+                ax = ax_row[2 + k]
+                ax.imshow(images[i])
+                if e in adv_maps[m]:
+                    ax.imshow(adv_maps[m][e][i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                ax.set_title(f"ε={e:g}: {tag(pred_adv[e][i], labels[i])}", fontsize=6)
+            for ax in ax_row:
+                ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -1,14 +1,15 @@
 """MOD, VID and the accompanying accuracies from the per-image NISSIM table.
 
-The per-image table (one row per model, attack, ε and test image) has the columns ``model, attack, eps,
-index, label, pred_clean, pred_adv, nissim`` and optionally ``zero_cam_clean, zero_cam_adv, zero_grad``.
+The per-image table (one row per model, CAM method, attack, ε and test image) has the columns ``model,
+attack, eps, index, label, pred_clean, pred_adv, nissim``, optionally ``cam`` (the CAM method; a table
+without it holds Grad-CAM) and ``zero_cam_clean, zero_cam_adv, zero_grad``.
 
-* **MOD** (model, attack, ε) = mean NISSIM over the test images, with n, std and a percentile
+* **MOD** (model, cam, attack, ε) = mean NISSIM over the test images, with n, std and a percentile
   bootstrap CI.
-* **nissim_var** (model, attack, ε) = across-image variance of NISSIM (the paper's prose calls VID
+* **nissim_var** (model, cam, attack, ε) = across-image variance of NISSIM (the paper's prose calls VID
   "the variance of NISSIM"; this is that reading, under its own name).
-* **VID** (model, attack) = the paper's formula: for each image, the population standard deviation of
-  its NISSIM across the ε levels ε > 0; reported as the mean over images (and its std).
+* **VID** (model, cam, attack) = the paper's formula: for each image, the population standard deviation
+  of its NISSIM across the ε levels ε > 0; reported as the mean over images (and its std).
 * Other measures present in the table (``spearman``, ``topk``, ``com_shift``): their mean over the images
   where they are defined, its bootstrap CI, and the count of images where they are not (NaN: a constant
   map has no ranks, an all-zero map no centre of mass) — counted, never silently dropped.
@@ -25,12 +26,14 @@ REQUIRED_COLUMNS = ("model", "attack", "eps", "index", "label", "pred_clean", "p
 MEASURE_COLUMNS = ("spearman", "topk", "com_shift")
 
 
-def _check(table: pd.DataFrame) -> None:
+def _check(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with a ``cam`` column (Grad-CAM where it has none); ValueError on a missing column or value."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"NISSIM table lacks column(s) {', '.join(missing)}")
     if table["nissim"].isna().any():
         raise ValueError("NISSIM table has missing nissim values")
+    return table if "cam" in table.columns else table.assign(cam="gradcam")
 
 
 def bootstrap_ci(x: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -51,23 +54,24 @@ def bootstrap_ci(x: np.ndarray, confidence: float = 0.95, n_resamples: int = 200
 
 
 def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Summary per (model, attack, eps): one tidy row each, sorted.
+    """Summary per (model, cam, attack, eps): one tidy row each, sorted.
 
-    Columns: model, attack, eps, n, mod, mod_std, mod_ci_low, mod_ci_high, nissim_var, nissim_std,
+    Columns: model, cam, attack, eps, n, mod, mod_std, mod_ci_low, mod_ci_high, nissim_var, nissim_std,
     acc_clean, acc_adv, flip_rate, n_flipped, mod_flipped, mod_unflipped, zero_cam_clean, zero_cam_adv,
     zero_grad_frac; then for each measure M of :data:`MEASURE_COLUMNS` in the table: M_mean, M_ci_low,
     M_ci_high (over the images where M is defined) and M_nan (how many it is not). Accuracies and rates
     are fractions in [0,1]; NISSIM in [0,1].
     """
-    _check(table)
+    table = _check(table)
     rows = []
-    for (model, attack, eps), g in table.groupby(["model", "attack", "eps"], sort=True):
+    for (model, cam, attack, eps), g in table.groupby(["model", "cam", "attack", "eps"], sort=True):
         x = g["nissim"].to_numpy(float)
         flipped = (g["pred_adv"] != g["pred_clean"]).to_numpy()
         lo, hi = bootstrap_ci(x, confidence, n_resamples, seed)
         rows.append(
             {
                 "model": model,
+                "cam": cam,
                 "attack": attack,
                 "eps": float(eps),
                 "n": len(x),
@@ -106,36 +110,41 @@ def _measures(g: pd.DataFrame, confidence: float, n_resamples: int, seed: int) -
 
 
 def vid_per_image(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, attack, image): population std of NISSIM across the ε > 0 levels present.
+    """Per (model, cam, attack, image): population std of NISSIM across the ε > 0 levels present.
 
-    Columns: model, attack, index, vid, n_eps. Images missing an ε of their (model, attack) are an error.
+    Columns: model, cam, attack, index, vid, n_eps. Images missing an ε of their (model, cam, attack) are
+    an error.
     """
-    _check(table)
+    table = _check(table)
     t = table[table["eps"] > 0]
     out = []
-    for (model, attack), g in t.groupby(["model", "attack"], sort=True):
+    for (model, cam, attack), g in t.groupby(["model", "cam", "attack"], sort=True):
         wide = g.pivot_table(index="index", columns="eps", values="nissim", aggfunc="first")
         if wide.isna().any().any():
-            raise ValueError(f"{model}/{attack}: some images lack NISSIM at some epsilon")
+            raise ValueError(f"{model}/{cam}/{attack}: some images lack NISSIM at some epsilon")
         v = wide.to_numpy().std(axis=1, ddof=0)
-        out.append(pd.DataFrame({"model": model, "attack": attack, "index": wide.index.to_numpy(), "vid": v, "n_eps": wide.shape[1]}))
+        out.append(pd.DataFrame({"model": model, "cam": cam, "attack": attack, "index": wide.index.to_numpy(), "vid": v,
+                                 "n_eps": wide.shape[1]}))
     if not out:
-        return pd.DataFrame(columns=["model", "attack", "index", "vid", "n_eps"])
+        return pd.DataFrame(columns=["model", "cam", "attack", "index", "vid", "n_eps"])
     return pd.concat(out, ignore_index=True)
 
 
 def vid(table: pd.DataFrame) -> pd.DataFrame:
-    """VID per (model, attack): mean (and std, median) over images of the per-image NISSIM std across ε.
+    """VID per (model, cam, attack): mean (and std, median) over images of the per-image NISSIM std across ε.
 
-    Columns: model, attack, n, n_eps, eps, vid, vid_std, vid_median.
+    Columns: model, cam, attack, n, n_eps, eps, vid, vid_std, vid_median.
     """
+    table = _check(table)
     per = vid_per_image(table)
     rows = []
-    for (model, attack), g in per.groupby(["model", "attack"], sort=True):
-        eps = sorted(table.loc[(table["model"] == model) & (table["attack"] == attack) & (table["eps"] > 0), "eps"].unique())
+    for (model, cam, attack), g in per.groupby(["model", "cam", "attack"], sort=True):
+        sel = (table["model"] == model) & (table["cam"] == cam) & (table["attack"] == attack) & (table["eps"] > 0)
+        eps = sorted(table.loc[sel, "eps"].unique())
         rows.append(
             {
                 "model": model,
+                "cam": cam,
                 "attack": attack,
                 "n": len(g),
                 "n_eps": int(g["n_eps"].iloc[0]),

@@ -27,14 +27,15 @@ rule gradient:
 
 
 rule attack:
-    # One forward pass per batch gives the adversarial predictions and the Grad-CAM heatmaps.
+    # One forward pass (and one logit→layer backward) per batch gives the adversarial predictions and every
+    # CAM method's heatmaps, a file per method.
     input:
         model=f"{RESULTS}/models/{{model}}/model.pt",
         data=data_store,
         gradient=f"{RESULTS}/attacks/{{model}}/fgsm_sign.h5",
     output:
         attack=f"{RESULTS}/attacks/{{model}}/{{attack}}/{{eps}}.h5",
-        heatmaps=f"{RESULTS}/heatmaps/{{model}}/{{attack}}/{{eps}}.h5",
+        heatmaps=adv_heatmap_files(),
     params:
         opts=attack_options,
         sign=lambda w, input: f"--sign {input.gradient}" if w.attack == "fgsm" else "",

@@ -16,6 +16,7 @@ RESULTS = config["results"]
 DEVICE = config["device"]
 DATASET = config["dataset"]
 MODELS = config["models"]
+CAMS = config["cams"]  # the CAM methods of the study: a heatmap file and a score row per method
 ATTACKS = {name: spec for name, spec in config.get("attacks", {}).items() if spec.get("eps")}
 # Rules call the CLI as `python -m advcam <stage>`: the library is found whether it was pip-installed or not
 # (e.g. inside a --use-conda environment that holds only the dependencies).
@@ -144,9 +145,19 @@ def score_files():
     return [f"{RESULTS}/scores/{m}/{a}/{e}.csv" for m, a, e in attack_jobs()]
 
 
-def adv_heatmaps(model, attack="fgsm"):
+def clean_heatmap_files(model="{model}"):
+    """One clean heatmap file per CAM method (named after it: the stages read the method from the name)."""
+    return [f"{RESULTS}/heatmaps/{model}/clean/{cam}.h5" for cam in CAMS]
+
+
+def adv_heatmap_files(model="{model}", attack="{attack}", eps="{eps}"):
+    return [f"{RESULTS}/heatmaps/{model}/{attack}/{eps}/{cam}.h5" for cam in CAMS]
+
+
+def gallery_heatmaps(model, attack="fgsm"):
+    """Every method's adversarial heatmaps of ``attack`` (the first attack when absent) at each ε."""
     attack = attack if attack in ATTACKS else next(iter(ATTACKS))
-    return [f"{RESULTS}/heatmaps/{model}/{attack}/{fmt_eps(e)}.h5" for e in ATTACKS[attack]["eps"]]
+    return [f for e in ATTACKS[attack]["eps"] for f in adv_heatmap_files(model, attack, fmt_eps(e))]
 
 
 def final_targets():

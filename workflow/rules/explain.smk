@@ -1,5 +1,5 @@
-# Grad-CAM of the clean test set (once per model; the adversarial ones come with rule attack), then NISSIM
-# per image.
+# CAMs of the clean test set, a file per method (once per model; the adversarial ones come with rule attack),
+# then NISSIM and the other measures per image and method.
 
 
 rule explain_clean:
@@ -7,7 +7,7 @@ rule explain_clean:
         model=f"{RESULTS}/models/{{model}}/model.pt",
         data=data_store,
     output:
-        f"{RESULTS}/heatmaps/{{model}}/clean.h5",
+        clean_heatmap_files(),
     params:
         target=config["cam"]["target"],
         batch=config["cam"]["batch_size"],
@@ -32,8 +32,8 @@ rule explain_clean:
 
 rule score:
     input:
-        clean=f"{RESULTS}/heatmaps/{{model}}/clean.h5",
-        adv=f"{RESULTS}/heatmaps/{{model}}/{{attack}}/{{eps}}.h5",
+        clean=clean_heatmap_files(),
+        adv=adv_heatmap_files(),
     output:
         f"{RESULTS}/scores/{{model}}/{{attack}}/{{eps}}.csv",
     params:

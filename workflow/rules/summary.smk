@@ -61,8 +61,8 @@ rule plot:
 rule gallery:
     input:
         data=data_store,
-        clean=f"{RESULTS}/heatmaps/{{model}}/clean.h5",
-        adv=lambda w: adv_heatmaps(w.model),
+        clean=clean_heatmap_files(),
+        adv=lambda w: gallery_heatmaps(w.model),
     output:
         report(f"{RESULTS}/plots/gallery_{{model}}.png", caption="../report/gallery.rst", category="Galleries"),
     params:
@@ -77,4 +77,4 @@ rule gallery:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam gallery --data {input.data} --clean {input.clean} --adv {input.adv} --out {params.prefix} "
-        "--n {params.n} --title '{wildcards.model}: clean and FGSM Grad-CAM' > {log} 2>&1"
+        "--n {params.n} --title '{wildcards.model}: clean and FGSM CAMs' > {log} 2>&1"

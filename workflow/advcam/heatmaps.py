@@ -1,0 +1,149 @@
+"""Heatmap files: what the explain and attack stages write and the score and gallery stages read.
+
+One HDF5 file per (model, test set, CAM method); the workflow names it after the method
+(``heatmaps/{model}/clean/{cam}.h5``, ``heatmaps/{model}/{attack}/{eps}/{cam}.h5``), so that adding a
+method to a study only adds files and removing one touches none. Datasets:
+
+* ``maps`` (N,H,W) float32 in [0,1]: the normalised map at input size (all zero when ``raw`` is);
+* ``raw`` (N,h,w) float32 ≥ 0: the method's map at the layer's resolution (``upsample_cam(raw)`` = ``maps``);
+* ``logits`` (N,C) float32, ``pred`` and ``target`` (N,) int64 (the explained class), ``labels``, ``index``
+  (N,) (position in the prepared store), ``zero_cam`` (N,) bool, and for FGSM/noise ``zero_grad`` (N,) bool.
+
+File attributes: ``cam`` (the method), ``model``, ``arch``, ``layer``, ``attack``, ``eps``, ``seed``,
+``target_mode``, ``input_size``, ``cam_size``, ``amp`` and provenance.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["HeatmapPair", "methods_for", "require_finite", "heatmap_record", "write_heatmaps", "read_pairs", "method_of"]
+
+
+def require_finite(source: Any, what: str, t) -> None:
+    """ValueError naming ``source`` (the model or input file) when ``t`` (N,...) holds NaN or inf."""
+    import torch
+
+    bad = ~torch.isfinite(torch.as_tensor(t).float()).flatten(1).all(1)
+    if bool(bad.any()):
+        first = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{source}: {what} hold NaN or infinite values for {int(bad.sum())} of {len(bad)} test images "
+                         f"(positions {first}{' …' if int(bad.sum()) > 5 else ''})")
+
+
+def methods_for(paths: Sequence[str | os.PathLike], cams: Sequence[str] | None = None) -> list[str]:
+    """The CAM method of each output file: ``cams`` when given (one per file), else each file's stem
+    (``…/gradcampp.h5`` → gradcampp); a single file whose stem names no method gets Grad-CAM, the
+    paper's. ValueError naming the file or the method at fault."""
+    from .explainers import CAM_METHODS, check_methods
+
+    paths = [Path(p) for p in paths]
+    if cams:
+        names = check_methods(cams)
+        if len(names) != len(cams) or len(names) != len(paths):
+            raise ValueError(f"give one CAM method per output file, without repeats: {len(paths)} file(s), "
+                             f"methods {' '.join(cams)}")
+        return names
+    if len(paths) == 1 and paths[0].stem not in CAM_METHODS:
+        return ["gradcam"]
+    names = []
+    for p in paths:
+        if p.stem not in CAM_METHODS:
+            raise ValueError(f"'{p}': cannot tell its CAM method from the name; name each file <method>.h5 with "
+                             f"<method> one of {', '.join(CAM_METHODS)}, or pass --cams")
+        names.append(p.stem)
+    if len(set(names)) != len(names):
+        raise ValueError(f"two output files for one CAM method: {' '.join(map(str, paths))}")
+    return names
+
+
+def heatmap_record(out, labels, index, zero_grad, source: Any) -> dict[str, np.ndarray]:
+    """The datasets of one heatmap file from a :class:`~advcam.base_cam.CamOutput` on the CPU; ValueError
+    naming ``source`` when anything is not finite."""
+    for what, t in (("logits", out.logits), ("raw maps", out.raw), ("maps", out.maps)):
+        require_finite(source, what, t)
+    rec = {
+        "maps": out.maps.numpy(), "raw": out.raw.numpy(), "logits": out.logits.numpy(), "pred": out.pred.numpy(),
+        "target": out.target.numpy(), "labels": np.asarray(labels), "index": np.asarray(index),
+        "zero_cam": (out.raw.flatten(1).amax(1) == 0).numpy(),
+    }
+    if zero_grad is not None:
+        rec["zero_grad"] = np.asarray(zero_grad)
+    return rec
+
+
+def write_heatmaps(
+    paths: Mapping[str, str | os.PathLike],
+    outs: Mapping[str, Any],
+    labels,
+    index,
+    zero_grad,
+    source: Any,
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write each method's result ``outs[method]`` (a CamOutput on the CPU) to ``paths[method]``, each file
+    atomically and with ``attrs`` plus ``cam`` and ``cam_size``. All results are checked before the first
+    file is written, so a NaN leaves no file of the set behind."""
+    from .store import write_h5
+
+    recs = {m: heatmap_record(outs[m], labels, index, zero_grad, source) for m in paths}
+    for m, path in paths.items():
+        write_h5(path, recs[m], {**attrs, "cam": m, "cam_size": list(recs[m]["raw"].shape[1:])})
+
+
+def method_of(attrs: Mapping[str, Any]) -> str:
+    """The CAM method recorded in a heatmap file's attributes (files written before methods were an axis
+    hold Grad-CAM)."""
+    return str(attrs.get("cam", "gradcam"))
+
+
+@dataclass
+class HeatmapPair:
+    """The clean and adversarial heatmap files of one model and CAM method, read: datasets and attributes
+    of each, and the paths they came from."""
+
+    method: str
+    clean: dict
+    adv: dict
+    clean_attrs: dict
+    adv_attrs: dict
+    clean_path: str
+    adv_path: str
+
+
+def read_pairs(
+    clean: Sequence[str | os.PathLike], adv: Sequence[str | os.PathLike], names: Sequence[str] | None = None
+) -> list[HeatmapPair]:
+    """Read clean and adversarial heatmap files of one model and pair them by the CAM method each records,
+    in the order of ``clean``. ``names``: which datasets to read (default all). ValueError naming the
+    files when a method has no partner or two files hold one method, the images differ, or the two were
+    explained differently (target mode or layer)."""
+    from .store import read_attrs, read_h5
+
+    if len(clean) != len(adv):
+        raise ValueError(f"{len(clean)} clean heatmap file(s) for {len(adv)} adversarial one(s): give one of each per CAM method")
+    a_by = {}
+    for p in adv:
+        at = read_attrs(p)
+        m = method_of(at)
+        if m in a_by:
+            raise ValueError(f"'{a_by[m][0]}' and '{p}' both hold {m} maps")
+        a_by[m] = (p, at)
+    out = []
+    for p in clean:
+        ca = read_attrs(p)
+        m = method_of(ca)
+        if m not in a_by:
+            raise ValueError(f"'{p}' holds {m} maps but no adversarial file does (they hold {', '.join(a_by)})")
+        q, aa = a_by[m]
+        c, a = read_h5(p, names), read_h5(q, names)
+        if not np.array_equal(c["index"], a["index"]):
+            raise ValueError(f"{p} and {q} hold different test images")
+        if ca.get("target_mode") != aa.get("target_mode") or ca.get("layer") != aa.get("layer"):
+            raise ValueError(f"{p} and {q} were explained differently (target mode or layer)")
+        out.append(HeatmapPair(m, c, a, ca, aa, str(p), str(q)))
+    return out
