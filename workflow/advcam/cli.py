@@ -7,7 +7,6 @@ rename), so a killed job never leaves an output that looks complete. Known input
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -349,8 +348,6 @@ def cmd_attack(args) -> None:
 
 
 def cmd_explain(args) -> None:
-    import torch
-
     from .attacks import check_eps, perturb
     from .base_cam import CamOutput
     from .explainers import explain_cams
