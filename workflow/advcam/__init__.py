@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .attacks import apply_sign, fgsm, gradient_sign, pgd, random_sign  # noqa: E402
+from .attacks import apply_sign, bim, fgsm, gradient_sign, mifgsm, pgd, random_sign  # noqa: E402
 from .base_cam import explain, gradcam, upsample_cam  # noqa: E402
 from .explainers import CAM_METHODS, cam, cams  # noqa: E402
 from .models import PAPER_MODELS, build_model, load_checkpoint, save_checkpoint  # noqa: E402
@@ -14,6 +14,7 @@ __all__ = [
     "CAM_METHODS",
     "PAPER_MODELS",
     "apply_sign",
+    "bim",
     "build_model",
     "cam",
     "cams",
@@ -23,6 +24,7 @@ __all__ = [
     "gradcam",
     "gradient_sign",
     "load_checkpoint",
+    "mifgsm",
     "mod_vid",
     "nissim",
     "pgd",

@@ -1,8 +1,16 @@
 """Attacks in [0, 1] pixel space: FGSM (gradient sign once, every ε a cheap step), the random-sign
-control, and PGD-L∞. Models are used in ``eval()`` mode; parameters are frozen during the gradient so
-only the input gradient is computed.
+control, and the iterative BIM, PGD-L∞ and MI-FGSM, each untargeted or targeted. Models are used in
+``eval()`` mode; parameters are frozen during the gradient so only the input gradient is computed.
 
 FGSM: ``g = ∇ₓ CE(f(x), y)``, ``x_adv = clamp(x + ε·sign(g), 0, 1)``, as torchattacks' ``FGSM``.
+Targeted (``target=`` class indices, torchattacks' ``set_mode_targeted_by_label``): the loss is
+``−CE(f(x), target)``, so each step moves towards the target class.
+
+Loss reduction: we **sum** the cross-entropy over the batch where torchattacks averages it. Only the sign
+(or, for MI-FGSM, the per-image normalised gradient) is used, and a positive factor 1/N changes neither —
+except where a gradient component is so small (|g| ≈ 1e-15 and below) that dividing by N rounds it to
+another float, or to zero, and its sign flips or vanishes. With the sum an image's attack does not depend
+on the batch it sits in, which the cached per-ε workflow relies on.
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ __all__ = [
     "fgsm",
     "random_sign",
     "pgd",
+    "bim",
+    "mifgsm",
     "EpsilonError",
     "perturb",
 ]
@@ -46,14 +56,36 @@ def check_eps(eps: float) -> float:
     return e
 
 
-def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∇ₓ Σᵢ CE(f(xᵢ), yᵢ), logits) for one batch, parameters frozen."""
+def _input_grad(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∇ₓ Σᵢ CE(f(xᵢ), yᵢ), logits) for one batch, parameters frozen; ``targeted``: of −Σᵢ CE (y are then
+    the target classes)."""
     with eval_mode(model), frozen_parameters(model), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         logits = model(xg)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, xg)
+        (g,) = torch.autograd.grad(-loss if targeted else loss, xg)
     return g, logits.detach().float()
+
+
+def _labels(model: nn.Module, y, target, n: int) -> tuple[torch.Tensor, bool]:
+    """The classes the loss is taken against (the targets when given, else the true labels) on the model's
+    device, and whether the attack is targeted. ValueError when their number is not ``n``."""
+    dev = model_device(model)
+    t = torch.as_tensor(y if target is None else target).long().to(dev).view(-1)
+    if t.numel() == 1 and n != 1:
+        t = t.expand(n)
+    if t.shape[0] != n:
+        raise ValueError(f"{'target' if target is not None else 'y'} has {t.shape[0]} entries for {n} images")
+    return t, target is not None
+
+
+def _check_steps(steps: int, alpha: float) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (float(alpha) > 0):
+        raise ValueError(f"alpha (the step size) must be > 0, got {alpha!r}")
 
 
 @dataclass
@@ -113,15 +145,18 @@ def apply_sign(x: torch.Tensor, sign: torch.Tensor, eps: float) -> torch.Tensor:
     return (x + eps * sign.to(device=x.device, dtype=x.dtype)).clamp_(0.0, 1.0)
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """Untargeted FGSM: (N,3,H,W) images in [0,1] → adversarial images in [0,1], same device as ``x``.
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, target=None) -> torch.Tensor:
+    """FGSM: (N,3,H,W) images in [0,1] → adversarial images in [0,1], same device as ``x``.
 
-    Equals ``torchattacks.FGSM(model, eps)(x, y)``. For several ε, call :func:`gradient_sign` once and
-    :func:`apply_sign` per ε.
+    y : (N,) true labels. target : None (untargeted: away from y) or (N,) (or one) class indices to step
+    towards. Equals ``torchattacks.FGSM(model, eps)(x, y)``, and with ``target`` the same attack after
+    ``set_mode_targeted_by_label()`` called with the targets. For several ε, call :func:`gradient_sign`
+    once and :func:`apply_sign` per ε.
     """
     eps = check_eps(eps)
     dev = model_device(model)
-    g, _ = _input_grad(model, x.to(dev), torch.as_tensor(y).long().to(dev))
+    t, targeted = _labels(model, y, target, x.shape[0])
+    g, _ = _input_grad(model, x.to(dev), t, targeted)
     return apply_sign(x.to(dev), g.sign(), eps).to(x.device)
 
 
@@ -139,6 +174,40 @@ def random_sign(shape: tuple[int, int, int], indices, seed: int) -> torch.Tensor
     return out
 
 
+def _iterate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y,
+    eps: float,
+    alpha: float,
+    steps: int,
+    target,
+    start: torch.Tensor | None = None,
+    decay: float | None = None,
+) -> torch.Tensor:
+    """The L∞ iteration BIM, PGD and MI-FGSM share: ``steps`` times adv ← Π(adv + α·sign(d)), Π the
+    projection onto the ε-ball around x intersected with [0,1], d the input gradient (MI-FGSM: its
+    momentum of per-image L1-normalised gradients with ``decay``). ``start``: the first iterate (default x)."""
+    eps = check_eps(eps)
+    _check_steps(steps, alpha)
+    dev = model_device(model)
+    x0 = x.detach().to(dev)
+    t, targeted = _labels(model, y, target, x.shape[0])
+    adv = x0.clone() if start is None else start.to(dev)
+    momentum = torch.zeros_like(x0) if decay is not None else None
+    for _ in range(steps):
+        g, _ = _input_grad(model, adv, t, targeted)
+        if momentum is not None:
+            m = g.abs().mean(dim=(1, 2, 3), keepdim=True)
+            # an image with an all-zero gradient keeps a zero step (torchattacks divides 0 by 0: NaN images)
+            g = g / m.masked_fill(m == 0, 1) + decay * momentum
+            momentum = g
+        adv = adv.detach() + alpha * g.sign()
+        delta = (adv - x0).clamp(-eps, eps)
+        adv = (x0 + delta).clamp(0, 1).detach()
+    return adv.to(x.device)
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -148,30 +217,41 @@ def pgd(
     steps: int = 10,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    target=None,
 ) -> torch.Tensor:
-    """Untargeted PGD-L∞ (Madry et al.) in [0,1] pixel space, as ``torchattacks.PGD``.
+    """PGD-L∞ (Madry et al.) in [0,1] pixel space, as ``torchattacks.PGD`` (targeted with ``target``, as
+    after its ``set_mode_targeted_by_label``).
 
-    x : (N,3,H,W) float in [0,1]; y : (N,) labels; ε the L∞ radius; α the step; ``random_start`` draws
-    the start uniformly in the ε-ball (from ``generator``, or the global RNG). Returns (N,3,H,W) in [0,1].
+    x : (N,3,H,W) float in [0,1]; y : (N,) labels; ε the L∞ radius; α the step (> 0); ``steps`` ≥ 1;
+    ``random_start`` draws the start uniformly in the ε-ball (from ``generator``, or the global RNG; the
+    same distribution as torchattacks', not its draws). Returns (N,3,H,W) in [0,1] on ``x``'s device.
     """
     eps = check_eps(eps)
-    if steps < 1:
-        raise ValueError(f"pgd steps must be >= 1, got {steps}")
-    dev = model_device(model)
-    x0 = x.detach().to(dev)
-    y = torch.as_tensor(y).long().to(dev)
-    adv = x0.clone()
+    _check_steps(steps, alpha)
+    start = None
     if random_start:
-        noise = torch.empty(x0.shape, dtype=x0.dtype)
+        noise = torch.empty(x.shape, dtype=x.dtype)
         noise.uniform_(-eps, eps, generator=generator)
-        adv = (adv + noise.to(dev)).clamp(0, 1)
-    for _ in range(steps):
-        g, _ = _input_grad(model, adv, y)
-        # torchattacks averages the loss over the batch; the sign is the same.
-        adv = adv.detach() + alpha * g.sign()
-        delta = (adv - x0).clamp(-eps, eps)
-        adv = (x0 + delta).clamp(0, 1).detach()
-    return adv.to(x.device)
+        start = (x.detach().cpu() + noise).clamp(0, 1)
+    return _iterate(model, x, y, eps, alpha, steps, target, start=start)
+
+
+def bim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float = 1 / 255, steps: int = 10,
+        target=None) -> torch.Tensor:
+    """BIM / I-FGSM (Kurakin et al. 2017): ``steps`` FGSM steps of size α from x, each projected onto the
+    ε-ball and [0,1]; as ``torchattacks.BIM(model, eps, alpha, steps)`` (targeted with ``target``).
+    x (N,3,H,W) in [0,1] → (N,3,H,W) in [0,1] on ``x``'s device; steps ≥ 1, α > 0."""
+    return _iterate(model, x, y, eps, alpha, steps, target)
+
+
+def mifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float = 2 / 255, steps: int = 10,
+           decay: float = 1.0, target=None) -> torch.Tensor:
+    """MI-FGSM (Dong et al. 2018): BIM whose step follows the sign of a momentum
+    ``m ← g/mean|g| + decay·m`` (per image); as ``torchattacks.MIFGSM(model, eps, alpha, steps, decay)``
+    (targeted with ``target``). x (N,3,H,W) in [0,1] → (N,3,H,W) in [0,1] on ``x``'s device."""
+    if not float(decay) >= 0:
+        raise ValueError(f"decay must be >= 0, got {decay!r}")
+    return _iterate(model, x, y, eps, alpha, steps, target, decay=float(decay))
 
 
 def perturb(
