@@ -152,4 +152,4 @@ def test_adding_an_eps_reruns_only_its_jobs_on_the_cluster(slurm_run):
     for job_id, rule in jobs.items():
         assert _show_job(job_id).get("TresPerJob", "") == ("gres:gpu:1" if rule == "attack" else "")
     mod = (wd / "results/summary/mod_vid.csv").read_text()
-    assert mod.count(",fgsm,0.2,") == 2, mod
+    assert mod.count(",fgsm,0.2,") == 2 * len(cfg["cams"]), mod  # a row per model and CAM method
