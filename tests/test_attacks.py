@@ -171,3 +171,26 @@ def test_mifgsm_leaves_an_image_without_gradient_unchanged():
     x = torch.rand(2, 3, 4, 4)
     adv = advcam.mifgsm(model, x, torch.tensor([0, 0]), 0.1, 0.02, 3)
     assert torch.equal(adv, x)  # torchattacks gives NaN here (0 / 0)
+
+
+def test_target_rules_never_give_the_true_label(seed):
+    from advcam.attacks import target_classes
+
+    y = torch.randint(0, 6, (50,))
+    logits = torch.randn(50, 6)
+    assert torch.equal(target_classes("next", y, 6), (y + 1) % 6)
+    ll = target_classes("least_likely", y, 6, logits)
+    masked = logits.clone()
+    masked[torch.arange(50), y] = float("inf")
+    assert torch.equal(ll, masked.argmin(1))
+    idx = torch.randperm(1000)[:50]
+    r = target_classes("random", y, 6, indices=idx, seed=3)
+    assert torch.equal(r, torch.cat([target_classes("random", y[:20], 6, indices=idx[:20], seed=3),
+                                     target_classes("random", y[20:], 6, indices=idx[20:], seed=3)]))  # batch-free
+    for t in (ll, r, target_classes("next", y, 6)):
+        assert not (t == y).any() and t.min() >= 0 and t.max() < 6
+    assert len(set(r.tolist())) > 1
+    with pytest.raises(ValueError, match="unknown target rule 'farthest'"):
+        target_classes("farthest", y, 6)
+    with pytest.raises(ValueError, match="with 1 it gives the true label"):
+        target_classes("next", torch.zeros(3, dtype=torch.long), 1)

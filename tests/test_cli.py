@@ -162,6 +162,73 @@ def test_cam_methods_one_file_each(tiny_store, trained, tmp_path, capsys):
         assert f.attrs["cam"] == "hirescam"
 
 
+def test_iterative_and_targeted_attacks_through_the_stages(tiny_store, trained, tmp_path, capsys):
+    """bim, mifgsm and targeted attacks: the attack file keeps the perturbation and each image's target, the
+    heatmaps a separate explain of the attack file gives are the attack job's, the summary reports success."""
+    import advcam
+    from advcam.attacks import target_classes
+    from advcam.datasets import load_prepared
+    from advcam.models import load_checkpoint, to_tensor_images
+
+    d, model = trained
+    clean = tmp_path / "clean" / "gradcam.h5"
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", clean) == 0
+    net, meta = load_checkpoint(model, "cpu")
+    net.to(memory_format=torch.channels_last)
+    ds = load_prepared(tiny_store)
+    with h5py.File(clean) as f:
+        idx, y = f["index"][()], torch.as_tensor(f["labels"][()])
+    x = to_tensor_images(ds.images[idx]).float().div(255)
+    scores = []
+    for attack, extra, targeted in (("bim", ["--steps", "3", "--alpha", "0.01"], "none"),
+                                    ("mifgsm", ["--steps", "2", "--alpha", "0.02", "--decay", "0.5"], "next"),
+                                    ("fgsm", [], "random")):
+        att, hm = tmp_path / attack / "att.h5", tmp_path / attack / "gradcam.h5"
+        assert run("attack", "--model", model, "--data", tiny_store, "--attack", attack, "--eps", "0.05", *extra,
+                   "--targeted", targeted, "--seed", "4", "--out", att, "--heatmaps", hm) == 0
+        goal = None if targeted == "none" else target_classes(targeted, y, 4, indices=idx, seed=4)
+        ref = {"bim": lambda: advcam.bim(net, x, y, 0.05, 0.01, 3),
+               "mifgsm": lambda: advcam.mifgsm(net, x, y, 0.05, 0.02, 2, decay=0.5, target=goal),
+               "fgsm": lambda: advcam.fgsm(net, x, y, 0.05, target=goal)}[attack]()
+        with h5py.File(att) as f:
+            assert np.abs(f["delta"][()] - (ref - x).numpy()).max() < 1e-6
+            assert np.array_equal(f["attack_target"][()], -np.ones(4) if goal is None else goal.numpy())
+            assert f.attrs["targeted"] == targeted
+        again = tmp_path / attack / "again.h5"
+        assert run("explain", "--model", model, "--data", tiny_store, "--attack-file", att, "--out", again) == 0
+        with h5py.File(hm) as f1, h5py.File(again) as f2:
+            assert np.array_equal(f1["pred"][()], f2["pred"][()]) and np.allclose(f1["maps"][()], f2["maps"][()], atol=1e-6)
+        s = tmp_path / attack / "score.csv"
+        assert run("score", "--clean", clean, "--adv", hm, "--out", s) == 0
+        scores.append(s)
+        # transfer: another model classifies and explains these adversarial images; here the model itself,
+        # which must then give back its own white-box predictions and maps
+        moved, moved_hm = tmp_path / attack / "from.h5", tmp_path / attack / "from" / "gradcam.h5"
+        assert run("attack", "--model", model, "--data", tiny_store, "--attack", attack, "--eps", "0.05",
+                   "--targeted", targeted, "--transfer-from", att, "--out", moved, "--heatmaps", moved_hm) == 0
+        with h5py.File(hm) as f1, h5py.File(moved_hm) as f2:
+            assert np.array_equal(f1["pred"][()], f2["pred"][()]) and np.allclose(f1["maps"][()], f2["maps"][()], atol=1e-6)
+            assert np.array_equal(f1["attack_target"][()], f2["attack_target"][()])
+    assert run("summarise", *scores, "--out", tmp_path / "s.csv") == 0
+    summ = pd.read_csv(tmp_path / "s.csv").set_index("attack")
+    assert summ.loc["bim", "targeted"] == "none" and summ.loc["mifgsm", "targeted"] == "next"
+    assert summ["success_rate"].between(0, 1).all()
+    capsys.readouterr()
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "bim", "--eps", "0.05", "--steps", "0",
+               "--out", tmp_path / "x.h5") == 2
+    assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "mifgsm", "--eps", "0.05", "--alpha", "0",
+               "--out", tmp_path / "x.h5") == 2
+    assert "--alpha (the step size) must be > 0, got 0" in capsys.readouterr().err
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "noise", "--eps", "0.05", "--targeted",
+               "next", "--out", tmp_path / "x.h5") == 2
+    assert "the noise control has no target class" in capsys.readouterr().err
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "bim", "--eps", "0.1",
+               "--transfer-from", tmp_path / "bim" / "att.h5", "--out", tmp_path / "x.h5") == 2
+    assert "holds bim at ε=0.05, not bim at ε=0.1" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_bad_inputs_exit_2(tiny_store, trained, tmp_path, capsys):
     _, model = trained
     assert run("attack", "--model", model, "--data", tiny_store, "--attack", "noise", "--eps", "1.5", "--out", tmp_path / "a.h5") == 2

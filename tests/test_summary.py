@@ -78,7 +78,7 @@ def test_each_cam_method_is_summarised_on_its_own():
     a = _table().assign(cam="gradcam")
     b = _table().assign(cam="eigencam", nissim=lambda t: t["nissim"] / 2)
     s = mod_vid(pd.concat([a, b], ignore_index=True))
-    assert list(s.columns[:4]) == ["model", "cam", "attack", "eps"] and len(s) == 4
+    assert list(s.columns[:5]) == ["model", "source_model", "cam", "attack", "eps"] and len(s) == 4
     g = s[(s["cam"] == "gradcam") & (s["eps"] == 0.1)].iloc[0]
     e = s[(s["cam"] == "eigencam") & (s["eps"] == 0.1)].iloc[0]
     assert g["mod"] == pytest.approx(0.2) and e["mod"] == pytest.approx(0.1)
@@ -87,3 +87,22 @@ def test_each_cam_method_is_summarised_on_its_own():
     assert v.loc["gradcam", "vid"] == pytest.approx(0.2 / 3) and v.loc["eigencam", "vid"] == pytest.approx(0.1 / 3)
     # a table written before methods were an axis holds Grad-CAM
     assert set(mod_vid(_table())["cam"]) == {"gradcam"} and set(vid_per_image(_table())["cam"]) == {"gradcam"}
+
+
+def test_success_rate_of_targeted_and_untargeted_attacks():
+    t = _table()
+    s = mod_vid(t)
+    r = s[s["eps"] == 0.1].iloc[0]
+    assert r["targeted"] == "none" and r["success_rate"] == pytest.approx(1 / 3)  # pred_adv 0,2,2 vs labels 0,1,2
+    t = t.assign(targeted="next", attack_target=[1, 2, 0] * 2)
+    r = mod_vid(t).query("eps == 0.1").iloc[0]
+    assert r["targeted"] == "next" and r["success_rate"] == pytest.approx(1 / 3)  # only image 1 reached its target (2)
+
+
+def test_transferred_rows_are_summarised_apart_from_white_box_ones():
+    own = _table()
+    moved = _table().assign(source_model="other", nissim=lambda t: t["nissim"] / 4)
+    s = mod_vid(pd.concat([own, moved], ignore_index=True)).query("eps == 0.1").set_index("source_model")
+    assert s.loc["m", "mod"] == pytest.approx(0.2) and s.loc["other", "mod"] == pytest.approx(0.05)
+    v = vid(pd.concat([own, moved], ignore_index=True)).set_index("source_model")
+    assert v.loc["m", "vid"] == pytest.approx(0.2 / 3) and v.loc["other", "vid"] == pytest.approx(0.05 / 3)

@@ -44,6 +44,7 @@ def test_default_dag(tmp_path):
     n_models, n_eps = 5, 4
     assert c["train"] == n_models and c["gradient"] == n_models and c["explain_clean"] == n_models
     assert c["attack"] == c["score"] == n_models * 2 * n_eps
+    assert c["transfer"] == c["score_transfer"] == n_eps  # resnet101's FGSM images on resnet50
     assert c["synth"] == 1 and c["summarise"] == 1 and c["plot"] == 1 and c["gallery"] == n_models
     # the slowest training job (VGG16) is started first, not last (snakemake prefers the largest inputs)
     assert train_priorities(proc) == {"vgg16": 1, "resnet50": 0, "resnet101": 0, "inception_v3": 0, "xception": 0}
@@ -57,7 +58,7 @@ def test_paper_dag(tmp_path):
     cfg["dataset"]["root"] = str(root)
     c = job_counts(snakemake(tmp_path, "-n", config=cfg))
     assert "synth" not in c and c["prepare"] == 2  # 224 and 299
-    assert c["train"] == 5 and c["attack"] == 40
+    assert c["train"] == 5 and c["attack"] == 5 * (4 + 4 + 3 + 3)  # fgsm, noise, bim, targeted mifgsm
 
 
 def test_smoke_dag(tmp_path):
@@ -81,6 +82,11 @@ def test_smoke_dag(tmp_path):
         ({"metrics": {"k": 2.5}}, "k 2.5"),
         ({"cams": ["gradcam", "smoothgrad"]}, "'smoothgrad' is not one of ['gradcam', 'hirescam'"),
         ({"cams": []}, "cams"),
+        ({"attacks": {"bim": {"eps": [0.05], "steps": 0}}}, "steps"),
+        ({"attacks": {"mifgsm": {"eps": [0.05], "alpha": 0}}}, "alpha"),
+        ({"attacks": {"fgsm": {"eps": [0.05], "targeted": "farthest"}}}, "farthest"),
+        ({"transfer": [{"source": "resnet50", "target": "vgg16"}]}, "must share the input size (resnet50 64, vgg16 48)"),
+        ({"transfer": [{"source": "resnet18", "target": "resnet50"}]}, "'resnet18' is not a model of this study"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, patch, message):
@@ -165,6 +171,16 @@ def test_partial_reruns(smoke_run):
     fewer_cams = {**cfg, "cams": ["gradcam"]}
     c = job_counts(snakemake(smoke_run, "-n", config=fewer_cams))
     assert c == {"score": 8, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    # an iterative attack and a targeted one added: only their own attack and score jobs (and the summaries)
+    more_attacks = {**cfg, "attacks": {**cfg["attacks"], "bim": {"eps": [0.05], "steps": 2},
+                                       "mifgsm": {"eps": [0.05], "steps": 2, "targeted": "next"}}}
+    c = job_counts(snakemake(smoke_run, "-n", config=more_attacks))
+    assert c == {"attack": 4, "score": 4, "summarise": 1, "plot": 1, "all": 1}
+    # a transfer pair (a model at the source's size added): only that model's own jobs and the pair's
+    pair = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}},
+            "transfer": [{"source": "resnet50", "target": "resnet18"}]}
+    c = job_counts(snakemake(smoke_run, "-n", config=pair))
+    assert c["transfer"] == c["score_transfer"] == 2 and c["train"] == 1 and c["attack"] == 4
     # a scheduling priority is not provenance: nothing reruns
     prio = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "priority": 5}}}
     proc = snakemake(smoke_run, "-n", config=prio)

@@ -35,10 +35,16 @@ __all__ = [
     "mifgsm",
     "EpsilonError",
     "perturb",
+    "target_classes",
+    "TARGET_RULES",
 ]
 
 #: Attack names understood by the CLI and the workflow.
-ATTACKS = ("fgsm", "noise", "pgd")
+ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm")
+#: attacks computed per ε in the attack job, whose perturbation the attack file stores (``delta``)
+ITERATIVE = ("pgd", "bim", "mifgsm")
+#: how a targeted attack picks each image's target class
+TARGET_RULES = ("next", "least_likely", "random")
 
 
 class EpsilonError(ValueError):
@@ -254,6 +260,42 @@ def mifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha
     return _iterate(model, x, y, eps, alpha, steps, target, decay=float(decay))
 
 
+def target_classes(rule: str, labels, n_classes: int, logits: torch.Tensor | None = None, indices=None,
+                   seed: int = 0) -> torch.Tensor:
+    """Each image's target class for a targeted attack, never its true label: (N,) int64.
+
+    rule : ``next`` = (label + 1) mod C (the next identity); ``least_likely`` = the class of lowest clean
+    logit among the classes other than the label (needs ``logits`` (N,C)); ``random`` = uniform over the
+    other C − 1 classes, drawn from (``seed``, the image's test-set position in ``indices``) so it does not
+    depend on the batch or the model. ValueError naming the rule when it is unknown, or when C < 2 (every
+    rule would give the true label).
+    """
+    if rule not in TARGET_RULES:
+        raise ValueError(f"unknown target rule '{rule}': choose one of {', '.join(TARGET_RULES)}")
+    y = torch.as_tensor(labels).long().view(-1)
+    if n_classes < 2:
+        raise ValueError(f"target rule '{rule}' needs at least 2 classes; with {n_classes} it gives the true label")
+    if rule == "next":
+        t = (y + 1) % n_classes
+    elif rule == "least_likely":
+        if logits is None:
+            raise ValueError("target rule 'least_likely' needs the clean logits")
+        lg = torch.as_tensor(logits).float().cpu().clone()
+        lg[torch.arange(len(y)), y] = float("inf")
+        t = lg.argmin(1)
+    else:
+        if indices is None:
+            raise ValueError("target rule 'random' needs the test-set indices of the images")
+        t = torch.empty(len(y), dtype=torch.long)
+        g = torch.Generator()
+        for i, idx in enumerate(indices):
+            g.manual_seed(int(seed) * 1_000_003 + int(idx) + 7)
+            t[i] = (y[i] + 1 + torch.randint(0, n_classes - 1, (1,), generator=g)) % n_classes
+    if bool((t == y).any()):  # pragma: no cover - guarded above; a rule that breaks this is a bug
+        raise ValueError(f"target rule '{rule}' gave the true label for {int((t == y).sum())} images")
+    return t
+
+
 def perturb(
     x: torch.Tensor,
     attack: str,
@@ -267,9 +309,12 @@ def perturb(
 
     x : (n,3,H,W) float clean images in [0,1]; ``fgsm`` needs ``sign`` (n,3,H,W) from
     :func:`gradient_sign`; ``noise`` draws :func:`random_sign` for ``indices`` (test-set positions) and
-    ``seed``; ``pgd`` needs the stored ``delta`` (n,3,H,W). Returns (n,3,H,W) in [0,1] on ``x``'s device.
+    ``seed``; ``pgd``, ``bim``, ``mifgsm`` and targeted FGSM need the stored ``delta`` (n,3,H,W) (pass
+    ``delta`` for any attack to rebuild it from the delta). Returns (n,3,H,W) in [0,1] on ``x``'s device.
     """
     eps = check_eps(eps)
+    if delta is not None and attack != "noise":
+        return (x + delta.to(x.device, x.dtype)).clamp_(0, 1)
     if attack == "fgsm":
         if sign is None:
             raise ValueError("fgsm needs the gradient sign file (advcam gradient)")
@@ -278,8 +323,6 @@ def perturb(
         if indices is None:
             raise ValueError("noise needs the test-set indices of the images")
         return apply_sign(x, random_sign(tuple(x.shape[1:]), indices, seed), eps)
-    if attack == "pgd":
-        if delta is None:
-            raise ValueError("pgd needs the stored perturbation (advcam attack --attack pgd)")
-        return (x + delta.to(x.device, x.dtype)).clamp_(0, 1)
+    if attack in ITERATIVE:
+        raise ValueError(f"{attack} needs the stored perturbation (advcam attack --attack {attack})")
     raise ValueError(f"unknown attack '{attack}': choose one of {', '.join(ATTACKS)}")

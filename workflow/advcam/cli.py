@@ -254,22 +254,36 @@ def cmd_gradient(args) -> None:
     print(f"{args.out}: {len(idx)} signs; zero-gradient fraction {float(gs.zero_grad.float().mean()):.4f}")
 
 
-def _adversarial_inputs(attack: str, sign_file: str | None, adv_file: str | None, n: int):
-    """Load what perturb() needs for the attack (sign for fgsm, delta for pgd)."""
+def _h5_keys(path: str) -> list[str]:
+    import h5py
+
+    from .store import StoreError
+
+    try:
+        with h5py.File(path, "r") as f:
+            return list(f.keys())
+    except OSError as e:
+        raise StoreError(f"{path}: not a readable HDF5 file ({e})") from e
+
+
+def _adversarial_inputs(attack: str, sign_file: str | None, adv_file: str | None, n: int, targeted: bool = False):
+    """Load what perturb() needs for the attack: the stored perturbation (``delta``) when the attack file
+    has one (the iterative and the targeted attacks), else the gradient sign for untargeted FGSM."""
     import torch
 
     from .store import read_h5
 
     sign = delta = zero = None
-    if attack == "fgsm":
+    if adv_file:
+        if "delta" in _h5_keys(adv_file):
+            return None, torch.as_tensor(read_h5(adv_file, ["delta"])["delta"]), None
+    if attack == "fgsm" and not targeted:
         if not sign_file:
             raise ValueError("--sign is required for --attack fgsm")
         d = read_h5(sign_file, ["sign", "zero_grad"])
         sign, zero = torch.as_tensor(d["sign"]), d["zero_grad"]
         if sign.shape[0] != n:
             raise ValueError(f"{sign_file}: has {sign.shape[0]} signs for {n} test images; rerun 'advcam gradient'")
-    if attack == "pgd" and adv_file:
-        delta = torch.as_tensor(read_h5(adv_file, ["delta"])["delta"])
     return sign, delta, zero
 
 
@@ -284,31 +298,81 @@ def _heatmap_attrs(args, meta, layer, attack, eps, seed, input_size) -> dict:
 def cmd_attack(args) -> None:
     import torch
 
-    from .attacks import ATTACKS, check_eps, pgd, perturb
+    from .attacks import ATTACKS, ITERATIVE, bim, check_eps, fgsm, mifgsm, pgd, perturb, target_classes
     from .base_cam import CamOutput
     from .explainers import explain_cams
     from .heatmaps import methods_for, write_heatmaps
     from .models import predict
-    from .store import read_h5, write_h5
+    from .store import read_attrs, read_h5, write_h5
 
     eps = check_eps(args.eps)
     if args.attack not in ATTACKS:
         raise ValueError(f"unknown attack '{args.attack}': choose one of {', '.join(ATTACKS)}")
+    targeted = args.targeted != "none"
+    if targeted and args.attack == "noise":
+        raise ValueError("--targeted: the noise control has no target class; leave it untargeted")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if not args.alpha > 0:
+        raise ValueError(f"--alpha (the step size) must be > 0, got {args.alpha:g}")
     methods = methods_for(args.heatmaps, args.cams) if args.heatmaps else []
     dev = _setup_torch(args)
     model, meta = _load_for_inference(args.model, dev)
     layer = args.layer or meta["layer"]
     _, x, y, idx = _test_set(args.data)
-    sign, _, zero = _adversarial_inputs(args.attack, args.sign, None, len(idx))
-    extra: dict = {}
+    source = args.name or meta["arch"]  # the model the adversarial images were crafted on: this one, unless transferred
+    transferred = None
+    if args.transfer_from:  # the source model's adversarial images, classified and explained by this model
+        sa = read_attrs(args.transfer_from)
+        if sa.get("attack") != args.attack or float(sa.get("eps", -1)) != eps:
+            raise ValueError(f"{args.transfer_from}: holds {sa.get('attack')} at ε={sa.get('eps')}, not {args.attack} at ε={eps:g}")
+        if str(sa.get("targeted", "none")) != args.targeted:
+            raise ValueError(f"{args.transfer_from}: its attack was targeted '{sa.get('targeted', 'none')}', not '{args.targeted}'")
+        src = read_h5(args.transfer_from, ["index", "labels", "attack_target"] if "attack_target" in _h5_keys(args.transfer_from)
+                      else ["index", "labels"])
+        if not np.array_equal(src["index"], idx):
+            raise ValueError(f"{args.transfer_from}: holds other test images than {args.data} (the source and target "
+                             "models must share the input size)")
+        source = sa.get("model")
+        sign, delta, zero = _adversarial_inputs(args.attack, args.sign, args.transfer_from, len(idx), targeted)
+        transferred = (sign, delta, torch.as_tensor(src["attack_target"]) if "attack_target" in src else None)
+    else:
+        sign, _, zero = _adversarial_inputs(args.attack, args.sign, None, len(idx), targeted)
+    clean_logits = None
+    if args.clean_logits:
+        stored = read_h5(args.clean_logits, ["logits", "index"])
+        if not np.array_equal(stored["index"], idx):
+            raise ValueError(f"{args.clean_logits}: test indices do not match {args.data}")
+        clean_logits = torch.as_tensor(stored["logits"])
+    if targeted and args.targeted == "least_likely" and clean_logits is None:
+        clean_logits = predict(model, x, args.batch_size)
+    if transferred is not None:
+        goal = transferred[2] if targeted else None
+    else:
+        goal = (target_classes(args.targeted, y, int(meta["num_classes"]), clean_logits, idx, args.seed)
+                if targeted else None)
+    extra: dict = {"targeted": args.targeted, "source_model": source}
     preds, deltas = [], []
     cams: dict[str, list] = {m: [] for m in methods}
     gen = torch.Generator().manual_seed(args.seed)
     for s in range(0, x.shape[0], args.batch_size):
         sl = slice(s, s + args.batch_size)
         xb = x[sl].float().div(255)
-        if args.attack == "pgd":
-            xa = pgd(model, xb, y[sl], eps, args.pgd_alpha, args.pgd_steps, not args.no_random_start, gen).cpu()
+        tb = None if goal is None else goal[sl]
+        if transferred is not None:
+            sg, dl = transferred[0], transferred[1]
+            xa = perturb(xb, args.attack, eps, idx[sl], None if sg is None else sg[sl], None if dl is None else dl[sl],
+                         seed=args.seed)
+        elif args.attack in ITERATIVE or targeted:
+            if args.attack == "pgd":
+                xa = pgd(model, xb, y[sl], eps, args.alpha, args.steps, not args.no_random_start, gen, target=tb)
+            elif args.attack == "bim":
+                xa = bim(model, xb, y[sl], eps, args.alpha, args.steps, target=tb)
+            elif args.attack == "mifgsm":
+                xa = mifgsm(model, xb, y[sl], eps, args.alpha, args.steps, args.decay, target=tb)
+            else:
+                xa = fgsm(model, xb, y[sl], eps, target=tb)
+            xa = xa.cpu()
             deltas.append((xa - xb).numpy())
         else:
             xa = perturb(xb, args.attack, eps, idx[sl], None if sign is None else sign[sl], seed=args.seed)
@@ -323,28 +387,35 @@ def cmd_attack(args) -> None:
             lg = predict(model, xa, args.batch_size)
             _require_finite(args.model, "logits", lg)
             preds.append(lg.argmax(1))
-    if args.clean_logits:
-        stored = read_h5(args.clean_logits, ["logits", "index"])
-        if not np.array_equal(stored["index"], idx):
-            raise ValueError(f"{args.clean_logits}: test indices do not match {args.data}")
-        clean = torch.as_tensor(stored["logits"]).argmax(1)
-    else:
-        clean = predict(model, x, args.batch_size).argmax(1)
+    clean = (clean_logits if clean_logits is not None else predict(model, x, args.batch_size)).argmax(1)
     pred = torch.cat(preds)
-    out = {"index": idx, "labels": y.numpy(), "pred_clean": clean.numpy(), "pred_adv": pred.numpy()}
+    attack_target = goal if goal is not None else torch.full_like(y, -1)
+    out = {"index": idx, "labels": y.numpy(), "pred_clean": clean.numpy(), "pred_adv": pred.numpy(),
+           "attack_target": attack_target.numpy()}
     if zero is not None:
         out["zero_grad"] = zero
     if deltas:
         out["delta"] = np.concatenate(deltas).astype(np.float32)
-        extra = {"pgd_steps": args.pgd_steps, "pgd_alpha": args.pgd_alpha, "random_start": not args.no_random_start}
+    if args.attack in ITERATIVE:
+        extra.update(steps=args.steps, alpha=args.alpha)
+        extra.update({"random_start": not args.no_random_start} if args.attack == "pgd" else {})
+        extra.update({"decay": args.decay} if args.attack == "mifgsm" else {})
     acc_c = float((clean == y).float().mean())
     acc_a = float((pred == y).float().mean())
-    write_h5(args.out, out, _provenance(args, model=meta["arch"], stage="attack", attack=args.attack, eps=eps, seed=args.seed,
+    success = float((pred == goal).float().mean()) if goal is not None else float((pred != y).float().mean())
+    extra["success_rate"] = success
+    write_h5(args.out, out, _provenance(args, model=args.name or meta["arch"], arch=meta["arch"], stage="attack",
+                                        attack=args.attack, eps=eps, seed=args.seed,
                                         acc_clean=acc_c, acc_adv=acc_a, **extra))
     if methods:
         write_heatmaps(dict(zip(methods, args.heatmaps)), {m: CamOutput.cat(v) for m, v in cams.items()}, y.numpy(), idx,
-                       zero, args.model, _heatmap_attrs(args, meta, layer, args.attack, eps, args.seed, x.shape[-1]))
-    print(f"{meta['arch']} {args.attack} ε={eps:g}: accuracy {acc_c:.3f} → {acc_a:.3f}")
+                       zero, args.model, {**_heatmap_attrs(args, meta, layer, args.attack, eps, args.seed, x.shape[-1]),
+                                          "targeted": args.targeted, "source_model": source},
+                       extra={"attack_target": attack_target.numpy()})
+    what = f"{args.attack}{'' if not targeted else f' targeted ({args.targeted})'}"
+    what += f" from {source}" if args.transfer_from else ""
+    print(f"{meta['arch']} {what} ε={eps:g}: accuracy {acc_c:.3f} → {acc_a:.3f}, "
+          f"{'target reached' if targeted else 'prediction changed'} for {success:.3f}")
 
 
 def cmd_explain(args) -> None:
@@ -428,10 +499,13 @@ def cmd_score(args) -> None:
         if "topk" in extra:
             extra["topk_k"] = topk_count(k, *mc.shape[1:])
         frames.append(pd.DataFrame({
-            "model": aa.get("model"), "cam": method, "attack": aa.get("attack"), "eps": float(aa.get("eps")),
+            "model": aa.get("model"), "source_model": aa.get("source_model") or aa.get("model"), "cam": method,
+            "attack": aa.get("attack"), "eps": float(aa.get("eps")),
             "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": a["pred"],
             "ssim": s, "nissim": (1 - s) / 2, **extra, "zero_cam_clean": c["zero_cam"], "zero_cam_adv": a["zero_cam"],
-            "zero_grad": a["zero_grad"] if "zero_grad" in a else False, "target_mode": aa.get("target_mode"),
+            "zero_grad": a["zero_grad"] if "zero_grad" in a else False,
+            "targeted": aa.get("targeted", "none"), "attack_target": a["attack_target"] if "attack_target" in a else -1,
+            "target_mode": aa.get("target_mode"),
             "ssim_mode": args.ssim,
         }))
     df = pd.concat(frames, ignore_index=True)
@@ -471,17 +545,20 @@ def cmd_summarise(args) -> None:
         if path:
             with atomic_path(path) as tmp:
                 frame.to_csv(tmp, index=False, float_format="%.6g")
-    cols = ["model", "cam", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate"]
+    cols = ["model", "cam", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate"]
     print(summ[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def cmd_plot(args) -> None:
     import pandas as pd
 
-    from .plots import plot_accuracy, plot_mod, plot_nissim, plot_vid
+    from .plots import plot_accuracy, plot_mod, plot_nissim, plot_transfer, plot_vid
 
     summ = pd.read_csv(args.summary)
     out = Path(args.out_dir)
+    if "source_model" in summ:
+        for target in sorted(set(summ.loc[summ["source_model"] != summ["model"], "model"])):
+            plot_transfer(summ, target, out / f"transfer_{target}")
     plot_mod(summ, out / "mod")
     plot_accuracy(summ, out / "accuracy")
     if args.vid_images:
@@ -599,15 +676,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("attack", help=STAGES["attack"], description=STAGES["attack"], formatter_class=fmt)
     s.add_argument("--model", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--attack", required=True, help="fgsm, noise (random-sign control) or pgd")
+    s.add_argument("--attack", required=True, help="fgsm, noise (random-sign control), pgd, bim or mifgsm")
     s.add_argument("--eps", type=float, required=True, help="L∞ radius on the [0,1] pixel scale")
-    s.add_argument("--sign", help="gradient sign file (fgsm)")
-    s.add_argument("--seed", type=int, default=0, help="noise signs / PGD random start")
-    s.add_argument("--pgd-steps", type=int, default=10)
-    s.add_argument("--pgd-alpha", type=float, default=2 / 255)
-    s.add_argument("--no-random-start", action="store_true")
+    s.add_argument("--sign", help="gradient sign file (untargeted fgsm)")
+    s.add_argument("--seed", type=int, default=0, help="noise signs / PGD random start / random targets")
+    s.add_argument("--steps", "--pgd-steps", type=int, default=10, help="iterations of pgd, bim, mifgsm (≥ 1)")
+    s.add_argument("--alpha", "--pgd-alpha", type=float, default=2 / 255, help="step size of pgd, bim, mifgsm (> 0)")
+    s.add_argument("--decay", type=float, default=1.0, help="mifgsm's momentum decay")
+    s.add_argument("--no-random-start", action="store_true", help="pgd starts at the image, not in the ε-ball")
+    s.add_argument("--targeted", choices=["none", "next", "least_likely", "random"], default="none",
+                   help="step towards a target class per image: the next identity, the least likely one (clean "
+                        "logits), or one drawn at random (seeded); never the true label")
     s.add_argument("--out", required=True, help="attack file: predictions (and PGD's perturbation)")
     s.add_argument("--clean-logits", help="file with the clean test logits ('advcam gradient' output) to reuse")
+    s.add_argument("--transfer-from", metavar="ATTACK_FILE",
+                   help="transfer: classify and explain another model's adversarial images (its attack file of the same "
+                        "attack and ε; for untargeted FGSM also give its --sign), instead of attacking this model")
     s.add_argument("--heatmaps", nargs="+", metavar="FILE",
                    help="also write the adversarial CAMs, one file per method (same forward pass as the predictions)")
     _add_cam_options(s)

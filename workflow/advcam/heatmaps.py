@@ -84,13 +84,15 @@ def write_heatmaps(
     zero_grad,
     source: Any,
     attrs: Mapping[str, Any],
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write each method's result ``outs[method]`` (a CamOutput on the CPU) to ``paths[method]``, each file
     atomically and with ``attrs`` plus ``cam`` and ``cam_size``. All results are checked before the first
-    file is written, so a NaN leaves no file of the set behind."""
+    file is written, so a NaN leaves no file of the set behind. ``extra``: more datasets for every file
+    (e.g. ``attack_target``, each image's target class of a targeted attack, −1 when untargeted)."""
     from .store import write_h5
 
-    recs = {m: heatmap_record(outs[m], labels, index, zero_grad, source) for m in paths}
+    recs = {m: {**heatmap_record(outs[m], labels, index, zero_grad, source), **(extra or {})} for m in paths}
     for m, path in paths.items():
         write_h5(path, recs[m], {**attrs, "cam": m, "cam_size": list(recs[m]["raw"].shape[1:])})
 

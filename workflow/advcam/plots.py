@@ -15,9 +15,10 @@ import pandas as pd  # noqa: E402
 
 from .store import atomic_path  # noqa: E402
 
-__all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "save"]
+__all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "plot_transfer", "save"]
 
-STYLE = {"fgsm": "-", "noise": ":", "pgd": "--"}
+STYLE = {"fgsm": "-", "noise": ":", "pgd": "--", "bim": "-.", "mifgsm": (0, (5, 1, 1, 1, 1, 1))}
+MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^"}
 
 
 def save(fig, prefix: str | os.PathLike) -> list[Path]:
@@ -37,10 +38,13 @@ def _colors(keys) -> dict:
     return {m: cmap(i % 10) for i, m in enumerate(keys)}
 
 
-def _with_cam(frame: pd.DataFrame) -> pd.DataFrame:
+def _with_cam(frame: pd.DataFrame, white_box: bool = True) -> pd.DataFrame:
     """The frame with a ``cam`` column (Grad-CAM where it has none, as in summaries written before methods
-    were an axis)."""
-    return frame if "cam" in frame.columns else frame.assign(cam="gradcam")
+    were an axis); ``white_box``: only the rows of attacks crafted on the model itself (no transfer rows)."""
+    frame = frame if "cam" in frame.columns else frame.assign(cam="gradcam")
+    if white_box and "source_model" in frame.columns:
+        frame = frame[frame["source_model"] == frame["model"]]
+    return frame
 
 
 def _cam_order(frame: pd.DataFrame) -> list[str]:
@@ -52,6 +56,7 @@ def _cam_order(frame: pd.DataFrame) -> list[str]:
 
 
 def _panels(n: int, width: float = 3.4, height: float = 2.8, max_cols: int = 3, sharey: bool = True):
+    n = max(1, n)
     cols = min(n, max_cols)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), sharey=sharey, squeeze=False)
@@ -73,7 +78,7 @@ def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
         for (cam, attack), g in summary[summary["model"] == model].groupby(["cam", "attack"], sort=True):
             g = g.sort_values("eps")
             e = np.r_[0.0, g["eps"]]
-            ax.plot(e, np.r_[0.0, g["mod"]], STYLE.get(attack, "-."), marker="o", ms=2.5, lw=1.1, color=col[cam],
+            ax.plot(e, np.r_[0.0, g["mod"]], linestyle=STYLE.get(attack, "-."), marker=MARKER.get(attack, "o"), ms=2.5, lw=1.1, color=col[cam],
                     label=f"{cam} · {attack}")
             ax.fill_between(e, np.r_[0.0, g["mod_ci_low"]], np.r_[0.0, g["mod_ci_high"]], color=col[cam], alpha=0.12, lw=0)
         ax.set_title(model, fontsize=9)
@@ -82,10 +87,10 @@ def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
     axes[0].set_ylabel("MOD = mean NISSIM", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: (cams.index(labels[i].split(" · ")[0]), labels[i]))
-    fig.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, ncol=min(4, max(1, len(labels))),
-               loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.suptitle("Explanation shift under attack per CAM method (band: 95% bootstrap CI)", fontsize=9, y=1.0 + 0.03 * -(-len(labels) // 4))
+    fig.suptitle("Explanation shift under attack per CAM method (band: 95% bootstrap CI)", fontsize=9)
     fig.tight_layout()
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, ncol=min(4, max(1, len(labels))),
+               loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False)
     return save(fig, prefix)
 
 
@@ -98,8 +103,8 @@ def plot_accuracy(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path
     col = _colors(sorted(summary["model"].unique()))
     for (model, attack), g in summary.groupby(["model", "attack"], sort=True):
         g = g.sort_values("eps")
-        ax.plot(np.r_[0.0, g["eps"]], 100 * np.r_[g["acc_clean"].iloc[0], g["acc_adv"]], STYLE.get(attack, "-."),
-                marker="o", ms=3, color=col[model], label=f"{model} · {attack}")
+        ax.plot(np.r_[0.0, g["eps"]], 100 * np.r_[g["acc_clean"].iloc[0], g["acc_adv"]], linestyle=STYLE.get(attack, "-."),
+                marker=MARKER.get(attack, "o"), ms=3, color=col[model], label=f"{model} · {attack}")
     ax.set_xlabel("ε (pixel scale [0,1])")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
@@ -167,6 +172,33 @@ def plot_nissim(table: pd.DataFrame, prefix: str | os.PathLike, attack: str = "f
             ax.grid(alpha=0.3, axis="y")
         axes[r][0].set_ylabel(f"NISSIM\n{cam}", fontsize=8)
     fig.suptitle(f"NISSIM per test image under {attack}", fontsize=9)
+    fig.tight_layout()
+    return save(fig, prefix)
+
+
+def plot_transfer(summary: pd.DataFrame, target: str, prefix: str | os.PathLike) -> list[Path]:
+    """MOD against ε for one (target) model: its own white-box attacks (solid) against the adversarial images
+    of each source model (dashed, a colour per source), a marker per attack, a panel per CAM method; noise-control rows are left out (the noise does
+    not depend on the model)."""
+    s = _with_cam(summary, white_box=False)
+    s = s[(s["model"] == target) & (s["attack"] != "noise")]
+    cams = _cam_order(s) or ["gradcam"]
+    fig, axes = _panels(len(cams), width=3.2, height=2.6, max_cols=4)
+    sources = sorted(set(s["source_model"]) - {target})
+    col = _colors([target, *sources])
+    for ax, cam in zip(axes, cams):
+        for (source, attack), g in s[s["cam"] == cam].groupby(["source_model", "attack"], sort=True):
+            g = g.sort_values("eps")
+            own = source == target
+            ax.plot(np.r_[0.0, g["eps"]], np.r_[0.0, g["mod"]], "-" if own else "--", marker=MARKER.get(attack, "o"),
+                    ms=3, lw=1.1,
+                    color=col[source], label=f"{attack} · {'white-box' if own else 'from ' + source}")
+        ax.set_title(cam, fontsize=9)
+        ax.set_xlabel("ε", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"MOD on {target}", fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{target}: explanation shift under its own attacks and transferred ones", fontsize=9)
     fig.tight_layout()
     return save(fig, prefix)
 

@@ -4,6 +4,9 @@ The per-image table (one row per model, CAM method, attack, ε and test image) h
 attack, eps, index, label, pred_clean, pred_adv, nissim``, optionally ``cam`` (the CAM method; a table
 without it holds Grad-CAM) and ``zero_cam_clean, zero_cam_adv, zero_grad``.
 
+Every summary is also per ``source_model``: the model the adversarial images were crafted on (the
+model itself, white-box, unless the row is a transfer).
+
 * **MOD** (model, cam, attack, ε) = mean NISSIM over the test images, with n, std and a percentile
   bootstrap CI.
 * **nissim_var** (model, cam, attack, ε) = across-image variance of NISSIM (the paper's prose calls VID
@@ -27,13 +30,22 @@ MEASURE_COLUMNS = ("spearman", "topk", "com_shift")
 
 
 def _check(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with a ``cam`` column (Grad-CAM where it has none); ValueError on a missing column or value."""
+    """The table with ``cam`` (Grad-CAM where it has none) and ``source_model`` (the model itself: white-box)
+    columns; ValueError on a missing column or value."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"NISSIM table lacks column(s) {', '.join(missing)}")
     if table["nissim"].isna().any():
         raise ValueError("NISSIM table has missing nissim values")
-    return table if "cam" in table.columns else table.assign(cam="gradcam")
+    if "cam" not in table.columns:
+        table = table.assign(cam="gradcam")
+    elif table["cam"].isna().any():
+        table = table.assign(cam=table["cam"].fillna("gradcam"))
+    if "source_model" not in table.columns:
+        table = table.assign(source_model=table["model"])
+    elif table["source_model"].isna().any():  # rows of tables written before transfer existed: white-box
+        table = table.assign(source_model=table["source_model"].fillna(table["model"]))
+    return table
 
 
 def bootstrap_ci(x: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -56,21 +68,24 @@ def bootstrap_ci(x: np.ndarray, confidence: float = 0.95, n_resamples: int = 200
 def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Summary per (model, cam, attack, eps): one tidy row each, sorted.
 
-    Columns: model, cam, attack, eps, n, mod, mod_std, mod_ci_low, mod_ci_high, nissim_var, nissim_std,
-    acc_clean, acc_adv, flip_rate, n_flipped, mod_flipped, mod_unflipped, zero_cam_clean, zero_cam_adv,
-    zero_grad_frac; then for each measure M of :data:`MEASURE_COLUMNS` in the table: M_mean, M_ci_low,
+    Columns: model, source_model (the model whose adversarial images these are: ``model`` itself for a
+    white-box row, another for a transfer row), cam, attack, eps, n, mod, mod_std, mod_ci_low, mod_ci_high, nissim_var, nissim_std,
+    acc_clean, acc_adv, flip_rate, targeted (the target rule, "none"), success_rate (targeted: the share of
+    images classified as their target; untargeted: the share misclassified), n_flipped, mod_flipped,
+    mod_unflipped, zero_cam_clean, zero_cam_adv, zero_grad_frac; then for each measure M of :data:`MEASURE_COLUMNS` in the table: M_mean, M_ci_low,
     M_ci_high (over the images where M is defined) and M_nan (how many it is not). Accuracies and rates
     are fractions in [0,1]; NISSIM in [0,1].
     """
     table = _check(table)
     rows = []
-    for (model, cam, attack, eps), g in table.groupby(["model", "cam", "attack", "eps"], sort=True):
+    for (model, source, cam, attack, eps), g in table.groupby(["model", "source_model", "cam", "attack", "eps"], sort=True):
         x = g["nissim"].to_numpy(float)
         flipped = (g["pred_adv"] != g["pred_clean"]).to_numpy()
         lo, hi = bootstrap_ci(x, confidence, n_resamples, seed)
         rows.append(
             {
                 "model": model,
+                "source_model": source,
                 "cam": cam,
                 "attack": attack,
                 "eps": float(eps),
@@ -84,6 +99,7 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
                 "acc_clean": float((g["pred_clean"] == g["label"]).mean()),
                 "acc_adv": float((g["pred_adv"] == g["label"]).mean()),
                 "flip_rate": float(flipped.mean()),
+                **_success(g),
                 "n_flipped": int(flipped.sum()),
                 "mod_flipped": float(x[flipped].mean()) if flipped.any() else float("nan"),
                 "mod_unflipped": float(x[~flipped].mean()) if (~flipped).any() else float("nan"),
@@ -94,6 +110,17 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
             }
         )
     return pd.DataFrame(rows)
+
+
+def _success(g: pd.DataFrame) -> dict:
+    """``targeted`` (the target rule, "none" when untargeted) and ``success_rate``: for a targeted attack the
+    share of images classified as their target, else the share no longer classified as their label."""
+    rule = str(g["targeted"].iloc[0]) if "targeted" in g else "none"
+    if rule != "none" and "attack_target" in g:
+        rate = float((g["pred_adv"] == g["attack_target"]).mean())
+    else:
+        rate = float((g["pred_adv"] != g["label"]).mean())
+    return {"targeted": rule, "success_rate": rate}
 
 
 def _measures(g: pd.DataFrame, confidence: float, n_resamples: int, seed: int) -> dict:
@@ -112,38 +139,40 @@ def _measures(g: pd.DataFrame, confidence: float, n_resamples: int, seed: int) -
 def vid_per_image(table: pd.DataFrame) -> pd.DataFrame:
     """Per (model, cam, attack, image): population std of NISSIM across the ε > 0 levels present.
 
-    Columns: model, cam, attack, index, vid, n_eps. Images missing an ε of their (model, cam, attack) are
+    Columns: model, source_model, cam, attack, index, vid, n_eps. Images missing an ε of their (model, cam, attack) are
     an error.
     """
     table = _check(table)
     t = table[table["eps"] > 0]
     out = []
-    for (model, cam, attack), g in t.groupby(["model", "cam", "attack"], sort=True):
+    for (model, source, cam, attack), g in t.groupby(["model", "source_model", "cam", "attack"], sort=True):
         wide = g.pivot_table(index="index", columns="eps", values="nissim", aggfunc="first")
         if wide.isna().any().any():
-            raise ValueError(f"{model}/{cam}/{attack}: some images lack NISSIM at some epsilon")
+            raise ValueError(f"{model}/{cam}/{attack} (from {source}): some images lack NISSIM at some epsilon")
         v = wide.to_numpy().std(axis=1, ddof=0)
-        out.append(pd.DataFrame({"model": model, "cam": cam, "attack": attack, "index": wide.index.to_numpy(), "vid": v,
-                                 "n_eps": wide.shape[1]}))
+        out.append(pd.DataFrame({"model": model, "source_model": source, "cam": cam, "attack": attack,
+                                 "index": wide.index.to_numpy(), "vid": v, "n_eps": wide.shape[1]}))
     if not out:
-        return pd.DataFrame(columns=["model", "cam", "attack", "index", "vid", "n_eps"])
+        return pd.DataFrame(columns=["model", "source_model", "cam", "attack", "index", "vid", "n_eps"])
     return pd.concat(out, ignore_index=True)
 
 
 def vid(table: pd.DataFrame) -> pd.DataFrame:
     """VID per (model, cam, attack): mean (and std, median) over images of the per-image NISSIM std across ε.
 
-    Columns: model, cam, attack, n, n_eps, eps, vid, vid_std, vid_median.
+    Columns: model, source_model, cam, attack, n, n_eps, eps, vid, vid_std, vid_median.
     """
     table = _check(table)
     per = vid_per_image(table)
     rows = []
-    for (model, cam, attack), g in per.groupby(["model", "cam", "attack"], sort=True):
-        sel = (table["model"] == model) & (table["cam"] == cam) & (table["attack"] == attack) & (table["eps"] > 0)
+    for (model, source, cam, attack), g in per.groupby(["model", "source_model", "cam", "attack"], sort=True):
+        sel = ((table["model"] == model) & (table["source_model"] == source) & (table["cam"] == cam)
+               & (table["attack"] == attack) & (table["eps"] > 0))
         eps = sorted(table.loc[sel, "eps"].unique())
         rows.append(
             {
                 "model": model,
+                "source_model": source,
                 "cam": cam,
                 "attack": attack,
                 "n": len(g),

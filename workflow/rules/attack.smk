@@ -59,3 +59,40 @@ rule attack:
         "--eps {wildcards.eps} {params.sign} --clean-logits {input.gradient} {params.opts} --out {output.attack} --heatmaps {output.heatmaps} "
         "--name {wildcards.model} --target {params.target} {params.amp} --batch-size {params.batch} "
         "--device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule transfer:
+    # Black-box transfer: the source model's adversarial test images, classified and explained by this model
+    # in one forward pass per batch (the same CAM methods as its white-box heatmaps).
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        data=data_store,
+        gradient=f"{RESULTS}/attacks/{{model}}/fgsm_sign.h5",
+        source=f"{RESULTS}/attacks/{{source}}/{{attack}}/{{eps}}.h5",
+        source_sign=transfer_sign,
+    output:
+        attack=f"{RESULTS}/attacks/{{model}}/from_{{source}}/{{attack}}/{{eps}}.h5",
+        heatmaps=transfer_heatmap_files(),
+    params:
+        opts=attack_options,
+        sign=lambda w, input: f"--sign {input.source_sign}" if input.source_sign else "",
+        target=config["cam"]["target"],
+        batch=config["cam"]["batch_size"],
+        amp="--amp" if config["cam"]["amp"] else "",
+        device=DEVICE,
+    log:
+        f"{RESULTS}/logs/transfer/{{model}}/from_{{source}}/{{attack}}/{{eps}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/transfer/{{model}}/from_{{source}}/{{attack}}/{{eps}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=8000,
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam attack --model {input.model} --data {input.data} --attack {wildcards.attack} "
+        "--eps {wildcards.eps} --transfer-from {input.source} {params.sign} --clean-logits {input.gradient} {params.opts} "
+        "--out {output.attack} --heatmaps {output.heatmaps} --name {wildcards.model} --target {params.target} {params.amp} "
+        "--batch-size {params.batch} --device {params.device} --threads {threads} > {log} 2>&1"

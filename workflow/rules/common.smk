@@ -32,6 +32,18 @@ if DATASET["source"] == "folder":
         raise ValueError("config: dataset: root is required when dataset: source is 'folder'")
     if not Path(DATASET["root"]).is_dir():
         raise ValueError(f"config: dataset: root '{DATASET['root']}' does not exist or is not a folder")
+TRANSFER = [(t["source"], t["target"]) for t in config["transfer"]]
+for _src, _tgt in TRANSFER:
+    for _m in (_src, _tgt):
+        if _m not in MODELS:
+            raise ValueError(f"config: transfer: {_src} -> {_tgt}: '{_m}' is not a model of this study ({', '.join(MODELS)})")
+    if _src == _tgt:
+        raise ValueError(f"config: transfer: {_src} -> {_tgt}: a model's own attacks are already its white-box rows")
+    if MODELS[_src]["size"] != MODELS[_tgt]["size"]:
+        raise ValueError(f"config: transfer: {_src} -> {_tgt}: the two must share the input size "
+                         f"({_src} {MODELS[_src]['size']}, {_tgt} {MODELS[_tgt]['size']})")
+if len(set(TRANSFER)) != len(TRANSFER):
+    raise ValueError("config: transfer: a (source, target) pair is listed twice")
 _k = config["metrics"]["k"]
 if _k >= 1 and not float(_k).is_integer():
     raise ValueError(f"config: metrics: k {_k:g} must be a fraction of the pixels in (0, 1) or a whole number of pixels")
@@ -108,9 +120,14 @@ def synthetic_dir():
 def attack_options(wildcards):
     spec = ATTACKS[wildcards.attack]
     opts = f"--seed {spec.get('seed', 0)}"
-    if wildcards.attack == "pgd":
-        opts += f" --pgd-steps {spec['steps']} --pgd-alpha {spec['alpha']}"
-        opts += "" if spec["random_start"] else " --no-random-start"
+    if spec.get("targeted"):
+        opts += f" --targeted {spec['targeted']}"
+    if "steps" in spec:
+        opts += f" --steps {spec['steps']} --alpha {spec['alpha']}"
+    if wildcards.attack == "pgd" and not spec["random_start"]:
+        opts += " --no-random-start"
+    if wildcards.attack == "mifgsm":
+        opts += f" --decay {spec['decay']}"
     return opts
 
 
@@ -145,6 +162,30 @@ def score_files():
     return [f"{RESULTS}/scores/{m}/{a}/{e}.csv" for m, a, e in attack_jobs()]
 
 
+def transfer_jobs():
+    """(target, source, attack, eps) of every transfer pair and attack but the noise control."""
+    return [(t, s, a, fmt_eps(e)) for s, t in TRANSFER for a, spec in ATTACKS.items() if a != "noise" for e in spec["eps"]]
+
+
+def transfer_score_files():
+    return [f"{RESULTS}/scores/{t}/from_{s}/{a}/{e}.csv" for t, s, a, e in transfer_jobs()]
+
+
+def transfer_heatmap_files(model="{model}", source="{source}", attack="{attack}", eps="{eps}"):
+    return [f"{RESULTS}/heatmaps/{model}/from_{source}/{attack}/{eps}/{cam}.h5" for cam in CAMS]
+
+
+def transfer_sign(wildcards):
+    """Untargeted FGSM's perturbation lives in the source's gradient-sign file, not in its attack file."""
+    if wildcards.attack == "fgsm" and not ATTACKS["fgsm"].get("targeted"):
+        return f"{RESULTS}/attacks/{wildcards.source}/fgsm_sign.h5"
+    return []
+
+
+def transfer_targets():
+    return sorted({t for _, t in TRANSFER})
+
+
 def clean_heatmap_files(model="{model}"):
     """One clean heatmap file per CAM method (named after it: the stages read the method from the name)."""
     return [f"{RESULTS}/heatmaps/{model}/clean/{cam}.h5" for cam in CAMS]
@@ -164,11 +205,13 @@ def final_targets():
     plots = [f"{RESULTS}/plots/{name}.png" for name in ("mod", "accuracy", "vid")]
     plots += [f"{RESULTS}/plots/nissim_{a}.png" for a in ATTACKS]
     plots += [f"{RESULTS}/plots/gallery_{m}.png" for m in MODELS]
+    plots += [f"{RESULTS}/plots/transfer_{t}.png" for t in transfer_targets()]
     return [f"{RESULTS}/summary/mod_vid.csv", f"{RESULTS}/summary/vid.csv"] + plots
 
 
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)) if MODELS else "(?!)",
-    attack="fgsm|noise|pgd",
+    source="|".join(map(re.escape, MODELS)) if MODELS else "(?!)",
+    attack="fgsm|noise|pgd|bim|mifgsm",
     eps=r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?",
     size=r"[0-9]+",

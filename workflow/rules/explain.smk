@@ -53,3 +53,15 @@ rule score:
     shell:
         "python -m advcam score --clean {input.clean} --adv {input.adv} --out {output} --ssim {params.ssim} "
         "--measures {params.measures} --k {params.k} --device cpu --threads {threads} > {log} 2>&1"
+
+
+use rule score as score_transfer with:
+    input:
+        clean=clean_heatmap_files(),
+        adv=transfer_heatmap_files(),
+    output:
+        f"{RESULTS}/scores/{{model}}/from_{{source}}/{{attack}}/{{eps}}.csv",
+    log:
+        f"{RESULTS}/logs/score/{{model}}/from_{{source}}/{{attack}}/{{eps}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score/{{model}}/from_{{source}}/{{attack}}/{{eps}}.tsv"

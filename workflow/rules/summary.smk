@@ -9,7 +9,7 @@ localrules:
 
 rule summarise:
     input:
-        score_files(),
+        score_files() + transfer_score_files(),
     output:
         mod_vid=f"{RESULTS}/summary/mod_vid.csv",
         vid=f"{RESULTS}/summary/vid.csv",
@@ -43,6 +43,11 @@ rule plot:
             expand(f"{RESULTS}/plots/nissim_{{attack}}.png", attack=list(ATTACKS)),
             caption="../report/nissim.rst",
             category="Distributions",
+        ),
+        transfer=report(
+            expand(f"{RESULTS}/plots/transfer_{{target}}.png", target=transfer_targets()),
+            caption="../report/transfer.rst",
+            category="Transfer",
         ),
     params:
         outdir=lambda w, output: os.path.dirname(output.mod),
