@@ -225,6 +225,41 @@ class Bench:
         self.row("fgsm", arch, f"advcam, {E} ε (one gradient)", tE, n * E, unit="img·ε/s", vs_ref=trE / tE, target=0.9 * E)
         self.row("fgsm", arch, f"torchattacks FGSM × {E} ε", trE, n * E, unit="img·ε/s")
 
+    def iterative(self, arch, m, x, y, steps: int = 5, eps: float = 0.03, alpha: float = 0.01):
+        """BIM, MI-FGSM, PGD (untargeted, and BIM targeted) against torchattacks at equal batch and steps, and
+        against the floor: a bare loop of ``steps`` forward + input-backward passes (parameters frozen, as ours)."""
+        import torchattacks
+
+        n, it = x.shape[0], self.iters
+        t = (y + 1) % 10
+
+        def floor():
+            adv = x.detach()
+            with frozen_parameters(m), torch.enable_grad():
+                for _ in range(steps):
+                    xg = adv.requires_grad_(True)
+                    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(m(xg), y, reduction="sum"), xg)
+                    adv = (adv.detach() + alpha * g.sign()).clamp_(0, 1)
+
+        t_floor = timed(floor, self.dev, iters=it)
+        self.row("iterative", arch, f"{steps} × fwd+bwd to input (floor)", t_floor, n)
+        cases = [
+            ("bim", lambda: advcam.bim(m, x, y, eps, alpha, steps), torchattacks.BIM(m, eps, alpha, steps)),
+            ("mifgsm", lambda: advcam.mifgsm(m, x, y, eps, alpha, steps), torchattacks.MIFGSM(m, eps, alpha, steps)),
+            ("pgd", lambda: advcam.pgd(m, x, y, eps, alpha, steps, random_start=False),
+             torchattacks.PGD(m, eps, alpha, steps, random_start=False)),
+        ]
+        targeted = torchattacks.BIM(m, eps, alpha, steps)
+        targeted.set_mode_targeted_by_label(quiet=True)
+        cases.append(("bim targeted", lambda: advcam.bim(m, x, y, eps, alpha, steps, target=t), targeted))
+        for name, ours, ref in cases:
+            label = y if "targeted" not in name else t
+            t_ours = timed(ours, self.dev, iters=it)
+            t_ref = timed(lambda: ref(x, label), self.dev, iters=it)
+            self.row("iterative", arch, f"advcam {name}, {steps} steps", t_ours, n, vs_floor=t_floor / t_ours,
+                     vs_ref=t_ref / t_ours, target="≥ 0.9 × floor, ≥ 1 × torchattacks")
+            self.row("iterative", arch, f"torchattacks {name}", t_ref, n)
+
     def pipeline(self, arch, m, x, y):
         """Gradient, E attacks, clean + E adversarial CAMs, scoring E pairs per image."""
         from pytorch_grad_cam import GradCAM
@@ -375,8 +410,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 64 on GPU, 8 on CPU)")
     p.add_argument("--models", nargs="+", default=None, help="subset of resnet50 vgg16 inception_v3 xception")
-    p.add_argument("--stages", nargs="+", default=["gradcam", "cams", "fgsm", "ssim", "train", "pipeline"],
-                   help="gradcam cams cams_perturbation fgsm ssim train pipeline (cams_perturbation: ScoreCAM and "
+    p.add_argument("--stages", nargs="+", default=["gradcam", "cams", "fgsm", "iterative", "ssim", "train", "pipeline"],
+                   help="gradcam cams cams_perturbation fgsm iterative ssim train pipeline (cams_perturbation: ScoreCAM and "
                         "AblationCAM, K forwards per image: minutes on a CPU)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--out", default=None, help="output prefix (default: bench/results/<device>-<date>)")
@@ -415,6 +450,8 @@ def main(argv=None) -> int:
             b.cams(arch, m, x, y, perturbation="cams_perturbation" in args.stages)
         if "fgsm" in args.stages:
             b.fgsm(arch, m, x, y)
+        if "iterative" in args.stages:
+            b.iterative(arch, m, x, y)
         if "pipeline" in args.stages:
             b.pipeline(arch, m, x, y)
         del m
