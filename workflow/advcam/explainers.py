@@ -316,18 +316,8 @@ def cams(
     and ablationcam add K forwards per image, batched ``batch_size`` at a time. Raises ValueError naming
     an unknown method (and listing :data:`CAM_METHODS`), TypeError naming a layer whose output is not 4-D.
     """
-    names = check_methods(methods)
-    dev = model_device(model)
-    parts: dict[str, list[torch.Tensor]] = {m: [] for m in names}
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(dev)
-        if xb.dtype == torch.uint8:
-            xb = xb.float().div_(255)
-        tb = None if target is None else torch.as_tensor(target)[s : s + batch_size].to(dev)
-        maps, _, _ = cams_batch(model, layer, xb, names, tb, batch_size)
-        for m in names:
-            parts[m].append(maps[m].to(x.device))
-    return {m: torch.cat(v) for m, v in parts.items()}
+    outs = explain_cams(model, layer, x, methods, target, batch_size, out_device=x.device)
+    return {m: o.maps for m, o in outs.items()}
 
 
 def explain_cams(
@@ -357,9 +347,9 @@ def explain_cams(
         tb = None if target is None else torch.as_tensor(target)[s : s + batch_size].to(dev)
         maps, raw, lp = cams_batch(model, layer, xb, names, tb, batch_size, amp)
         logits, tgt = (lp.logits, lp.target) if out_device is None else (lp.logits.to(out_device), lp.target.to(out_device))
-        for m in names:
-            o = CamOutput(maps=maps[m], raw=raw[m], logits=logits, target=tgt)
-            parts[m].append(o if out_device is None else CamOutput(o.maps.to(out_device), o.raw.to(out_device), logits, tgt))
+        for m in names:  # the shared logits and targets moved once, not once per method
+            parts[m].append(CamOutput(maps[m], raw[m], logits, tgt) if out_device is None
+                            else CamOutput(maps[m].to(out_device), raw[m].to(out_device), logits, tgt))
     return {m: CamOutput.cat(v) for m, v in parts.items()}
 
 
