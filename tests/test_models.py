@@ -3,8 +3,8 @@ import timm
 import torch
 
 from advcam.models import (
-    PAPER_MODELS, UnknownLayerError, UnknownModelError, build_model, load_checkpoint, resolve_layer,
-    save_checkpoint, target_layer_name,
+    PAPER_MODELS, UnknownLayerError, UnknownModelError, WholeInputConv2d, build_model, gemm_whole_input_convs,
+    load_checkpoint, resolve_layer, save_checkpoint, target_layer_name,
 )
 
 
@@ -91,3 +91,37 @@ def test_scratch_vgg_gets_fan_in_init_and_normalised_nets_keep_timms():
     torch.manual_seed(1)
     ref = timm.create_model("resnet18", num_classes=6).state_dict()
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_kernel_over_its_whole_input_is_the_same_convolution(channels_last):
+    """WholeInputConv2d (timm's VGG head fc1: a 7x7 kernel on the 7x7 pooled map) computes that case as a
+    matrix product: outputs and every gradient equal F.conv2d's; other input sizes take the convolution."""
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    conv = torch.nn.Conv2d(16, 8, kernel_size=5)
+    ref_w, ref_b = conv.weight.detach().clone().requires_grad_(), conv.bias.detach().clone().requires_grad_()
+    gemm_whole_input_convs(conv)
+    assert isinstance(conv, WholeInputConv2d) and set(conv.state_dict()) == {"weight", "bias"}
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = conv.to(memory_format=fmt)
+    for side in (5, 9):  # 5: the kernel covers the input → matrix product; 9: an ordinary 5x5 output
+        x = torch.randn(3, 16, side, side).contiguous(memory_format=fmt).requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        y, y_ref = conv(x), torch.nn.functional.conv2d(x_ref, ref_w, ref_b)
+        assert y.shape == y_ref.shape
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(y_ref)
+        y.backward(g)
+        y_ref.backward(g)
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(conv.weight.grad, ref_w.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(conv.bias.grad, ref_b.grad, rtol=1e-5, atol=1e-5)
+        conv.zero_grad(set_to_none=True)
+        ref_w.grad = ref_b.grad = None
+
+
+def test_only_vggs_head_is_a_whole_input_convolution_at_the_default_size():
+    vgg = build_model("vgg16", 3)
+    assert [n for n, m in vgg.named_modules() if isinstance(m, WholeInputConv2d)] == ["net.pre_logits.fc1"]
+    # a padded or 1x1 convolution is never converted (a ResNet has none to convert)
+    assert not any(isinstance(m, WholeInputConv2d) for m in build_model("resnet50", 3).modules())
