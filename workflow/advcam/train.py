@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import model_device, predict
-from .precision import Precision, choose_precision
+from .precision import Precision, choose_precision, probe_batch_for
 
 __all__ = ["augment", "TrainResult", "TrainingDiverged", "train_model", "accuracy", "OPTIMIZERS"]
 
@@ -129,7 +129,7 @@ def train_model(
     dev = model_device(model)
     cuda = dev.type == "cuda"
     if precision is None:
-        precision = choose_precision(model, dev, tuple(x_train.shape[-2:]), amp)
+        precision = choose_precision(model, dev, tuple(x_train.shape[-2:]), amp, probe_batch=probe_batch_for(batch_size))
     amp, fmt = precision.amp, precision.memory_format()
     model = model.to(memory_format=fmt)
     if cuda:
