@@ -1,4 +1,5 @@
 import hashlib
+from dataclasses import astuple
 
 import numpy as np
 import pytest
@@ -7,7 +8,9 @@ from PIL import Image
 from advcam.datasets import (
     SPLITS, DatasetError, ImageReadError, index_tree, load_image, load_prepared, prepare, select_identities,
 )
-from advcam.faces import PARTS, synthesize
+from advcam.faces import (
+    IDENTITY_RANGES, PARTS, distinct_identities, render_face, sample_identity, synthesize,
+)
 
 
 def _digest(root):
@@ -119,3 +122,35 @@ def test_decompression_bomb_is_a_named_read_error_and_skippable(tmp_path, monkey
     assert not (tmp_path / "x.h5").exists()
     rep = prepare(root, tmp_path / "x.h5", size=32, min_images=3, skip_broken=True)
     assert rep["skipped_files"] == ["id0000/0002.png"] and rep["skipped"] == 1
+
+
+def test_pose_zero_renders_aligned_faces():
+    """pose=0: every image of an identity has its nose (drawn from the identity's geometry alone) in one place;
+    pose=1 (unaligned) moves it per image. The default is pose=1, and pose outside [0, 1] is refused."""
+    ident = sample_identity(0, 0)
+    masks = {p: [render_face(ident, 48, np.random.default_rng(j), pose=p)[1] == PARTS["nose"] for j in range(3)]
+             for p in (0.0, 1.0)}
+    assert all(np.array_equal(masks[0.0][0], m) for m in masks[0.0][1:])
+    assert not all(np.array_equal(masks[1.0][0], m) for m in masks[1.0][1:])
+    img, mask = render_face(ident, 48, np.random.default_rng(5))
+    img1, mask1 = render_face(ident, 48, np.random.default_rng(5), pose=1.0)
+    assert np.array_equal(img, img1) and np.array_equal(mask, mask1)
+    with pytest.raises(ValueError, match="pose"):
+        render_face(ident, 48, np.random.default_rng(0), pose=1.5)
+
+
+def test_distinct_identities_spread_the_population():
+    """Farthest-point selection: the closest pair of the picked identities is farther apart than the closest
+    pair of the first draws; pool=1 gives the first draws; same arguments, same identities."""
+    lo, hi = np.array(IDENTITY_RANGES).T
+
+    def closest(idents):
+        z = (np.array([astuple(i) for i in idents]) - lo) / (hi - lo)
+        d = np.linalg.norm(z[:, None] - z[None], axis=-1)
+        return d[np.triu_indices(len(z), 1)].min()
+
+    seed = int(np.random.default_rng().integers(1000))
+    picked = distinct_identities(seed, 6)
+    assert picked == distinct_identities(seed, 6)
+    assert distinct_identities(seed, 6, pool=1) == [sample_identity(seed, k) for k in range(6)]
+    assert closest(picked) > closest(distinct_identities(seed, 6, pool=1))

@@ -150,7 +150,7 @@ def _test_set(data: str):
 def cmd_synth(args) -> None:
     from .faces import synthesize
 
-    synthesize(args.out, args.identities, args.images, args.size, args.seed, args.masks)
+    synthesize(args.out, args.identities, args.images, args.size, args.seed, args.masks, pose=args.pose)
     print(f"wrote {args.identities}×{args.images} images of {args.size}² to {args.out}")
 
 
@@ -174,7 +174,7 @@ def cmd_train(args) -> None:
     from .datasets import load_prepared
     from .models import build_model, predict, resolve_layer, save_checkpoint, target_layer_name, timm_name, to_tensor_images
     from .store import write_json
-    from .precision import choose_precision
+    from .precision import choose_precision, probe_batch_for
     from .train import accuracy, train_model
 
     dev = _setup_torch(args)
@@ -186,7 +186,8 @@ def cmd_train(args) -> None:
     resolve_layer(model, layer)  # fail before training on a bad layer name
     model.to(dev)
     # the probe draws its own random images: the training's random stream is untouched
-    precision = choose_precision(model, dev, size, {"auto": None, "on": True, "off": False}[args.amp])
+    precision = choose_precision(model, dev, size, {"auto": None, "on": True, "off": False}[args.amp],
+                                 probe_batch=probe_batch_for(args.batch_size))
     _log_runtime(dev, precision.describe())
     xt, yt, _ = ds.subset("train")
     xv, yv, _ = ds.subset("val")
@@ -622,6 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--masks", action="store_true", help="also write <nnnn>.mask.png part masks")
+    s.add_argument("--pose", type=float, default=1.0,
+                   help="pose variation per image: 0 = aligned faces, 1 = rotated ±7°, scaled 0.93-1.04, shifted ±3.5%%")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("prepare", help=STAGES["prepare"], description=STAGES["prepare"], formatter_class=fmt)
@@ -658,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pixel-noise-from", type=int, default=1, metavar="EPOCH",
                    help="first epoch (1-based) that adds --pixel-noise")
     s.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
-                   help="bf16 autocast for training: auto = on CUDA only; on = also on the CPU (AVX512-BF16/AMX)")
+                   help="bf16 autocast for training: auto = chosen per machine (CUDA, AMX, or a probe finds it faster); "
+                        "on/off force it")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=0)

@@ -9,6 +9,7 @@ rule synth:
         images=DATASET["images_per_identity"],
         size=DATASET["synthetic_size"],
         seed=DATASET["seed"],
+        pose=DATASET["pose_jitter"],
     log:
         f"{RESULTS}/logs/synth.log",
     benchmark:
@@ -21,7 +22,7 @@ rule synth:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam synth --out {output} --identities {params.identities} --images {params.images} "
-        "--size {params.size} --seed {params.seed} --masks > {log} 2>&1"
+        "--size {params.size} --seed {params.seed} --pose {params.pose} --masks > {log} 2>&1"
 
 
 rule prepare:
@@ -42,6 +43,7 @@ rule prepare:
         f"{RESULTS}/logs/prepare/{{size}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare/{{size}}.tsv"
+    priority: prepare_priority
     threads: 1
     resources:
         runtime=120,
