@@ -21,13 +21,14 @@ STYLE = {"fgsm": "-", "noise": ":", "pgd": "--", "bim": "-.", "mifgsm": (0, (5, 
 MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^"}
 
 
-def save(fig, prefix: str | os.PathLike) -> list[Path]:
-    """Write ``prefix.png`` (150 dpi) and ``prefix.pdf`` atomically; closes the figure."""
+def save(fig, prefix: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf"), tight: bool = True) -> list[Path]:
+    """Write ``prefix.png`` (150 dpi) and ``prefix.pdf`` (or the given ``formats``) atomically, cropped to
+    the drawn content when ``tight``; closes the figure."""
     out = []
-    for ext in ("png", "pdf"):
+    for ext in formats:
         p = Path(f"{prefix}.{ext}")
         with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight", format=ext)
+            fig.savefig(tmp, dpi=150, bbox_inches="tight" if tight else None, format=ext)
         out.append(p)
     plt.close(fig)
     return out
@@ -243,7 +244,10 @@ def plot_gallery(
                 ax.set_title(f"ε={e:g}: {tag(pred_adv[e][i], labels[i])}", fontsize=6)
             for ax in ax_row:
                 ax.axis("off")
+    height = 1.7 * rows  # inches
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return save(fig, prefix)
+        fig.suptitle(title, fontsize=9, y=1 - 0.12 / height, va="top")
+    # a grid of images: fixed margins and a PNG only (tight layout and cropping measure every one of the
+    # ~80 titles, and a PDF embeds every image again: 7.7 → 4.4 s for 16 rows of 5 here, mostly drawing)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.005, top=1 - 0.55 / height, wspace=0.05, hspace=0.45)
+    return save(fig, prefix, formats=("png",), tight=False)
