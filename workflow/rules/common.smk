@@ -108,6 +108,12 @@ def train_priority(wildcards):
     return MODELS[wildcards.model]["priority"]
 
 
+def prepare_priority(wildcards):
+    """A store inherits the highest priority of the models trained on it, so the first model's data is ready
+    first (else its training waits behind the others')."""
+    return max((m["priority"] for m in MODELS.values() if str(m["size"]) == str(wildcards.size)), default=0)
+
+
 def dataset_root(wildcards):
     """The synthetic tree is built by rule synth; an external tree is checked at parse time instead."""
     return synthetic_dir() if DATASET["source"] == "synthetic" else []
