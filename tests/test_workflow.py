@@ -27,12 +27,13 @@ def test_lint_is_clean(tmp_path):
     assert "Lints for" not in proc.stdout + proc.stderr
 
 
-def train_priorities(proc) -> dict[str, int]:
-    """model → priority of its train job in a dry run (snakemake prints 'priority: N' when it is not 0)."""
+def train_priorities(proc, rule: str = "train", wildcard: str = "model") -> dict[str, int]:
+    """wildcard value → priority of that rule's job in a dry run (snakemake prints 'priority: N' when it is
+    not 0); by default model → priority of its train job."""
     out = {}
-    for block in (proc.stdout + proc.stderr).split("rule train:")[1:]:
+    for block in (proc.stdout + proc.stderr).split(f"rule {rule}:")[1:]:
         block = block.split("\n\n")[0].split("rule ")[0]
-        model = re.search(r"wildcards: model=(\S+)", block).group(1)
+        model = re.search(rf"wildcards: {wildcard}=(\S+)", block).group(1)
         m = re.search(r"priority: (\d+)", block)
         out[model] = int(m.group(1)) if m else 0
     return out
@@ -41,13 +42,18 @@ def train_priorities(proc) -> dict[str, int]:
 def test_default_dag(tmp_path):
     proc = snakemake(tmp_path, "-n", config=REPO / "config.yaml")
     c = job_counts(proc)
-    n_models, n_eps = 5, 4
+    cfg = load("config.yaml")
+    n_models, n_eps = 5, len(cfg["attacks"]["fgsm"]["eps"])
+    assert cfg["attacks"]["noise"]["eps"] == cfg["attacks"]["fgsm"]["eps"]
     assert c["train"] == n_models and c["gradient"] == n_models and c["explain_clean"] == n_models
     assert c["attack"] == c["score"] == n_models * 2 * n_eps
     assert c["transfer"] == c["score_transfer"] == n_eps  # resnet101's FGSM images on resnet50
     assert c["synth"] == 1 and c["summarise"] == 1 and c["plot"] == 1 and c["gallery"] == n_models
     # the slowest training job (VGG16) is started first, not last (snakemake prefers the largest inputs)
     assert train_priorities(proc) == {"vgg16": 1, "resnet50": 0, "resnet101": 0, "inception_v3": 0, "xception": 0}
+    # and its store is built first (it inherits the highest priority of the models trained on it)
+    sizes = {str(m["size"]) for m in cfg["models"].values()}
+    assert train_priorities(proc, "prepare", "size") == {s: int(s == str(cfg["models"]["vgg16"]["size"])) for s in sizes}
 
 
 def test_paper_dag(tmp_path):
