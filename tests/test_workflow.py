@@ -49,11 +49,15 @@ def test_default_dag(tmp_path):
     assert c["attack"] == c["score"] == n_models * 2 * n_eps
     assert c["transfer"] == c["score_transfer"] == n_eps  # resnet101's FGSM images on resnet50
     assert c["synth"] == 1 and c["summarise"] == 1 and c["plot"] == 1 and c["gallery"] == n_models
-    # the slowest training job (VGG16) is started first, not last (snakemake prefers the largest inputs)
-    assert train_priorities(proc) == {"vgg16": 1, "resnet50": 0, "resnet101": 0, "inception_v3": 0, "xception": 0}
+    # the trainings start longest first (VGG16 first, not last as snakemake's preference for large inputs had
+    # it), each before any job downstream (priority 0)
+    assert train_priorities(proc) == {m: 1 + spec["priority"] for m, spec in cfg["models"].items()}
+    assert train_priorities(proc)["vgg16"] == max(train_priorities(proc).values())
+    assert "priority" not in proc.stdout.split("rule attack:")[1].split("\n\n")[0]
     # and its store is built first (it inherits the highest priority of the models trained on it)
     sizes = {str(m["size"]) for m in cfg["models"].values()}
-    assert train_priorities(proc, "prepare", "size") == {s: int(s == str(cfg["models"]["vgg16"]["size"])) for s in sizes}
+    assert train_priorities(proc, "prepare", "size") == {
+        s: max(1 + m["priority"] for m in cfg["models"].values() if str(m["size"]) == s) for s in sizes}
 
 
 def test_paper_dag(tmp_path):

@@ -105,13 +105,16 @@ def model_hash(model):
 
 
 def train_priority(wildcards):
-    return MODELS[wildcards.model]["priority"]
+    """1 + the model's ``priority``: every training starts before any job downstream of one (they gate the rest
+    of the study; on few cores, the last training to start otherwise waits behind the others' attacks), in the
+    order of ``priority`` (longest first packs best)."""
+    return 1 + MODELS[wildcards.model]["priority"]
 
 
 def prepare_priority(wildcards):
-    """A store inherits the highest priority of the models trained on it, so the first model's data is ready
-    first (else its training waits behind the others')."""
-    return max((m["priority"] for m in MODELS.values() if str(m["size"]) == str(wildcards.size)), default=0)
+    """A store inherits the highest priority of the trainings on it, so the first model's data is ready first
+    (else its training waits behind the others')."""
+    return max((1 + m["priority"] for m in MODELS.values() if str(m["size"]) == str(wildcards.size)), default=0)
 
 
 def dataset_root(wildcards):
