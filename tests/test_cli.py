@@ -72,6 +72,11 @@ def test_pipeline_in_process(tiny_store, trained, capsys):
     assert "spearman" in pd.read_csv(only) and "topk" not in pd.read_csv(only)
     assert run("score", "--clean", d / "hm" / "clean.h5", "--adv", d / "hm" / "fgsm" / "0.1.h5", "--out", only,
                "--k", "2.5") == 2
+    # one job scores every attack and ε of the model (as the workflow runs it): the rows of the separate tables
+    together = d / "sc" / "all.csv"
+    assert run("score", "--clean", d / "hm" / "clean.h5", "--adv",
+               *[d / "hm" / a / f"{e}.h5" for a in ("fgsm", "noise", "pgd") for e in (0.02, 0.1)], "--out", together) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(together), pd.concat([pd.read_csv(p) for p in scores], ignore_index=True))
     summ = d / "summary" / "mod_vid.csv"
     assert run("summarise", *scores, "--out", summ, "--vid", d / "summary" / "vid.csv",
                "--vid-images", d / "summary" / "vid_images.csv", "--nissim", d / "summary" / "nissim.csv") == 0

@@ -23,7 +23,7 @@ STAGES = {
     "gradient": "FGSM input-gradient sign of every test image (once per model)",
     "attack": "adversarial test set for one attack and ε → predictions",
     "explain": "CAM heatmaps (one file per method) of the clean or adversarial test set → HDF5",
-    "score": "NISSIM and other measures of each clean/adversarial heatmap pair, per method → per-image CSV",
+    "score": "NISSIM and other measures of each clean/adversarial heatmap pair, per method, attack and ε → per-image CSV",
     "summarise": "MOD, VID, accuracies per model, attack and ε → CSV",
     "plot": "MOD/accuracy/VID/NISSIM figures from the summaries",
     "gallery": "per-model gallery of clean and adversarial heatmaps, a row per CAM method",
@@ -150,7 +150,8 @@ def _test_set(data: str):
 def cmd_synth(args) -> None:
     from .faces import synthesize
 
-    synthesize(args.out, args.identities, args.images, args.size, args.seed, args.masks, pose=args.pose)
+    synthesize(args.out, args.identities, args.images, args.size, args.seed, args.masks, pose=args.pose,
+               workers=args.workers)
     print(f"wrote {args.identities}×{args.images} images of {args.size}² to {args.out}")
 
 
@@ -477,6 +478,20 @@ def _topk_count(k: float) -> int | float:
     raise ValueError(f"--k must be a fraction in (0, 1) or a whole number of pixels, got {k:g}")
 
 
+def _adversarial_groups(paths: list[str]) -> list[list[str]]:
+    """Adversarial heatmap files grouped by what made them — (attack, ε, source model, targeting), as each
+    file records — in the order of first appearance: one score job reads every attack and ε of a model, and
+    each group is paired with the clean files by CAM method."""
+    from .store import read_attrs
+
+    groups: dict[tuple, list[str]] = {}
+    for p in paths:
+        at = read_attrs(p)
+        key = (at.get("attack"), at.get("eps"), at.get("source_model") or at.get("model"), at.get("targeted", "none"))
+        groups.setdefault(key, []).append(p)
+    return list(groups.values())
+
+
 def cmd_score(args) -> None:
     import pandas as pd
     import torch
@@ -490,7 +505,9 @@ def cmd_score(args) -> None:
     _log_runtime(dev, f"SSIM in float64 ({args.ssim})")
     fns = {"spearman": spearman, "topk": lambda x, y: topk_intersection(x, y, k), "com_shift": com_shift}
     frames = []
-    for pair in read_pairs(args.clean, args.adv):
+    # one group (attack, ε, source) at a time in memory
+    pairs = (p for group in _adversarial_groups(args.adv) for p in read_pairs(args.clean, group))
+    for pair in pairs:
         method, c, a, aa = pair.method, pair.clean, pair.adv, pair.adv_attrs
         _require_finite(pair.clean_path, "heatmaps", c["maps"])
         _require_finite(pair.adv_path, "heatmaps", a["maps"])
@@ -512,8 +529,10 @@ def cmd_score(args) -> None:
     df = pd.concat(frames, ignore_index=True)
     with atomic_path(args.out) as tmp:
         df.to_csv(tmp, index=False, float_format="%.9g")
-    mods = df.groupby("cam", sort=False)["nissim"].mean()
-    print(f"{args.out}: {len(df) // len(mods)} images; MOD " + ", ".join(f"{m} {v:.4f}" for m, v in mods.items()))
+    for (attack, eps), g in df.groupby(["attack", "eps"], sort=False):
+        mods = g.groupby("cam", sort=False)["nissim"].mean()
+        print(f"{args.out}: {attack} ε={eps:g}, {len(g) // len(mods)} images; MOD "
+              + ", ".join(f"{m} {v:.4f}" for m, v in mods.items()))
 
 
 def _read_scores(paths: list[str]):
@@ -623,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--masks", action="store_true", help="also write <nnnn>.mask.png part masks")
+    s.add_argument("--workers", type=int, default=1, help="processes rendering identities side by side")
     s.add_argument("--pose", type=float, default=1.0,
                    help="pose variation per image: 0 = aligned faces, 1 = rotated ±7°, scaled 0.93-1.04, shifted ±3.5%%")
     s.set_defaults(func=cmd_synth)
@@ -716,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clean", required=True, nargs="+", metavar="FILE",
                    help="clean heatmap files of one model (advcam explain), one per CAM method")
     s.add_argument("--adv", required=True, nargs="+", metavar="FILE",
-                   help="adversarial heatmap files of the same model, attack and ε, one per CAM method (paired by the method each records)")
+                   help="adversarial heatmap files of the same model, one per CAM method for each attack and ε (grouped by the "
+                        "attack, ε and source model each records and paired with --clean by its method)")
     s.add_argument("--out", required=True, help="per-image CSV")
     s.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
                    help="uniform 7×7 with sample covariance, or Gaussian σ=1.5 with population covariance")

@@ -168,7 +168,13 @@ def attack_jobs():
 
 
 def score_files():
-    return [f"{RESULTS}/scores/{m}/{a}/{e}.csv" for m, a, e in attack_jobs()]
+    """One score table per model (every attack and ε of it)."""
+    return [f"{RESULTS}/scores/{m}/white_box.csv" for m in MODELS]
+
+
+def model_adv_heatmaps(model):
+    """Every adversarial heatmap file of ``model``: each attack, ε and CAM method."""
+    return [f for m, a, e in attack_jobs() if m == model for f in adv_heatmap_files(m, a, e)]
 
 
 def transfer_jobs():
@@ -177,7 +183,13 @@ def transfer_jobs():
 
 
 def transfer_score_files():
-    return [f"{RESULTS}/scores/{t}/from_{s}/{a}/{e}.csv" for t, s, a, e in transfer_jobs()]
+    """One score table per transfer pair (every attack and ε of it)."""
+    return [f"{RESULTS}/scores/{t}/from_{s}.csv" for s, t in TRANSFER]
+
+
+def pair_transfer_heatmaps(target, source):
+    """Every heatmap file of the source's adversarial images explained by the target: each attack, ε and method."""
+    return [f for t, s, a, e in transfer_jobs() if (t, s) == (target, source) for f in transfer_heatmap_files(t, s, a, e)]
 
 
 def transfer_heatmap_files(model="{model}", source="{source}", attack="{attack}", eps="{eps}"):
