@@ -218,6 +218,16 @@ def render_face(
     return np.clip(np.rint(a), 0, 255).astype(np.uint8), np.asarray(mk, dtype=np.uint8)
 
 
+def _render_identity(job) -> None:
+    folder, ident, k, n, size, seed, masks, pose = job
+    folder.mkdir(parents=True)
+    for j in range(n):
+        img, mask = render_face(ident, size, _rng(seed, 2, k, j), pose=pose)
+        Image.fromarray(img).save(folder / f"{j:04d}.png", optimize=False)
+        if masks:
+            Image.fromarray(mask).save(folder / f"{j:04d}.mask.png", optimize=False)
+
+
 def synthesize(
     root: str | os.PathLike,
     identities: int = 10,
@@ -227,11 +237,13 @@ def synthesize(
     masks: bool = False,
     pool: int = 8,
     pose: float = 1.0,
+    workers: int = 1,
 ) -> Path:
     """Write ``identities`` × ``images_per_identity`` PNGs to ``root/<identity>/<nnnn>.png``.
 
     The identities are :func:`distinct_identities` (``pool``: candidates per identity; 1 = the first draws).
-    ``pose``: how much each face's pose varies, 0 (aligned) to 1 (see :func:`render_face`).
+    ``pose``: how much each face's pose varies, 0 (aligned) to 1 (see :func:`render_face`). ``workers``:
+    processes rendering identities side by side (the files are the same for any count).
     With ``masks`` each image gets a part mask ``<nnnn>.mask.png`` beside it. The tree is built in a
     temporary folder and renamed onto ``root`` when complete; ``root/manifest.json`` records the
     arguments. Same arguments → byte-identical files. Returns ``root``.
@@ -247,16 +259,20 @@ def synthesize(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         people = []
+        jobs = []
         for k, ident in enumerate(distinct_identities(seed, identities, pool)):
             name = f"id{k:04d}"
             people.append({"name": name, **asdict(ident)})
-            folder = tmp / name
-            folder.mkdir(parents=True)
-            for j in range(images_per_identity):
-                img, mask = render_face(ident, size, _rng(seed, 2, k, j), pose=pose)
-                Image.fromarray(img).save(folder / f"{j:04d}.png", optimize=False)
-                if masks:
-                    Image.fromarray(mask).save(folder / f"{j:04d}.mask.png", optimize=False)
+            jobs.append((tmp / name, ident, k, images_per_identity, size, seed, masks, pose))
+        if workers > 1 and len(jobs) > 1:
+            # every image has its own seeded generator: the files do not depend on the worker count
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(workers, len(jobs))) as ex:
+                list(ex.map(_render_identity, jobs))
+        else:
+            for job in jobs:
+                _render_identity(job)
         manifest = {
             "generator": "advcam.faces",
             "identities": identities,

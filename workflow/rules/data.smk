@@ -14,7 +14,7 @@ rule synth:
         f"{RESULTS}/logs/synth.log",
     benchmark:
         f"{RESULTS}/benchmarks/synth.tsv"
-    threads: 1
+    threads: 2
     resources:
         runtime=30,
         mem_mb=2000,
@@ -22,7 +22,7 @@ rule synth:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam synth --out {output} --identities {params.identities} --images {params.images} "
-        "--size {params.size} --seed {params.seed} --pose {params.pose} --masks > {log} 2>&1"
+        "--size {params.size} --seed {params.seed} --pose {params.pose} --workers {threads} --masks > {log} 2>&1"
 
 
 rule prepare:
