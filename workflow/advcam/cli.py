@@ -478,20 +478,6 @@ def _topk_count(k: float) -> int | float:
     raise ValueError(f"--k must be a fraction in (0, 1) or a whole number of pixels, got {k:g}")
 
 
-def _adversarial_groups(paths: list[str]) -> list[list[str]]:
-    """Adversarial heatmap files grouped by what made them — (attack, ε, source model, targeting), as each
-    file records — in the order of first appearance: one score job reads every attack and ε of a model, and
-    each group is paired with the clean files by CAM method."""
-    from .store import read_attrs
-
-    groups: dict[tuple, list[str]] = {}
-    for p in paths:
-        at = read_attrs(p)
-        key = (at.get("attack"), at.get("eps"), at.get("source_model") or at.get("model"), at.get("targeted", "none"))
-        groups.setdefault(key, []).append(p)
-    return list(groups.values())
-
-
 def cmd_score(args) -> None:
     import pandas as pd
     import torch
@@ -505,9 +491,7 @@ def cmd_score(args) -> None:
     _log_runtime(dev, f"SSIM in float64 ({args.ssim})")
     fns = {"spearman": spearman, "topk": lambda x, y: topk_intersection(x, y, k), "com_shift": com_shift}
     frames = []
-    # one group (attack, ε, source) at a time in memory
-    pairs = (p for group in _adversarial_groups(args.adv) for p in read_pairs(args.clean, group))
-    for pair in pairs:
+    for pair in read_pairs(args.clean, args.adv):
         method, c, a, aa = pair.method, pair.clean, pair.adv, pair.adv_attrs
         _require_finite(pair.clean_path, "heatmaps", c["maps"])
         _require_finite(pair.adv_path, "heatmaps", a["maps"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -119,33 +119,44 @@ class HeatmapPair:
 
 def read_pairs(
     clean: Sequence[str | os.PathLike], adv: Sequence[str | os.PathLike], names: Sequence[str] | None = None
-) -> list[HeatmapPair]:
-    """Read clean and adversarial heatmap files of one model and pair them by the CAM method each records,
-    in the order of ``clean``. ``names``: which datasets to read (default all). ValueError naming the
-    files when a method has no partner or two files hold one method, the images differ, or the two were
-    explained differently (target mode or layer)."""
+) -> Iterator[HeatmapPair]:
+    """Read clean and adversarial heatmap files of one model and pair them by the CAM method each records.
+
+    ``adv`` may hold several attacks and ε: the files are grouped by what made them — (attack, ε, source
+    model, targeting), as each records — and each group is paired with ``clean``, in the order of ``clean``;
+    groups come in the order they first appear. Each clean file is read once; one group's adversarial maps
+    are in memory at a time. ``names``: which datasets to read (default all). ValueError naming the files
+    when a method has no partner or two files of a group hold one method, the images differ, or the two
+    were explained differently (target mode or layer)."""
     from .store import read_attrs, read_h5
 
-    if len(clean) != len(adv):
-        raise ValueError(f"{len(clean)} clean heatmap file(s) for {len(adv)} adversarial one(s): give one of each per CAM method")
-    a_by = {}
+    groups: dict[tuple, list[tuple[str, dict]]] = {}
     for p in adv:
         at = read_attrs(p)
-        m = method_of(at)
-        if m in a_by:
-            raise ValueError(f"'{a_by[m][0]}' and '{p}' both hold {m} maps")
-        a_by[m] = (p, at)
-    out = []
-    for p in clean:
-        ca = read_attrs(p)
-        m = method_of(ca)
-        if m not in a_by:
-            raise ValueError(f"'{p}' holds {m} maps but no adversarial file does (they hold {', '.join(a_by)})")
-        q, aa = a_by[m]
-        c, a = read_h5(p, names), read_h5(q, names)
-        if not np.array_equal(c["index"], a["index"]):
-            raise ValueError(f"{p} and {q} hold different test images")
-        if ca.get("target_mode") != aa.get("target_mode") or ca.get("layer") != aa.get("layer"):
-            raise ValueError(f"{p} and {q} were explained differently (target mode or layer)")
-        out.append(HeatmapPair(m, c, a, ca, aa, str(p), str(q)))
-    return out
+        key = (at.get("attack"), at.get("eps"), at.get("source_model") or at.get("model"), at.get("targeted", "none"))
+        groups.setdefault(key, []).append((str(p), at))
+    clean_read: dict[str, tuple[dict, dict]] = {}
+    for group in groups.values():
+        if len(clean) != len(group):
+            raise ValueError(f"{len(clean)} clean heatmap file(s) for {len(group)} adversarial one(s): give one of "
+                             "each per CAM method")
+        a_by = {}
+        for p, at in group:
+            m = method_of(at)
+            if m in a_by:
+                raise ValueError(f"'{a_by[m][0]}' and '{p}' both hold {m} maps")
+            a_by[m] = (p, at)
+        for p in clean:
+            if str(p) not in clean_read:
+                clean_read[str(p)] = (read_attrs(p), read_h5(p, names))
+            ca, c = clean_read[str(p)]
+            m = method_of(ca)
+            if m not in a_by:
+                raise ValueError(f"'{p}' holds {m} maps but no adversarial file does (they hold {', '.join(a_by)})")
+            q, aa = a_by[m]
+            a = read_h5(q, names)
+            if not np.array_equal(c["index"], a["index"]):
+                raise ValueError(f"{p} and {q} hold different test images")
+            if ca.get("target_mode") != aa.get("target_mode") or ca.get("layer") != aa.get("layer"):
+                raise ValueError(f"{p} and {q} were explained differently (target mode or layer)")
+            yield HeatmapPair(m, c, a, ca, aa, str(p), str(q))
