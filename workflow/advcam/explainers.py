@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .base_cam import CamOutput, LayerPass, layer_pass, upsample_cam
-from .models import WholeInputConv2d, eval_mode, frozen_parameters, model_device, resolve_layer
+from .models import eval_mode, frozen_parameters, model_device, resolve_layer
 
 __all__ = [
     "CAM_METHODS", "GRADIENT_METHODS", "cam", "cams", "cams_batch", "explain_cams", "network_after", "raw_cams",
@@ -189,8 +189,6 @@ def network_after(model: nn.Module, layer: str | nn.Module) -> nn.Module | None:
         leaves, autowrap = tuple(get_notrace_modules()), tuple(get_notrace_functions())
     except ImportError:  # pragma: no cover - timm is a dependency
         leaves, autowrap = (), ()
-    # a whole-input convolution (VGG's head) picks its kernel by the input's shape: kept whole, like nn.Conv2d
-    leaves = (*leaves, WholeInputConv2d)
 
     class _Tracer(fx.Tracer):
         def __init__(self):

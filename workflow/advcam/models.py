@@ -164,7 +164,13 @@ class WholeInputConv2d(nn.Conv2d):
 def gemm_whole_input_convs(net: nn.Module, min_kernel: int = 2) -> nn.Module:
     """Make every plain ``nn.Conv2d`` of ``net`` without padding whose kernel is at least ``min_kernel``
     on a side a :class:`WholeInputConv2d` (in place: the class changes, the parameters stay); returns
-    ``net``. Results are unchanged for every input; only a kernel that covers its input runs faster."""
+    ``net``. Results are unchanged for every input; only a kernel that covers its input runs faster.
+    The class is registered as one of timm's no-trace modules, so torch.fx traces through timm's leaf list
+    (timm's feature extraction, :func:`advcam.explainers.network_after`) keep it whole, as they keep
+    ``nn.Conv2d``: its test of the input's shape cannot be traced."""
+    from timm.layers import register_notrace_module
+
+    register_notrace_module(WholeInputConv2d)
     for m in net.modules():
         if type(m) is not nn.Conv2d or not isinstance(m.padding, tuple) or any(m.padding):
             continue
