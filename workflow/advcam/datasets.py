@@ -7,7 +7,9 @@ wait for JPEG decoding.
 
 Store layout (``results/data/{size}.h5``): ``images`` (N,H,W,3) uint8, ``labels`` (N,) int64,
 ``split`` (N,) uint8 (0 train, 1 val, 2 test), ``identities`` (K,) str, ``paths`` (N,) str relative to
-the root; attributes record the arguments.
+the root; with ``masks`` (the synthetic set's part masks, ``<nnnn>.mask.png`` beside each image) also
+``masks`` (N,H,W) uint8, each cropped and resized like its image (nearest neighbour; 0 = background, the
+face parts > 0); attributes record the arguments.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ __all__ = [
     "split_identity",
     "load_boxes",
     "load_image",
+    "load_mask",
+    "mask_path",
     "prepare",
     "Prepared",
     "load_prepared",
@@ -148,7 +152,13 @@ def load_image(
         raise ImageReadError(f"cannot read image '{path}': refused as a possible decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"cannot read image '{path}': {e}") from None
-    w, h = im.size
+    im = im.resize((size, size), Image.Resampling.BILINEAR, box=_crop(im.size, box, margin), reducing_gap=None)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _crop(wh: tuple[int, int], box: tuple[float, float, float, float] | None, margin: float) -> tuple[float, ...]:
+    """The square (left, top, right, bottom) that :func:`load_image` crops from an image of size ``wh``."""
+    w, h = wh
     if box is not None:
         x, y, bw, bh = box
         side = max(bw, bh) * (1 + 2 * margin)
@@ -159,13 +169,47 @@ def load_image(
     side = min(side, w, h)
     left = min(max(cx - side / 2, 0), w - side)
     top = min(max(cy - side / 2, 0), h - side)
-    im = im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=None)
+    return (left, top, left + side, top + side)
+
+
+def mask_path(image: str | os.PathLike) -> Path:
+    """The part mask that belongs to an image: ``…/0007.png`` → ``…/0007.mask.png``."""
+    image = Path(image)
+    return image.with_name(image.name[: -len(image.suffix)] + ".mask.png")
+
+
+def load_mask(
+    path: str | os.PathLike, size: int, image_size: tuple[int, int],
+    box: tuple[float, float, float, float] | None = None, margin: float = 0.3,
+) -> np.ndarray:
+    """Decode a part mask (single channel, 0 = background) and crop and resize it as :func:`load_image` does
+    its image (``image_size`` (w, h): the image's, which the mask must match), nearest neighbour: (size,size)
+    uint8. Raises :class:`ImageReadError` naming the file when it is missing, unreadable or of another size."""
+    if not Path(path).is_file():
+        raise ImageReadError(f"part mask '{path}' does not exist (with masks, every image needs one beside it)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "P", "1", "I", "I;16"):
+                raise ValueError(f"a part mask has one channel, this one is {im.mode}")
+            im = im.convert("L") if im.mode != "L" else im
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"cannot read part mask '{path}': {e}") from None
+    if im.size != tuple(image_size):
+        raise ImageReadError(f"part mask '{path}' is {im.size[0]}×{im.size[1]}, its image {image_size[0]}×{image_size[1]}")
+    im = im.resize((size, size), Image.Resampling.NEAREST, box=_crop(im.size, box, margin), reducing_gap=None)
     return np.asarray(im, dtype=np.uint8)
+
+
+def _image_size(path: str | os.PathLike) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
 
 
 @dataclass
 class Prepared:
-    """A prepared store in memory: images (N,H,W,3) uint8, labels (N,), split (N,), identity names."""
+    """A prepared store in memory: images (N,H,W,3) uint8, labels (N,), split (N,), identity names, and the
+    part masks (N,H,W) uint8 (0 = background) when the store has them, else None."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -173,6 +217,7 @@ class Prepared:
     identities: list[str]
     paths: list[str]
     attrs: dict = field(default_factory=dict)
+    masks: np.ndarray | None = None
 
     def subset(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(images, labels, indices) of split ``name`` ('train', 'val' or 'test')."""
@@ -191,10 +236,13 @@ def prepare(
     margin: float = 0.3,
     skip_broken: bool = False,
     progress: bool = False,
+    masks: bool = False,
 ) -> dict:
     """Index ``root``, select, split, crop, resize and write the store ``out``. Returns a report dict
     (counts per split, skipped files). A broken image is an :class:`ImageReadError` naming it, or with
-    ``skip_broken`` is left out and listed in the report."""
+    ``skip_broken`` is left out and listed in the report. ``masks``: carry each image's part mask
+    (:func:`mask_path`) into the store; a missing or broken mask is an error naming it (or, with
+    ``skip_broken``, leaves its image out)."""
     if abs(sum(split) - 1.0) > 1e-6 or any(f < 0 for f in split):
         raise DatasetError(f"split fractions must be >= 0 and sum to 1, got {split}")
     if size < 8:
@@ -204,7 +252,7 @@ def prepare(
     chosen = select_identities(index, identities, min_images, seed)
     boxes = load_boxes(root)
     rng = np.random.default_rng(seed + 1)
-    images, labels, codes, paths, skipped = [], [], [], [], []
+    images, labels, codes, paths, skipped, part_masks = [], [], [], [], [], []
     it = list(enumerate(chosen))
     if progress:
         from tqdm import tqdm
@@ -215,7 +263,9 @@ def prepare(
         for rel in index[name]:
             box = boxes.get(rel.rsplit(".", 1)[0])
             try:
-                good.append((rel, load_image(root / rel, size, box, margin)))
+                arr = load_image(root / rel, size, box, margin)
+                mk = load_mask(mask_path(root / rel), size, _image_size(root / rel), box, margin) if masks else None
+                good.append((rel, (arr, mk)))
             except ImageReadError:
                 if not skip_broken:
                     raise
@@ -223,8 +273,9 @@ def prepare(
         if len(good) < min_images:
             raise DatasetError(f"identity '{name}' has {len(good)} readable images, fewer than min_images={min_images}")
         c = split_identity(len(good), split, rng)
-        for (rel, arr), code in zip(good, c):
+        for (rel, (arr, mk)), code in zip(good, c):
             images.append(arr)
+            part_masks.append(mk)
             labels.append(label)
             codes.append(code)
             paths.append(rel)
@@ -238,18 +289,18 @@ def prepare(
         "margin": margin,
         "boxes": bool(boxes),
         "skipped": len(skipped),
+        "masks": masks,
     }
-    write_h5(
-        out,
-        {
-            "images": np.stack(images),
-            "labels": np.asarray(labels, np.int64),
-            "split": np.asarray(codes, np.uint8),
-            "identities": np.asarray(chosen, dtype=object),
-            "paths": np.asarray(paths, dtype=object),
-        },
-        attrs,
-    )
+    arrays = {
+        "images": np.stack(images),
+        "labels": np.asarray(labels, np.int64),
+        "split": np.asarray(codes, np.uint8),
+        "identities": np.asarray(chosen, dtype=object),
+        "paths": np.asarray(paths, dtype=object),
+    }
+    if masks:
+        arrays["masks"] = np.stack(part_masks)
+    write_h5(out, arrays, attrs)
     codes_arr = np.asarray(codes)
     return {
         **attrs,
@@ -260,13 +311,15 @@ def prepare(
 
 
 def load_prepared(path: str | os.PathLike) -> Prepared:
-    """Read a store written by :func:`prepare`."""
-    d = read_h5(path, ["images", "labels", "split", "identities", "paths"])
+    """Read a store written by :func:`prepare` (with its part masks when it has them)."""
+    attrs = read_attrs(path)
+    d = read_h5(path, ["images", "labels", "split", "identities", "paths"] + (["masks"] if attrs.get("masks") else []))
     return Prepared(
         images=d["images"],
         labels=d["labels"].astype(np.int64),
         split=d["split"],
         identities=[str(s) for s in d["identities"]],
         paths=[str(s) for s in d["paths"]],
-        attrs=read_attrs(path),
+        attrs=attrs,
+        masks=d.get("masks"),
     )
