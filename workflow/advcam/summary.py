@@ -13,20 +13,31 @@ model itself, white-box, unless the row is a transfer).
   "the variance of NISSIM"; this is that reading, under its own name).
 * **VID** (model, cam, attack) = the paper's formula: for each image, the population standard deviation
   of its NISSIM across the ε levels ε > 0; reported as the mean over images (and its std).
-* Other measures present in the table (``spearman``, ``topk``, ``com_shift``): their mean over the images
-  where they are defined, its bootstrap CI, and the count of images where they are not (NaN: a constant
-  map has no ranks, an all-zero map no centre of mass) — counted, never silently dropped.
+* Other measures present in the table (``spearman``, ``topk``, ``com_shift``, and the localisation columns
+  ``energy_clean``, ``energy_adv``, ``point_clean``, ``point_adv``, ``mask_frac``): their mean over the
+  images where they are defined, its bootstrap CI, and the count of images where they are not (NaN: a
+  constant map has no ranks, an all-zero map no centre of mass or maximum) — counted, never silently dropped.
+* **mod_rel** (model, cam, attack, ε) = (MOD − noise MOD) / (chance MOD − noise MOD), with the noise control
+  of the same model, method and ε and the chance rows (attack ``chance``) of the same model and method: 0 =
+  the attack moves the maps no more than random noise of its size, 1 = as far as the maps of two unrelated
+  test images. NaN where a reference is missing.
+* The sanity check (:mod:`advcam.sanity`): per (model, cam, randomised blocks) the mean Spearman and NISSIM
+  against the trained model's maps (:func:`sanity_summary`) and a verdict per (model, cam)
+  (:func:`advcam.sanity.flag`), carried into the MOD table as ``sanity``.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["REQUIRED_COLUMNS", "MEASURE_COLUMNS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci"]
+__all__ = ["REQUIRED_COLUMNS", "MEASURE_COLUMNS", "REFERENCE_ATTACKS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci",
+           "sanity_summary"]
 
 REQUIRED_COLUMNS = ("model", "attack", "eps", "index", "label", "pred_clean", "pred_adv", "nissim")
 #: optional per-image measures summarised beside NISSIM when the score table has them
-MEASURE_COLUMNS = ("spearman", "topk", "com_shift")
+MEASURE_COLUMNS = ("spearman", "topk", "com_shift", "energy_clean", "energy_adv", "point_clean", "point_adv", "mask_frac")
+#: rows that are reference levels, not attacks: the noise control (lower) and chance (upper)
+REFERENCE_ATTACKS = ("noise", "chance")
 
 
 def _check(table: pd.DataFrame) -> pd.DataFrame:
@@ -72,9 +83,11 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
     white-box row, another for a transfer row), cam, attack, eps, n, mod, mod_std, mod_ci_low, mod_ci_high, nissim_var, nissim_std,
     acc_clean, acc_adv, flip_rate, targeted (the target rule, "none"), success_rate (targeted: the share of
     images classified as their target; untargeted: the share misclassified), n_flipped, mod_flipped,
-    mod_unflipped, zero_cam_clean, zero_cam_adv, zero_grad_frac; then for each measure M of :data:`MEASURE_COLUMNS` in the table: M_mean, M_ci_low,
-    M_ci_high (over the images where M is defined) and M_nan (how many it is not). Accuracies and rates
-    are fractions in [0,1]; NISSIM in [0,1].
+    mod_unflipped, zero_cam_clean, zero_cam_adv, zero_grad_frac, mod_rel (see the module's docstring); then for
+    each measure M of :data:`MEASURE_COLUMNS` in the table: M_mean, M_ci_low, M_ci_high (over the images where
+    M is defined) and M_nan (how many it is not). Accuracies and rates are fractions in [0,1]; NISSIM in [0,1].
+    Chance rows (attack ``chance``, ε 0) pair each image with another: their "adversarial" prediction and
+    accuracy are the partner's.
     """
     table = _check(table)
     rows = []
@@ -109,7 +122,56 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
                 **_measures(g, confidence, n_resamples, seed),
             }
         )
-    return pd.DataFrame(rows)
+    return _with_mod_rel(pd.DataFrame(rows))
+
+
+def _with_mod_rel(summ: pd.DataFrame) -> pd.DataFrame:
+    """``mod_rel`` after ``zero_grad_frac``: (MOD − noise MOD) / (chance MOD − noise MOD) per row, from the
+    model's own (white-box) noise rows at the row's ε and its chance rows."""
+    from .references import relative_mod
+
+    if summ.empty:
+        return summ.assign(mod_rel=pd.Series(dtype=float))
+    own = summ[summ["source_model"] == summ["model"]]
+    noise = own[own["attack"] == "noise"].set_index(["model", "cam", "eps"])["mod"]
+    chance = own[own["attack"] == "chance"].groupby(["model", "cam"])["mod"].first()
+    n = noise.reindex(pd.MultiIndex.from_frame(summ[["model", "cam", "eps"]])).to_numpy()
+    c = chance.reindex(pd.MultiIndex.from_frame(summ[["model", "cam"]])).to_numpy()
+    rel = relative_mod(summ["mod"].to_numpy(), n, c)
+    rel[(summ["attack"] == "chance").to_numpy()] = 1.0  # its own level, at any noise MOD
+    at = summ.columns.get_loc("zero_grad_frac") + 1
+    summ.insert(at, "mod_rel", rel)
+    return summ
+
+
+def sanity_summary(per_image: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """The sanity check per (model, cam, blocks): n, block, nissim_mean, spearman_mean (over the images where
+    it is defined), spearman_nan (maps that became constant: no ranks), and the (model, cam) verdict ``flag``
+    (:func:`advcam.sanity.flag` at ``threshold``, NaN Spearman counted as 0) with the two correlations it
+    reads, spearman_head and spearman_all. ``per_image``: the rows of :func:`advcam.sanity.run_sanity`."""
+    from .sanity import flag
+
+    missing = [c for c in ("model", "cam", "blocks", "block", "index", "spearman", "nissim") if c not in per_image]
+    if missing:
+        raise ValueError(f"sanity table lacks column(s) {', '.join(missing)}")
+    rows = []
+    for (model, cam, blocks), g in per_image.groupby(["model", "cam", "blocks"], sort=True):
+        r = g["spearman"].to_numpy(float)
+        rows.append({"model": model, "cam": cam, "blocks": int(blocks), "block": g["block"].iloc[0], "n": len(g),
+                     "nissim_mean": float(g["nissim"].mean()),
+                     "spearman_mean": float(np.nanmean(r)) if (~np.isnan(r)).any() else float("nan"),
+                     "spearman_nan": int(np.isnan(r).sum()), "_rank0": float(np.nan_to_num(r, nan=0.0).mean())})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    verdicts = []
+    for (model, cam), g in out.groupby(["model", "cam"], sort=False):
+        head = g.loc[g["blocks"] == 1, "_rank0"]
+        head = float(head.iloc[0]) if len(head) else float("nan")
+        full = float(g.loc[g["blocks"].idxmax(), "_rank0"])
+        verdicts.append({"model": model, "cam": cam, "spearman_head": head, "spearman_all": full,
+                         "flag": flag(head, full, threshold)})
+    return out.drop(columns="_rank0").merge(pd.DataFrame(verdicts), on=["model", "cam"], how="left")
 
 
 def _success(g: pd.DataFrame) -> dict:
