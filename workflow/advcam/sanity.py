@@ -1,0 +1,168 @@
+"""Model-parameter randomisation test (Adebayo et al. 2018, *Sanity Checks for Saliency Maps*, cascading).
+
+An explanation that is to testify about a model must depend on the model's weights. Starting from the
+trained network, the blocks are re-initialised from the output down, one more per step — the classifier
+head first, then each stage of the backbone (timm's ``feature_info`` stages: ResNet's layer4 … layer1 and
+stem) — and each step's maps of the same test images (explaining the same classes as the trained model)
+are compared with the trained model's, by Spearman rank correlation and NISSIM. Maps that hardly move
+while the weights are destroyed say nothing about those weights.
+
+Re-initialisation is each layer's own default (``reset_parameters``: PyTorch's init for convolutions and
+linear layers; a batch norm returns to weight 1, bias 0, running mean 0 and variance 1), drawn from one
+seeded generator, so a step is reproducible.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["randomisation_blocks", "reinitialise", "cascading_randomisation", "flag", "run_sanity"]
+
+
+def _own_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False))
+
+
+def randomisation_blocks(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The network's parameterised layers grouped into blocks, from the output down: ``head`` (everything
+    after the last feature stage), then one block per timm ``feature_info`` stage, named after the module
+    that ends it (ResNet50: head, layer4, layer3, layer2, layer1, act1). Blocks without parameters (a
+    stage that ends in a pooling layer) are left out. ValueError for a network without ``feature_info``."""
+    net = getattr(model, "net", model)
+    info = getattr(net, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(net).__name__} has no feature_info: its stages cannot be told apart")
+    bounds = [d["module"] for d in (info if isinstance(info, list) else info.get_dicts())]
+    names = [n for n, _ in net.named_modules()]
+    # where each stage ends in definition order (timm defines its modules in forward order): its module's last
+    # descendant
+    ends = []
+    for b in bounds:
+        inside = [i for i, n in enumerate(names) if n == b or n.startswith(b + ".")]
+        if not inside:
+            raise ValueError(f"feature_info names '{b}', which {type(net).__name__} does not have")
+        ends.append(max(inside))
+    blocks: dict[str, list[nn.Module]] = {b: [] for b in ["head", *reversed(bounds)]}
+    for i, (n, m) in enumerate(net.named_modules()):
+        if not _own_params(m):
+            continue
+        stage = next((b for b, e in zip(bounds, ends) if i <= e), "head")
+        blocks[stage].append(m)
+    return [(b, ms) for b, ms in blocks.items() if ms]
+
+
+def reinitialise(modules: Sequence[nn.Module]) -> None:
+    """Reset every module to its default initialisation (``reset_parameters``, in place; with the global
+    torch generator). ValueError naming a module that holds parameters but has no such method."""
+    for m in modules:
+        if not hasattr(m, "reset_parameters"):
+            raise ValueError(f"cannot re-initialise {type(m).__name__}: it has no reset_parameters")
+        m.reset_parameters()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            m.reset_running_stats()
+
+
+def cascading_randomisation(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    methods: Sequence[str],
+    target: torch.Tensor,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Iterator[tuple[int, str, dict[str, torch.Tensor]]]:
+    """Yield (number of randomised blocks, the block just randomised, {method: maps (N,H,W) in [0,1]}) for the
+    trained model (0, ``"none"``) and after each further block of :func:`randomisation_blocks`, from the
+    output down. ``x`` (N,3,H,W) in [0,1] or uint8; ``target`` (N,) the classes explained at every step.
+    Changes ``model`` in place (its weights are gone afterwards)."""
+    from .explainers import explain_cams
+
+    blocks = randomisation_blocks(model)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for step in range(len(blocks) + 1):
+            if step:
+                reinitialise(blocks[step - 1][1])
+            outs = explain_cams(model, layer, x, list(methods), target, batch_size)
+            yield step, "none" if step == 0 else blocks[step - 1][0], {m: o.maps for m, o in outs.items()}
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+def flag(spearman_head: float, spearman_all: float, threshold: float = 0.5) -> str:
+    """The sanity verdict of one (model, method) from the mean Spearman correlation with the trained maps
+    after randomising the head only and after randomising every block (a map that became constant has no
+    ranks and counts 0 here): ``"ignores weights"`` when even the fully randomised model's maps keep a
+    correlation ≥ ``threshold`` (Adebayo et al.'s failure), ``"ignores head"`` when the head alone changes
+    them less (the map does not depend on the classifier, e.g. EigenCAM, which never looks past its
+    layer), else ``"ok"``."""
+    if spearman_all >= threshold:
+        return "ignores weights"
+    if spearman_head >= threshold:
+        return "ignores head"
+    return "ok"
+
+
+def run_sanity(
+    model_path: str | os.PathLike,
+    data: str | os.PathLike,
+    out: Mapping[str, str | os.PathLike],
+    images: int = 16,
+    seed: int = 0,
+    target_mode: str = "predicted",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    name: str | None = None,
+):
+    """The sanity stage: ``images`` test images of the store ``data`` (a seeded draw, at most the whole test
+    set) explained by the checkpoint ``model_path`` at every step of :func:`cascading_randomisation`, each
+    step compared with the trained model's maps. ``out``: {CAM method: CSV path}; each method's per-image table
+    is written atomically to its path (model, cam, blocks (how many randomised), block (the last one), index,
+    spearman, nissim, zero_cam). Returns all of them in one table."""
+    import pandas as pd
+
+    from .datasets import load_prepared
+    from .explainers import check_methods
+    from .models import load_checkpoint, to_tensor_images
+    from .similarity import spearman, ssim
+    from .store import atomic_path
+
+    methods = check_methods(list(out))
+    if images < 2:
+        raise ValueError(f"images: the sanity check needs at least 2 test images, got {images}")
+    model, meta = load_checkpoint(model_path, device)
+    model.to(memory_format=torch.channels_last)
+    ds = load_prepared(data)
+    imgs, labels, idx = ds.subset("test")
+    if len(idx) == 0:
+        raise ValueError(f"{data}: the test split is empty")
+    pick = np.sort(np.random.default_rng(seed).choice(len(idx), size=min(images, len(idx)), replace=False))
+    x, y, idx = to_tensor_images(imgs[pick]), torch.as_tensor(labels[pick]), idx[pick]
+    layer = meta["layer"]
+    if target_mode == "predicted":
+        from .models import predict
+
+        target = predict(model, x, batch_size).argmax(1)
+    else:
+        target = y
+    rows, trained = [], None
+    for step, block, maps in cascading_randomisation(model, layer, x, methods, target, seed, batch_size):
+        if trained is None:
+            trained = maps
+        for m in methods:
+            s = ssim(trained[m], maps[m]).numpy()
+            rows.append(pd.DataFrame({
+                "model": name or meta.get("arch"), "cam": m, "blocks": step, "block": block, "index": idx,
+                "spearman": spearman(trained[m], maps[m]).numpy(), "nissim": (1 - s) / 2,
+                "zero_cam": (maps[m].flatten(1).amax(1) == 0).numpy(),
+            }))
+    df = pd.concat(rows, ignore_index=True)
+    for m, path in out.items():
+        with atomic_path(path) as tmp:
+            df[df["cam"] == m].to_csv(tmp, index=False, float_format="%.9g")
+    return df
