@@ -60,6 +60,16 @@ def tiny_store(tiny_tree, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_masked_store(tiny_tree, tmp_path_factory):
+    """The tiny tree prepared with its part masks carried into the store."""
+    from advcam.datasets import prepare
+
+    out = tmp_path_factory.mktemp("store") / "48-masks.h5"
+    prepare(tiny_tree, out, size=48, identities=4, min_images=10, seed=0, masks=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """configs/smoke.yaml run to the end on this machine (``snakemake --cores 2``); its workdir. Shared by the
     workflow tests and the cluster test, which compares its SLURM run against this one."""

@@ -49,6 +49,7 @@ def test_default_dag(tmp_path):
     assert c["attack"] == n_models * 2 * n_eps and c["score"] == n_models  # a score job per model: every attack and ε
     assert c["transfer"] == n_eps and c["score_transfer"] == 1  # resnet101's FGSM images on resnet50
     assert c["synth"] == 1 and c["summarise"] == 1 and c["plot"] == 1 and c["gallery"] == n_models
+    assert c["sanity"] == n_models  # one sanity-check job per model, every CAM method
     # the trainings start longest first (VGG16 first, not last as snakemake's preference for large inputs had
     # it), each before any job downstream (priority 0)
     assert train_priorities(proc) == {m: 1 + spec["priority"] for m, spec in cfg["models"].items()}
@@ -90,6 +91,10 @@ def test_smoke_dag(tmp_path):
         ({"models": {"resnet50": {"size": 64, "epochs": 3, "pixel_noise": 0.1, "pixel_noise_from": 4}}}, "pixel_noise_from 4"),
         ({"metrics": {"measures": ["spearman", "kendall"]}}, "kendall"),
         ({"metrics": {"k": 2.5}}, "k 2.5"),
+        ({"metrics": {"chance_seed": -1}}, "-1"),
+        ({"sanity": {"images": 1}}, "sanity: images 1"),
+        ({"sanity": {"treshold": 0.5}}, "treshold"),
+        ({"dataset": {"source": "synthetic", "maks": True}}, "maks"),
         ({"cams": ["gradcam", "smoothgrad"]}, "'smoothgrad' is not one of ['gradcam', 'hirescam'"),
         ({"cams": []}, "cams"),
         ({"attacks": {"bim": {"eps": [0.05], "steps": 0}}}, "steps"),
@@ -127,8 +132,19 @@ def test_the_schema_lists_every_cam_method():
 def test_smoke_end_to_end(smoke_run):
     res = smoke_run / "results"
     s = pd.read_csv(res / "summary" / "mod_vid.csv")
-    assert len(s) == 2 * 2 * 2 * 2
-    assert set(s["model"]) == {"resnet50", "vgg16"} and set(s["attack"]) == {"fgsm", "noise"}
+    assert len(s) == 2 * 2 * (2 * 2 + 1)  # model × cam × (attack × ε + the chance reference)
+    assert set(s["model"]) == {"resnet50", "vgg16"} and set(s["attack"]) == {"fgsm", "noise", "chance"}
+    ref = s[s["attack"] == "chance"]
+    assert ref["eps"].eq(0).all() and ref["mod_rel"].eq(1).all()
+    s = s[s["attack"] != "chance"]
+    assert s.loc[s["attack"] == "noise", "mod_rel"].abs().max() < 1e-12
+    # localisation on the synthetic part masks, and each (model, method)'s sanity verdict
+    for col in ("energy_clean_mean", "energy_adv_mean", "point_clean_mean", "point_adv_mean", "mask_frac_mean"):
+        assert s[col].between(0, 1).all(), col
+    assert s["sanity"].isin(["ok", "ignores head", "ignores weights"]).all()
+    san = pd.read_csv(res / "summary" / "sanity.csv")
+    assert set(san["model"]) == {"resnet50", "vgg16"} and set(san["cam"]) == {"gradcam", "eigencam"}
+    assert san["blocks"].max() == 6 and san.loc[san["blocks"] == 0, "nissim_mean"].eq(0).all()
     assert set(s["cam"]) == {"gradcam", "eigencam"}
     # the predictions do not depend on the method
     assert s.groupby(["model", "attack", "eps"])["acc_adv"].nunique().eq(1).all()
@@ -147,7 +163,8 @@ def test_smoke_end_to_end(smoke_run):
     for m in ("gradcam", "eigencam"):
         assert (res / "heatmaps" / "vgg16" / "clean" / f"{m}.h5").is_file()
         assert (res / "heatmaps" / "vgg16" / "fgsm" / "0.1" / f"{m}.h5").is_file()
-    for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "gallery_resnet50", "gallery_vgg16"):
+    for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "gallery_resnet50", "gallery_vgg16",
+                 "localisation", "sanity_resnet50", "sanity_vgg16"):
         assert (res / "plots" / f"{name}.png").stat().st_size > 1000
     assert (res / "logs" / "train" / "resnet50.log").is_file()
     assert (res / "benchmarks" / "train" / "resnet50.tsv").is_file()
@@ -177,11 +194,19 @@ def test_partial_reruns(smoke_run):
     # a CAM method added: its heatmaps come from the attack and clean-explain jobs (no training, no gradient sign)
     more_cams = {**cfg, "cams": cfg["cams"] + ["gradcampp"]}
     c = job_counts(snakemake(smoke_run, "-n", config=more_cams))
-    assert c == {"explain_clean": 2, "attack": 8, "score": 2, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    assert c == {"explain_clean": 2, "attack": 8, "score": 2, "sanity": 2, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
     # a CAM method removed: no heatmap is recomputed; scores, summaries and galleries drop it
     fewer_cams = {**cfg, "cams": ["gradcam"]}
     c = job_counts(snakemake(smoke_run, "-n", config=fewer_cams))
     assert c == {"score": 2, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    # the chance pairing reseeded: only scoring and the summaries; the sanity threshold: only the summaries; its
+    # image count: the sanity jobs and the summaries
+    reseeded = {**cfg, "metrics": {"chance_seed": 3}}
+    assert job_counts(snakemake(smoke_run, "-n", config=reseeded)) == {"score": 2, "summarise": 1, "plot": 1, "all": 1}
+    stricter = {**cfg, "sanity": {"threshold": 0.3}}
+    assert job_counts(snakemake(smoke_run, "-n", config=stricter)) == {"summarise": 1, "plot": 1, "all": 1}
+    more_images = {**cfg, "sanity": {"images": 8}}
+    assert job_counts(snakemake(smoke_run, "-n", config=more_images)) == {"sanity": 2, "summarise": 1, "plot": 1, "all": 1}
     # an iterative attack and a targeted one added: only their own attack and score jobs (and the summaries)
     more_attacks = {**cfg, "attacks": {**cfg["attacks"], "bim": {"eps": [0.05], "steps": 2},
                                        "mifgsm": {"eps": [0.05], "steps": 2, "targeted": "next"}}}

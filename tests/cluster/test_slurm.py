@@ -22,7 +22,7 @@ from workflow_run import REPO, snakemake
 
 pytestmark = pytest.mark.slow
 
-MODEL_RULES = {"train", "gradient", "attack", "explain_clean"}
+MODEL_RULES = {"train", "gradient", "attack", "explain_clean", "sanity"}
 CPU_RULES = {"synth", "prepare", "score"}
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+?)/")
 
@@ -106,9 +106,9 @@ def slurm_run(tmp_path_factory):
 def test_every_job_ran_on_slurm_and_only_model_jobs_got_the_gpu(slurm_run, smoke_run):
     wd, _, run = slurm_run
     jobs = _submitted(run)
-    # the smoke DAG: 1 synth, 2 prepare (two sizes), per model train/gradient/explain_clean/score, 2×2 ε attacks
+    # the smoke DAG: 1 synth, 2 prepare (two sizes), per model train/gradient/explain_clean/score/sanity, 2×2 ε attacks
     assert Counter(jobs.values()) == {"synth": 1, "prepare": 2, "train": 2, "gradient": 2, "explain_clean": 2, "attack": 8,
-                       "score": 2}
+                                      "score": 2, "sanity": 2}
     for job_id, rule in jobs.items():
         info = _show_job(job_id)
         assert info["JobState"] == "COMPLETED", (job_id, rule, info["JobState"])
@@ -134,7 +134,7 @@ def test_every_job_ran_on_slurm_and_only_model_jobs_got_the_gpu(slurm_run, smoke
 
 def test_summary_identical_to_the_local_run(slurm_run, smoke_run):
     wd, _, run = slurm_run
-    for name in ("mod_vid.csv", "vid.csv", "vid_per_image.csv", "nissim.csv"):
+    for name in ("mod_vid.csv", "vid.csv", "vid_per_image.csv", "nissim.csv", "sanity.csv"):
         here = (wd / "results/summary" / name).read_bytes()
         there = (smoke_run / "results/summary" / name).read_bytes()
         assert here == there, name

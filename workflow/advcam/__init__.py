@@ -6,7 +6,10 @@ __version__ = "0.1.0"
 from .attacks import apply_sign, bim, fgsm, gradient_sign, mifgsm, pgd, random_sign  # noqa: E402
 from .base_cam import explain, gradcam, upsample_cam  # noqa: E402
 from .explainers import CAM_METHODS, cam, cams  # noqa: E402
+from .localisation import energy_in_mask, pointing_game  # noqa: E402
 from .models import PAPER_MODELS, build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from .references import derangement, relative_mod  # noqa: E402
+from .sanity import cascading_randomisation, randomisation_blocks  # noqa: E402
 from .similarity import com_shift, nissim, spearman, ssim, topk_intersection  # noqa: E402
 
 __all__ = [
@@ -18,7 +21,10 @@ __all__ = [
     "build_model",
     "cam",
     "cams",
+    "cascading_randomisation",
     "com_shift",
+    "derangement",
+    "energy_in_mask",
     "explain",
     "fgsm",
     "gradcam",
@@ -28,7 +34,10 @@ __all__ = [
     "mod_vid",
     "nissim",
     "pgd",
+    "pointing_game",
+    "randomisation_blocks",
     "random_sign",
+    "relative_mod",
     "save_checkpoint",
     "spearman",
     "ssim",

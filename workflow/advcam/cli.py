@@ -24,6 +24,8 @@ STAGES = {
     "attack": "adversarial test set for one attack and ε → predictions",
     "explain": "CAM heatmaps (one file per method) of the clean or adversarial test set → HDF5",
     "score": "NISSIM and other measures of each clean/adversarial heatmap pair, per method, attack and ε → per-image CSV",
+    "sanity": "cascading model-parameter randomisation: CAMs of a few test images as the blocks are re-initialised "
+              "from the output down, each compared with the trained model's → per-image CSV",
     "summarise": "MOD, VID, accuracies per model, attack and ε → CSV",
     "plot": "MOD/accuracy/VID/NISSIM figures from the summaries",
     "gallery": "per-model gallery of clean and adversarial heatmaps, a row per CAM method",
@@ -161,7 +163,7 @@ def cmd_prepare(args) -> None:
 
     rep = prepare(
         args.root, args.out, args.size, args.identities, args.min_images, tuple(args.split), args.seed,
-        args.margin, args.skip_broken, progress=not args.no_progress,
+        args.margin, args.skip_broken, progress=not args.no_progress, masks=args.masks,
     )
     if args.report:
         write_json(args.report, rep)
@@ -461,14 +463,6 @@ def cmd_explain(args) -> None:
               f"all-zero {int((o.raw.flatten(1).amax(1) == 0).sum())}")
 
 
-#: measures the score stage can add beside SSIM/NISSIM (score-table column → what it is)
-MEASURES = {
-    "spearman": "Spearman rank correlation of the two maps' pixels (1 = same order)",
-    "topk": "share of the clean map's top-k pixels among the adversarial map's top-k",
-    "com_shift": "distance in pixels between the maps' centres of mass (NaN for an all-zero map)",
-}
-
-
 def _topk_count(k: float) -> int | float:
     """--k as topk_intersection takes it: a fraction in (0, 1) stays a float, a whole number ≥ 1 is a count."""
     if 0 < k < 1:
@@ -479,40 +473,12 @@ def _topk_count(k: float) -> int | float:
 
 
 def cmd_score(args) -> None:
-    import pandas as pd
-    import torch
-
-    from .heatmaps import read_pairs
-    from .similarity import com_shift, spearman, ssim, topk_count, topk_intersection
-    from .store import atomic_path
+    from .scores import score
 
     k = _topk_count(args.k)
     dev = _setup_torch(args)
     _log_runtime(dev, f"SSIM in float64 ({args.ssim})")
-    fns = {"spearman": spearman, "topk": lambda x, y: topk_intersection(x, y, k), "com_shift": com_shift}
-    frames = []
-    for pair in read_pairs(args.clean, args.adv):
-        method, c, a, aa = pair.method, pair.clean, pair.adv, pair.adv_attrs
-        _require_finite(pair.clean_path, "heatmaps", c["maps"])
-        _require_finite(pair.adv_path, "heatmaps", a["maps"])
-        mc, ma = torch.as_tensor(c["maps"]).to(dev), torch.as_tensor(a["maps"]).to(dev)
-        s = ssim(mc, ma, gaussian=args.ssim == "gaussian").cpu().numpy()
-        extra = {m: fns[m](mc, ma).cpu().numpy() for m in dict.fromkeys(args.measures)}
-        if "topk" in extra:
-            extra["topk_k"] = topk_count(k, *mc.shape[1:])
-        frames.append(pd.DataFrame({
-            "model": aa.get("model"), "source_model": aa.get("source_model") or aa.get("model"), "cam": method,
-            "attack": aa.get("attack"), "eps": float(aa.get("eps")),
-            "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": a["pred"],
-            "ssim": s, "nissim": (1 - s) / 2, **extra, "zero_cam_clean": c["zero_cam"], "zero_cam_adv": a["zero_cam"],
-            "zero_grad": a["zero_grad"] if "zero_grad" in a else False,
-            "targeted": aa.get("targeted", "none"), "attack_target": a["attack_target"] if "attack_target" in a else -1,
-            "target_mode": aa.get("target_mode"),
-            "ssim_mode": args.ssim,
-        }))
-    df = pd.concat(frames, ignore_index=True)
-    with atomic_path(args.out) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.9g")
+    df = score(args.clean, args.adv, args.out, args.measures, k, args.ssim == "gaussian", args.data, args.chance_seed, dev)
     for (attack, eps), g in df.groupby(["attack", "eps"], sort=False):
         mods = g.groupby("cam", sort=False)["nissim"].mean()
         print(f"{args.out}: {attack} ε={eps:g}, {len(g) // len(mods)} images; MOD "
@@ -538,15 +504,40 @@ def _read_scores(paths: list[str]):
     return pd.concat(frames, ignore_index=True)
 
 
+def cmd_sanity(args) -> None:
+    from .heatmaps import methods_for
+    from .sanity import run_sanity
+
+    methods = methods_for(args.out, args.cams)
+    dev = _setup_torch(args)
+    _log_runtime(dev, INFERENCE_PRECISION)
+    df = run_sanity(args.model, args.data, dict(zip(methods, args.out)), args.images, args.seed, args.target,
+                    args.batch_size, dev, args.name)
+    for (cam, blocks), g in df.groupby(["cam", "blocks"], sort=False):
+        print(f"{args.out}: {cam} with {blocks} block(s) randomised ({g['block'].iloc[0]}): Spearman "
+              f"{g['spearman'].mean():.3f}, NISSIM {g['nissim'].mean():.3f}")
+
+
 def cmd_summarise(args) -> None:
+    import pandas as pd
+
     from .store import atomic_path
-    from .summary import mod_vid, vid, vid_per_image
+    from .summary import mod_vid, sanity_summary, vid, vid_per_image
 
     table = _read_scores(args.scores)
     summ = mod_vid(table, confidence=args.confidence, n_resamples=args.resamples, seed=args.seed)
-    outs = [(args.out, summ), (args.vid, vid(table)), (args.vid_images, vid_per_image(table)), (args.nissim, table)]
+    sanity = None
+    if args.sanity:
+        for p in args.sanity:
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"sanity table '{p}' does not exist")
+        sanity = sanity_summary(pd.concat([pd.read_csv(p) for p in args.sanity], ignore_index=True), args.sanity_threshold)
+        flags = sanity.groupby(["model", "cam"], sort=False)["flag"].first().rename("sanity").reset_index()
+        summ = summ.merge(flags, on=["model", "cam"], how="left")
+    outs = [(args.out, summ), (args.vid, vid(table)), (args.vid_images, vid_per_image(table)), (args.nissim, table),
+            (args.sanity_out, sanity)]
     for path, frame in outs:
-        if path:
+        if path and frame is not None:
             with atomic_path(path) as tmp:
                 frame.to_csv(tmp, index=False, float_format="%.6g")
     cols = ["model", "cam", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate"]
@@ -556,7 +547,7 @@ def cmd_summarise(args) -> None:
 def cmd_plot(args) -> None:
     import pandas as pd
 
-    from .plots import plot_accuracy, plot_mod, plot_nissim, plot_transfer, plot_vid
+    from .plots import plot_accuracy, plot_localisation, plot_mod, plot_nissim, plot_sanity, plot_transfer, plot_vid
 
     summ = pd.read_csv(args.summary)
     out = Path(args.out_dir)
@@ -565,12 +556,18 @@ def cmd_plot(args) -> None:
             plot_transfer(summ, target, out / f"transfer_{target}")
     plot_mod(summ, out / "mod")
     plot_accuracy(summ, out / "accuracy")
+    if "energy_adv_mean" in summ:
+        plot_localisation(summ, out / "localisation")
     if args.vid_images:
         plot_vid(pd.read_csv(args.vid_images), out / "vid")
     if args.nissim:
         table = pd.read_csv(args.nissim)
-        for attack in sorted(table["attack"].unique()):
+        for attack in sorted(set(table["attack"].unique()) - {"chance"}):
             plot_nissim(table, out / f"nissim_{attack}", attack)
+    if args.sanity:
+        sanity = pd.read_csv(args.sanity)
+        for model in sorted(sanity["model"].unique()):
+            plot_sanity(sanity, model, out / f"sanity_{model}")
     print(f"figures written to {out}")
 
 
@@ -609,6 +606,8 @@ def cmd_gallery(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .scores import LOCALISATION, MEASURES as SCORE_MEASURES
+
     p = argparse.ArgumentParser(
         prog="advcam",
         description="How adversarial attacks move Grad-CAM explanations (MOD/VID). Stages:\n"
@@ -642,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--margin", type=float, default=0.3, help="margin around VGGFace2 loose boxes (fraction)")
     s.add_argument("--skip-broken", action="store_true", help="skip (and count) unreadable images instead of failing")
     s.add_argument("--report", help="JSON report of counts")
+    s.add_argument("--masks", action="store_true",
+                   help="carry each image's part mask (<name>.mask.png beside it, 0 = background) into the store, for "
+                        "the localisation measures; a missing one is an error")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_prepare)
 
@@ -725,13 +727,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="per-image CSV")
     s.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
                    help="uniform 7×7 with sample covariance, or Gaussian σ=1.5 with population covariance")
-    s.add_argument("--measures", nargs="*", choices=list(MEASURES), default=list(MEASURES),
+    s.add_argument("--measures", nargs="*", choices=list(SCORE_MEASURES), default=list(SCORE_MEASURES),
                    help="dissimilarity measures besides SSIM/NISSIM, one column each (default: all): "
-                        + "; ".join(f"{m}: {what}" for m, what in MEASURES.items()))
+                        + "; ".join(f"{m}: {what}" for m, what in SCORE_MEASURES.items()))
     s.add_argument("--k", type=float, default=0.1,
                    help="top-k intersection: a fraction of the pixels in (0, 1) or a whole number of pixels")
+    s.add_argument("--data", help="the prepared store of the test images: with part masks it adds the localisation "
+                                  "columns (" + ", ".join(LOCALISATION) + ")")
+    s.add_argument("--chance-seed", type=int,
+                   help="add the chance reference (attack 'chance', ε 0): each clean map against the clean map of another "
+                        "test image, paired by a derangement drawn with this seed")
     _add_common(s, device=True)
     s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("sanity", help=STAGES["sanity"], description=STAGES["sanity"], formatter_class=fmt)
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True, nargs="+", metavar="FILE",
+                   help="per-image CSVs, one per CAM method, each named <method>.csv (or give --cams)")
+    s.add_argument("--cams", nargs="+", metavar="METHOD", help="the CAM method of each --out file, in order")
+    s.add_argument("--images", type=int, default=16, help="test images (a seeded draw)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the draw and of the re-initialisation")
+    s.add_argument("--target", choices=["predicted", "label"], default="predicted",
+                   help="class each map explains (the trained model's prediction, at every step), or the true label")
+    s.add_argument("--name", help="model name to record (default: the checkpoint's arch)")
+    _add_common(s, device=True)
+    s.set_defaults(func=cmd_sanity)
 
     s = sub.add_parser("summarise", help=STAGES["summarise"], description=STAGES["summarise"], formatter_class=fmt)
     s.add_argument("scores", nargs="+", help="per-image CSVs (advcam score)")
@@ -742,12 +763,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--confidence", type=float, default=0.95)
     s.add_argument("--resamples", type=int, default=2000)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sanity", nargs="+", metavar="FILE", help="per-image sanity tables (advcam sanity): adds the sanity "
+                                                              "verdict per model and method to the MOD table")
+    s.add_argument("--sanity-out", help="sanity.csv: one row per model, method and number of randomised blocks")
+    s.add_argument("--sanity-threshold", type=float, default=0.5,
+                   help="mean Spearman with the trained maps at or above which a method is flagged as ignoring the head "
+                        "(head randomised) or the weights (all randomised)")
     s.set_defaults(func=cmd_summarise)
 
     s = sub.add_parser("plot", help=STAGES["plot"], description=STAGES["plot"], formatter_class=fmt)
     s.add_argument("--summary", required=True, help="mod_vid.csv")
     s.add_argument("--vid-images", help="per-image VID CSV")
     s.add_argument("--nissim", help="all per-image NISSIM rows")
+    s.add_argument("--sanity", help="sanity.csv (advcam summarise --sanity-out): a figure per model")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_plot)
 

@@ -1,6 +1,7 @@
-"""Figures: MOD and accuracy against ε (with CIs and the noise control), VID and NISSIM distributions,
-and a per-model gallery of clean and adversarial heatmaps; every figure shows the CAM methods side by
-side. Each figure is written as PNG and PDF."""
+"""Figures: MOD and accuracy against ε (with CIs, the noise control and the chance level), VID and NISSIM
+distributions, localisation on the face parts, the sanity check per model, and a per-model gallery of clean
+and adversarial heatmaps; every figure shows the CAM methods side by side. Each figure is written as PNG and
+PDF (the gallery as PNG only)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,8 @@ import pandas as pd  # noqa: E402
 
 from .store import atomic_path  # noqa: E402
 
-__all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "plot_transfer", "save"]
+__all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "plot_transfer", "plot_localisation",
+           "plot_sanity", "save"]
 
 STYLE = {"fgsm": "-", "noise": ":", "pgd": "--", "bim": "-.", "mifgsm": (0, (5, 1, 1, 1, 1, 1))}
 MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^"}
@@ -39,12 +41,15 @@ def _colors(keys) -> dict:
     return {m: cmap(i % 10) for i, m in enumerate(keys)}
 
 
-def _with_cam(frame: pd.DataFrame, white_box: bool = True) -> pd.DataFrame:
+def _with_cam(frame: pd.DataFrame, white_box: bool = True, chance: bool = False) -> pd.DataFrame:
     """The frame with a ``cam`` column (Grad-CAM where it has none, as in summaries written before methods
-    were an axis); ``white_box``: only the rows of attacks crafted on the model itself (no transfer rows)."""
+    were an axis); ``white_box``: only the rows of attacks crafted on the model itself (no transfer rows);
+    ``chance``: keep the chance-reference rows (attack ``chance``), which are no attack."""
     frame = frame if "cam" in frame.columns else frame.assign(cam="gradcam")
     if white_box and "source_model" in frame.columns:
         frame = frame[frame["source_model"] == frame["model"]]
+    if not chance and "attack" in frame.columns:
+        frame = frame[frame["attack"] != "chance"]
     return frame
 
 
@@ -69,7 +74,11 @@ def _panels(n: int, width: float = 3.4, height: float = 2.8, max_cols: int = 3, 
 
 def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
     """MOD (mean NISSIM) against ε, one panel per model and a line per CAM method (colour) and attack
-    (solid FGSM, dotted noise control), 95% bootstrap CI as a band. ε = 0 is the clean set (MOD 0)."""
+    (solid FGSM, dotted noise control), 95% bootstrap CI as a band. ε = 0 is the clean set (MOD 0). The
+    chance level of each method (MOD between the clean maps of two different test images) is a dash-dotted
+    horizontal line with its CI as a band: the upper reference, as the noise control is the lower one."""
+    chance = _with_cam(summary, chance=True)
+    chance = chance[chance["attack"] == "chance"]
     summary = _with_cam(summary)
     models = sorted(summary["model"].unique())
     cams = _cam_order(summary)
@@ -82,13 +91,16 @@ def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
             ax.plot(e, np.r_[0.0, g["mod"]], linestyle=STYLE.get(attack, "-."), marker=MARKER.get(attack, "o"), ms=2.5, lw=1.1, color=col[cam],
                     label=f"{cam} · {attack}")
             ax.fill_between(e, np.r_[0.0, g["mod_ci_low"]], np.r_[0.0, g["mod_ci_high"]], color=col[cam], alpha=0.12, lw=0)
+        for _, r in chance[(chance["model"] == model) & chance["cam"].isin(cams)].iterrows():
+            ax.axhline(r["mod"], color=col[r["cam"]], ls="-.", lw=0.8, label=f"{r['cam']} · chance")
+            ax.axhspan(r["mod_ci_low"], r["mod_ci_high"], color=col[r["cam"]], alpha=0.08, lw=0)
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("ε (pixel scale [0,1])", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("MOD = mean NISSIM", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: (cams.index(labels[i].split(" · ")[0]), labels[i]))
-    fig.suptitle("Explanation shift under attack per CAM method (band: 95% bootstrap CI)", fontsize=9)
+    fig.suptitle("Explanation shift under attack per CAM method (band: 95% bootstrap CI; dash-dot: chance)", fontsize=9)
     fig.tight_layout()
     fig.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, ncol=min(4, max(1, len(labels))),
                loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False)
@@ -209,6 +221,70 @@ def plot_transfer(summary: pd.DataFrame, target: str, prefix: str | os.PathLike)
     axes[0].set_ylabel(f"MOD on {target}", fontsize=8)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{target}: explanation shift under its own attacks and transferred ones", fontsize=9)
+    fig.tight_layout()
+    return save(fig, prefix)
+
+
+def plot_localisation(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
+    """Localisation on the face parts against ε: a column per model, the energy-based pointing game (share of
+    the map's mass on the parts) above and the pointing game (share of maps whose maximum is on them) below; a
+    line per CAM method (colour) and attack (line style), ε = 0 the clean maps. The grey dotted line is the
+    parts' share of the image, what a map spread evenly scores."""
+    s = _with_cam(summary)
+    models = sorted(s["model"].unique())
+    cams = _cam_order(s)
+    col = _colors(cams)
+    fig, axes = plt.subplots(2, max(1, len(models)), figsize=(3.0 * max(1, len(models)), 5.4), sharey="row", squeeze=False)
+    for j, model in enumerate(models):
+        sm = s[s["model"] == model]
+        for r, (what, label) in enumerate((("energy", "mass on the face parts"), ("point", "maximum on a face part"))):
+            ax = axes[r, j]
+            for (cam, attack), g in sm.groupby(["cam", "attack"], sort=True):
+                g = g.sort_values("eps")
+                ax.plot(np.r_[0.0, g["eps"]], np.r_[g[f"{what}_clean_mean"].iloc[0], g[f"{what}_adv_mean"]],
+                        linestyle=STYLE.get(attack, "-."), marker=MARKER.get(attack, "o"), ms=2.5, lw=1.1, color=col[cam],
+                        label=f"{cam} · {attack}")
+            if "mask_frac_mean" in sm and len(sm):
+                ax.axhline(float(sm["mask_frac_mean"].iloc[0]), color="0.4", ls=":", lw=1, label="uniform map")
+            ax.grid(alpha=0.3)
+            if r == 0:
+                ax.set_title(model, fontsize=9)
+            else:
+                ax.set_xlabel("ε (pixel scale [0,1])", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.suptitle("Does the explanation stay on the identity? Localisation against the synthetic part masks", fontsize=9)
+    fig.tight_layout()
+    fig.legend(handles, labels, fontsize=7, ncol=min(4, max(1, len(labels))), loc="upper center",
+               bbox_to_anchor=(0.5, 0.0), frameon=False)
+    return save(fig, prefix)
+
+
+def plot_sanity(sanity: pd.DataFrame, model: str, prefix: str | os.PathLike) -> list[Path]:
+    """The cascading randomisation check of one model: Spearman correlation (left) and NISSIM (right) of each
+    step's maps with the trained model's, against the blocks randomised from the output down, a line per CAM
+    method; the legend gives each method's verdict. ``sanity``: :func:`advcam.summary.sanity_summary`."""
+    s = sanity[sanity["model"] == model]
+    cams = _cam_order(s)
+    col = _colors(cams)
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), squeeze=False)
+    steps = s.drop_duplicates("blocks").sort_values("blocks")
+    for cam in cams:
+        g = s[s["cam"] == cam].sort_values("blocks")
+        verdict = g["flag"].iloc[0] if "flag" in g else ""
+        for ax, what in zip(axes[0], ("spearman_mean", "nissim_mean")):
+            ax.plot(g["blocks"], g[what], marker="o", ms=3, lw=1.1, color=col[cam],
+                    label=f"{cam} ({verdict})" if verdict else cam)
+    for ax, label in zip(axes[0], ("Spearman with the trained maps", "NISSIM to the trained maps")):
+        ax.set_xticks(steps["blocks"], [f"{b}\n{n}" if b else "trained" for b, n in zip(steps["blocks"], steps["block"])],
+                      fontsize=6)
+        ax.set_xlabel("blocks re-initialised, output down (the last one named)", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylim(-1.05, 1.05)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{model}: sanity check (cascading model-parameter randomisation)", fontsize=9)
     fig.tight_layout()
     return save(fig, prefix)
 

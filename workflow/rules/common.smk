@@ -32,6 +32,11 @@ if DATASET["source"] == "folder":
         raise ValueError("config: dataset: root is required when dataset: source is 'folder'")
     if not Path(DATASET["root"]).is_dir():
         raise ValueError(f"config: dataset: root '{DATASET['root']}' does not exist or is not a folder")
+# localisation needs part masks: the synthetic set always has them, a folder tree when it says so
+LOCALISE = DATASET["source"] == "synthetic" or DATASET["masks"]
+SANITY = config["sanity"]["images"] > 0
+if config["sanity"]["images"] == 1:
+    raise ValueError("config: sanity: images 1: the check compares maps over at least 2 test images (0 turns it off)")
 TRANSFER = [(t["source"], t["target"]) for t in config["transfer"]]
 for _src, _tgt in TRANSFER:
     for _m in (_src, _tgt):
@@ -222,12 +227,32 @@ def gallery_heatmaps(model, attack="fgsm"):
     return [f for e in ATTACKS[attack]["eps"] for f in adv_heatmap_files(model, attack, fmt_eps(e))]
 
 
-def final_targets():
+def sanity_model_files(model="{model}"):
+    """The sanity-check tables of one model, one per CAM method (named after it, as the heatmap files are)."""
+    return [f"{RESULTS}/sanity/{model}/{cam}.csv" for cam in CAMS]
+
+
+def sanity_files():
+    """Every model's sanity-check tables, when the check is on."""
+    return [f for m in MODELS for f in sanity_model_files(m)] if SANITY else []
+
+
+def summary_plots():
+    """The figures rule plot draws from the summaries."""
     plots = [f"{RESULTS}/plots/{name}.png" for name in ("mod", "accuracy", "vid")]
+    plots += [f"{RESULTS}/plots/localisation.png"] if LOCALISE else []
+    plots += [f"{RESULTS}/plots/sanity_{m}.png" for m in MODELS] if SANITY else []
+    return plots
+
+
+def final_targets():
+    plots = summary_plots()
     plots += [f"{RESULTS}/plots/nissim_{a}.png" for a in ATTACKS]
     plots += [f"{RESULTS}/plots/gallery_{m}.png" for m in MODELS]
     plots += [f"{RESULTS}/plots/transfer_{t}.png" for t in transfer_targets()]
-    return [f"{RESULTS}/summary/mod_vid.csv", f"{RESULTS}/summary/vid.csv"] + plots
+    tables = [f"{RESULTS}/summary/mod_vid.csv", f"{RESULTS}/summary/vid.csv"]
+    tables += [f"{RESULTS}/summary/sanity.csv"] if SANITY else []
+    return tables + plots
 
 
 wildcard_constraints:

@@ -39,6 +39,7 @@ rule prepare:
         seed=DATASET["seed"],
         margin=DATASET["margin"],
         skip="--skip-broken" if DATASET["skip_broken"] else "",
+        masks="--masks" if LOCALISE else "",
     log:
         f"{RESULTS}/logs/prepare/{{size}}.log",
     benchmark:
@@ -53,4 +54,4 @@ rule prepare:
     shell:
         "python -m advcam prepare --root {params.root} --out {output.store} --size {wildcards.size} {params.identities} "
         "--min-images {params.min_images} --split {params.split} --seed {params.seed} --margin {params.margin} "
-        "{params.skip} --report {output.report} --no-progress > {log} 2>&1"
+        "{params.skip} {params.masks} --report {output.report} --no-progress > {log} 2>&1"

@@ -1,5 +1,5 @@
 # CAMs of the clean test set, a file per method (once per model; the adversarial ones come with rule attack),
-# then NISSIM and the other measures per image and method.
+# then NISSIM and the other measures per image and method, and the sanity check of the methods per model.
 
 
 rule explain_clean:
@@ -33,16 +33,19 @@ rule explain_clean:
 rule score:
     # one job per model scores every attack and ε (paired by what each heatmap file records): 6 jobs in the
     # default instead of 33, each of which paid ~2.5 s of imports for ~2.5 s of work. Changing an ε rescores
-    # that model (seconds); changing a measure reruns only these jobs and the summaries.
+    # that model (seconds); changing a measure reruns only these jobs and the summaries. The white-box table
+    # also holds the chance reference (attack chance); the store gives the part masks for localisation.
     input:
         clean=clean_heatmap_files(),
         adv=lambda w: model_adv_heatmaps(w.model),
+        data=data_store,
     output:
         f"{RESULTS}/scores/{{model}}/white_box.csv",
     params:
         ssim=config["ssim"],
         measures=" ".join(config["metrics"]["measures"]),
         k=config["metrics"]["k"],
+        chance=f"--chance-seed {config['metrics']['chance_seed']}",
     log:
         f"{RESULTS}/logs/score/{{model}}/white_box.log",
     benchmark:
@@ -54,17 +57,57 @@ rule score:
     conda:
         "../../envs/advcam.yaml"
     shell:
-        "python -m advcam score --clean {input.clean} --adv {input.adv} --out {output} --ssim {params.ssim} "
-        "--measures {params.measures} --k {params.k} --device cpu --threads {threads} > {log} 2>&1"
+        "python -m advcam score --clean {input.clean} --adv {input.adv} --data {input.data} --out {output} "
+        "--ssim {params.ssim} --measures {params.measures} --k {params.k} {params.chance} --device cpu "
+        "--threads {threads} > {log} 2>&1"
 
 
 use rule score as score_transfer with:
     input:
         clean=clean_heatmap_files(),
         adv=lambda w: pair_transfer_heatmaps(w.model, w.source),
+        data=data_store,
     output:
         f"{RESULTS}/scores/{{model}}/from_{{source}}.csv",
+    params:
+        ssim=config["ssim"],
+        measures=" ".join(config["metrics"]["measures"]),
+        k=config["metrics"]["k"],
+        chance="",  # the target's chance rows are in its white-box table
     log:
         f"{RESULTS}/logs/score/{{model}}/from_{{source}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score/{{model}}/from_{{source}}.tsv"
+
+
+rule sanity:
+    # cascading model-parameter randomisation on a few test images, a table per (model, CAM method) written by one
+    # job per model, as explain_clean does: the gradient methods share each step's forward and backward, and a job
+    # per method would pay ~5 s of imports and model loading for ~2 s of work. The method is read from each
+    # file's name: removing one reruns nothing, adding one reruns the model's check.
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        data=data_store,
+    output:
+        sanity_model_files(),
+    params:
+        images=config["sanity"]["images"],
+        seed=config["sanity"]["seed"],
+        target=config["cam"]["target"],
+        batch=config["cam"]["batch_size"],
+        device=DEVICE,
+    log:
+        f"{RESULTS}/logs/sanity/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sanity/{{model}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=60,
+        mem_mb=8000,
+    conda:
+        "../../envs/advcam.yaml"
+    shell:
+        "python -m advcam sanity --model {input.model} --data {input.data} --out {output} --name {wildcards.model} "
+        "--images {params.images} --seed {params.seed} --target {params.target} "
+        "--batch-size {params.batch} --device {params.device} --threads {threads} > {log} 2>&1"

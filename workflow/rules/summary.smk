@@ -9,15 +9,20 @@ localrules:
 
 rule summarise:
     input:
-        score_files() + transfer_score_files(),
+        scores=score_files() + transfer_score_files(),
+        sanity=sanity_files(),
     output:
         mod_vid=f"{RESULTS}/summary/mod_vid.csv",
         vid=f"{RESULTS}/summary/vid.csv",
         vid_images=f"{RESULTS}/summary/vid_per_image.csv",
         nissim=f"{RESULTS}/summary/nissim.csv",
+        sanity=[f"{RESULTS}/summary/sanity.csv"] if SANITY else [],
     params:
         confidence=config["summary"]["confidence"],
         resamples=config["summary"]["resamples"],
+        # the threshold as a plain value (snakemake records it, so changing it reruns this job), the files derived
+        sanity_threshold=f"--sanity-threshold {config['sanity']['threshold']}" if SANITY else "",
+        sanity=lambda w, input, output: f"--sanity {' '.join(input.sanity)} --sanity-out {output.sanity}" if input.sanity else "",
     log:
         f"{RESULTS}/logs/summarise.log",
     benchmark:
@@ -26,8 +31,10 @@ rule summarise:
     conda:
         "../../envs/advcam.yaml"
     shell:
-        "python -m advcam summarise {input} --out {output.mod_vid} --vid {output.vid} --vid-images {output.vid_images} "
-        "--nissim {output.nissim} --confidence {params.confidence} --resamples {params.resamples} > {log} 2>&1"
+        "python -m advcam summarise {input.scores} --out {output.mod_vid} --vid {output.vid} --vid-images {output.vid_images} "
+        "--nissim {output.nissim} --confidence {params.confidence} --resamples {params.resamples} {params.sanity} "
+        "{params.sanity_threshold} "
+        "> {log} 2>&1"
 
 
 rule plot:
@@ -35,6 +42,7 @@ rule plot:
         summary=f"{RESULTS}/summary/mod_vid.csv",
         vid_images=f"{RESULTS}/summary/vid_per_image.csv",
         nissim=f"{RESULTS}/summary/nissim.csv",
+        sanity=[f"{RESULTS}/summary/sanity.csv"] if SANITY else [],
     output:
         mod=report(f"{RESULTS}/plots/mod.png", caption="../report/mod.rst", category="Summary"),
         accuracy=report(f"{RESULTS}/plots/accuracy.png", caption="../report/accuracy.rst", category="Summary"),
@@ -49,8 +57,19 @@ rule plot:
             caption="../report/transfer.rst",
             category="Transfer",
         ),
+        localisation=report(
+            [f"{RESULTS}/plots/localisation.png"] if LOCALISE else [],
+            caption="../report/localisation.rst",
+            category="Localisation",
+        ),
+        sanity=report(
+            [f"{RESULTS}/plots/sanity_{m}.png" for m in MODELS] if SANITY else [],
+            caption="../report/sanity.rst",
+            category="Sanity check",
+        ),
     params:
         outdir=lambda w, output: os.path.dirname(output.mod),
+        sanity=lambda w, input: f"--sanity {input.sanity}" if input.sanity else "",
     log:
         f"{RESULTS}/logs/plot.log",
     benchmark:
@@ -60,7 +79,7 @@ rule plot:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam plot --summary {input.summary} --vid-images {input.vid_images} --nissim {input.nissim} "
-        "--out-dir {params.outdir} > {log} 2>&1"
+        "{params.sanity} --out-dir {params.outdir} > {log} 2>&1"
 
 
 rule gallery:
