@@ -33,7 +33,7 @@ def train_priorities(proc, rule: str = "train", wildcard: str = "model") -> dict
     out = {}
     for block in (proc.stdout + proc.stderr).split(f"rule {rule}:")[1:]:
         block = block.split("\n\n")[0].split("rule ")[0]
-        model = re.search(rf"wildcards: {wildcard}=(\S+)", block).group(1)
+        model = re.search(rf"wildcards: (?:.*, )?{wildcard}=([^,\s]+)", block).group(1)
         m = re.search(r"priority: (\d+)", block)
         out[model] = int(m.group(1)) if m else 0
     return out
@@ -51,14 +51,20 @@ def test_default_dag(tmp_path):
     assert c["synth"] == 1 and c["summarise"] == 1 and c["plot"] == 1 and c["gallery"] == n_models
     assert c["sanity"] == n_models  # one sanity-check job per model, every CAM method
     # the trainings start longest first (VGG16 first, not last as snakemake's preference for large inputs had
-    # it), each before any job downstream (priority 0)
-    assert train_priorities(proc) == {m: 1 + spec["priority"] for m, spec in cfg["models"].items()}
-    assert train_priorities(proc)["vgg16"] == max(train_priorities(proc).values())
-    assert "priority" not in proc.stdout.split("rule attack:")[1].split("\n\n")[0]
+    # it), each before any job downstream; then a model's score and gallery as soon as they are ready; then the
+    # models' attacks, model by model in the same order
+    rank = {p: i for i, p in enumerate(sorted({spec["priority"] for spec in cfg["models"].values()}))}
+    top = len(rank)
+    expected = {m: top + 1 + rank[spec["priority"]] for m, spec in cfg["models"].items()}
+    assert train_priorities(proc) == expected and max(expected, key=expected.get) == "vgg16"
+    attacks = train_priorities(proc, "attack")  # the last model's attack of each is parsed: one per model
+    assert attacks == {m: rank[spec["priority"]] for m, spec in cfg["models"].items()}
+    assert max(attacks.values()) < top == min(train_priorities(proc, "score").values()) < min(expected.values())
+    assert set(train_priorities(proc, "sanity").values()) == set(attacks.values())
     # and its store is built first (it inherits the highest priority of the models trained on it)
     sizes = {str(m["size"]) for m in cfg["models"].values()}
     assert train_priorities(proc, "prepare", "size") == {
-        s: max(1 + m["priority"] for m in cfg["models"].values() if str(m["size"]) == s) for s in sizes}
+        s: max(expected[k] for k, m in cfg["models"].items() if str(m["size"]) == s) for s in sizes}
 
 
 def test_paper_dag(tmp_path):

@@ -14,6 +14,7 @@ rule gradient:
         f"{RESULTS}/logs/gradient/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/gradient/{{model}}.tsv"
+    priority: model_priority
     threads: 1
     resources:
         gpu=1,
@@ -47,6 +48,7 @@ rule attack:
         f"{RESULTS}/logs/attack/{{model}}/{{attack}}/{{eps}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/attack/{{model}}/{{attack}}/{{eps}}.tsv"
+    priority: model_priority
     threads: 1
     resources:
         gpu=1,
@@ -84,6 +86,7 @@ rule transfer:
         f"{RESULTS}/logs/transfer/{{model}}/from_{{source}}/{{attack}}/{{eps}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/transfer/{{model}}/from_{{source}}/{{attack}}/{{eps}}.tsv"
+    priority: model_priority
     threads: 1
     resources:
         gpu=1,

@@ -109,17 +109,38 @@ def model_hash(model):
     return config_hash(DATASET, {k: v for k, v in MODELS[model].items() if k not in SCHEDULING_KEYS})
 
 
+# Scheduling, in three tiers: every training first (they gate the rest of the study; on few cores the last training
+# to start otherwise waits behind the others' attacks), longest first; then the jobs that end a model's chain (score,
+# gallery) as soon as they are ready, so they overlap the next model's attacks instead of piling up at the end;
+# then each model's attacks, explanations and sanity check, model by model in the same order (the model trained
+# last comes last). Priorities only order jobs that are ready; ranks keep the tiers apart whatever the config's values.
+_RANK = {p: i for i, p in enumerate(sorted({m["priority"] for m in MODELS.values()}))}
+
+
+def _rank(model):
+    return _RANK[MODELS[model]["priority"]]
+
+
 def train_priority(wildcards):
-    """1 + the model's ``priority``: every training starts before any job downstream of one (they gate the rest
-    of the study; on few cores, the last training to start otherwise waits behind the others' attacks), in the
-    order of ``priority`` (longest first packs best)."""
-    return 1 + MODELS[wildcards.model]["priority"]
+    """Above every job downstream of a training, in the order of the models' ``priority``."""
+    return len(_RANK) + 1 + _rank(wildcards.model)
 
 
 def prepare_priority(wildcards):
     """A store inherits the highest priority of the trainings on it, so the first model's data is ready first
     (else its training waits behind the others')."""
-    return max((1 + m["priority"] for m in MODELS.values() if str(m["size"]) == str(wildcards.size)), default=0)
+    return max((len(_RANK) + 1 + _rank(k) for k, m in MODELS.items() if str(m["size"]) == str(wildcards.size)),
+               default=0)
+
+
+def collect_priority(wildcards):
+    """The jobs that end a model's chain (score, gallery): below the trainings, above every attack."""
+    return len(_RANK)
+
+
+def model_priority(wildcards):
+    """A model's attacks, explanations and sanity check: model by model, in the order of ``priority``."""
+    return _rank(wildcards.model)
 
 
 def dataset_root(wildcards):

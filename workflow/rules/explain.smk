@@ -17,6 +17,7 @@ rule explain_clean:
         f"{RESULTS}/logs/explain/{{model}}/clean.log",
     benchmark:
         f"{RESULTS}/benchmarks/explain/{{model}}/clean.tsv"
+    priority: model_priority
     threads: 1
     resources:
         gpu=1,
@@ -50,6 +51,7 @@ rule score:
         f"{RESULTS}/logs/score/{{model}}/white_box.log",
     benchmark:
         f"{RESULTS}/benchmarks/score/{{model}}/white_box.tsv"
+    priority: collect_priority
     threads: 1
     resources:
         runtime=30,
@@ -100,6 +102,7 @@ rule sanity:
         f"{RESULTS}/logs/sanity/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/sanity/{{model}}.tsv"
+    priority: model_priority
     threads: 1
     resources:
         gpu=1,

@@ -96,6 +96,7 @@ rule gallery:
         f"{RESULTS}/logs/gallery/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/gallery/{{model}}.tsv"
+    priority: collect_priority
     threads: 1
     conda:
         "../../envs/advcam.yaml"
