@@ -251,6 +251,15 @@ def test_cascade_changes_what_each_method_reads(seed):
         reinitialise([torch.nn.Module()])
 
 
+def test_sanity_flag_reads_the_threshold_and_the_chance_level():
+    from advcam.sanity import flag
+
+    assert flag(0.2, 0.1) == "ok" and flag(0.9, 0.1) == "ignores head" and flag(0.9, 0.6) == "ignores weights"
+    # on aligned images two images' maps agree by 0.7: a randomised model's 0.6 moved further than that
+    assert flag(0.6, 0.6, spearman_chance=0.7) == "ok" and flag(0.8, 0.6, spearman_chance=0.7) == "ignores head"
+    assert flag(0.2, 0.3, threshold=0.5, spearman_chance=0.1) == "ok"  # the threshold is a floor
+
+
 def test_sanity_stage_and_summary(scored, tiny_masked_store, tmp_path):
     from advcam.summary import sanity_summary
 
@@ -262,7 +271,10 @@ def test_sanity_stage_and_summary(scored, tiny_masked_store, tmp_path):
     assert set(t["cam"]) == {"gradcam", "eigencam"} and t["index"].nunique() == 3
     assert t["blocks"].max() == 6 and t.loc[t["blocks"] == 0, "nissim"].eq(0).all()
     assert t.loc[t["blocks"] == 0, "spearman"].eq(1).all()
+    # the chance level on the same images: the trained maps of each image and of its derangement partner
+    assert t.groupby(["cam", "index"])["spearman_chance"].nunique().eq(1).all()
     s = sanity_summary(t)
+    assert s["spearman_chance"].between(-1, 1).all() and s["nissim_chance"].between(0, 1).all()
     eig = s[(s["cam"] == "eigencam") & (s["blocks"] == 1)].iloc[0]
     assert eig["spearman_mean"] == pytest.approx(1.0) and eig["flag"] in ("ignores head", "ignores weights")
     # into the MOD table as a column, and a figure per model

@@ -264,7 +264,8 @@ def plot_localisation(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[
 def plot_sanity(sanity: pd.DataFrame, model: str, prefix: str | os.PathLike) -> list[Path]:
     """The cascading randomisation check of one model: Spearman correlation (left) and NISSIM (right) of each
     step's maps with the trained model's, against the blocks randomised from the output down, a line per CAM
-    method; the legend gives each method's verdict. ``sanity``: :func:`advcam.summary.sanity_summary`."""
+    method, its chance level (two different images' trained maps) dash-dotted; the legend gives each method's
+    verdict. ``sanity``: :func:`advcam.summary.sanity_summary`."""
     s = sanity[sanity["model"] == model]
     cams = _cam_order(s)
     col = _colors(cams)
@@ -273,9 +274,11 @@ def plot_sanity(sanity: pd.DataFrame, model: str, prefix: str | os.PathLike) -> 
     for cam in cams:
         g = s[s["cam"] == cam].sort_values("blocks")
         verdict = g["flag"].iloc[0] if "flag" in g else ""
-        for ax, what in zip(axes[0], ("spearman_mean", "nissim_mean")):
+        for ax, what, ref in zip(axes[0], ("spearman_mean", "nissim_mean"), ("spearman_chance", "nissim_chance")):
             ax.plot(g["blocks"], g[what], marker="o", ms=3, lw=1.1, color=col[cam],
                     label=f"{cam} ({verdict})" if verdict else cam)
+            if ref in g and np.isfinite(g[ref].iloc[0]):
+                ax.axhline(g[ref].iloc[0], color=col[cam], ls="-.", lw=0.7)
     for ax, label in zip(axes[0], ("Spearman with the trained maps", "NISSIM to the trained maps")):
         ax.set_xticks(steps["blocks"], [f"{b}\n{n}" if b else "trained" for b, n in zip(steps["blocks"], steps["block"])],
                       fontsize=6)
@@ -284,7 +287,7 @@ def plot_sanity(sanity: pd.DataFrame, model: str, prefix: str | os.PathLike) -> 
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylim(-1.05, 1.05)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{model}: sanity check (cascading model-parameter randomisation)", fontsize=9)
+    fig.suptitle(f"{model}: sanity check (cascading model-parameter randomisation; dash-dot: two images' maps)", fontsize=9)
     fig.tight_layout()
     return save(fig, prefix)
 

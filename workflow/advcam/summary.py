@@ -146,21 +146,27 @@ def _with_mod_rel(summ: pd.DataFrame) -> pd.DataFrame:
 
 def sanity_summary(per_image: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     """The sanity check per (model, cam, blocks): n, block, nissim_mean, spearman_mean (over the images where
-    it is defined), spearman_nan (maps that became constant: no ranks), and the (model, cam) verdict ``flag``
-    (:func:`advcam.sanity.flag` at ``threshold``, NaN Spearman counted as 0) with the two correlations it
-    reads, spearman_head and spearman_all. ``per_image``: the rows of :func:`advcam.sanity.run_sanity`."""
+    it is defined), spearman_nan (maps that became constant: no ranks), and per (model, cam) the chance level
+    on the same images (spearman_chance, nissim_chance: the trained maps of two different images) and the
+    verdict ``flag`` (:func:`advcam.sanity.flag` at ``threshold``, NaN Spearman counted as 0) with the two
+    correlations it reads, spearman_head and spearman_all. ``per_image``: the rows of
+    :func:`advcam.sanity.run_sanity`."""
     from .sanity import flag
 
     missing = [c for c in ("model", "cam", "blocks", "block", "index", "spearman", "nissim") if c not in per_image]
     if missing:
         raise ValueError(f"sanity table lacks column(s) {', '.join(missing)}")
+
+    def rank0(v) -> float:
+        return float(np.nan_to_num(np.asarray(v, float), nan=0.0).mean())
+
     rows = []
     for (model, cam, blocks), g in per_image.groupby(["model", "cam", "blocks"], sort=True):
         r = g["spearman"].to_numpy(float)
         rows.append({"model": model, "cam": cam, "blocks": int(blocks), "block": g["block"].iloc[0], "n": len(g),
                      "nissim_mean": float(g["nissim"].mean()),
                      "spearman_mean": float(np.nanmean(r)) if (~np.isnan(r)).any() else float("nan"),
-                     "spearman_nan": int(np.isnan(r).sum()), "_rank0": float(np.nan_to_num(r, nan=0.0).mean())})
+                     "spearman_nan": int(np.isnan(r).sum()), "_rank0": rank0(r)})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -169,8 +175,12 @@ def sanity_summary(per_image: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
         head = g.loc[g["blocks"] == 1, "_rank0"]
         head = float(head.iloc[0]) if len(head) else float("nan")
         full = float(g.loc[g["blocks"].idxmax(), "_rank0"])
-        verdicts.append({"model": model, "cam": cam, "spearman_head": head, "spearman_all": full,
-                         "flag": flag(head, full, threshold)})
+        trained = per_image[(per_image["model"] == model) & (per_image["cam"] == cam) & (per_image["blocks"] == 0)]
+        has_chance = "spearman_chance" in trained
+        ch = rank0(trained["spearman_chance"]) if has_chance else float("-inf")
+        verdicts.append({"model": model, "cam": cam, "spearman_chance": ch if has_chance else float("nan"),
+                         "nissim_chance": float(trained["nissim_chance"].mean()) if has_chance else float("nan"),
+                         "spearman_head": head, "spearman_all": full, "flag": flag(head, full, threshold, ch)})
     return out.drop(columns="_rank0").merge(pd.DataFrame(verdicts), on=["model", "cam"], how="left")
 
 
