@@ -514,7 +514,7 @@ def cmd_sanity(args) -> None:
     df = run_sanity(args.model, args.data, dict(zip(methods, args.out)), args.images, args.seed, args.target,
                     args.batch_size, dev, args.name)
     for (cam, blocks), g in df.groupby(["cam", "blocks"], sort=False):
-        print(f"{args.out}: {cam} with {blocks} block(s) randomised ({g['block'].iloc[0]}): Spearman "
+        print(f"{args.name or args.model}: {cam} with {blocks} block(s) randomised ({g['block'].iloc[0]}): Spearman "
               f"{g['spearman'].mean():.3f}, NISSIM {g['nissim'].mean():.3f}")
 
 
