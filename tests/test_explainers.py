@@ -1,5 +1,7 @@
 """Every CAM method equals the pytorch-grad-cam class of the same name, on the paper's architectures at
 odd input sizes, for the predicted class and for given targets, on freshly drawn inputs."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,30 @@ def reference(method, model, layer, x, targets):
         return c(input_tensor=x, targets=targets)
 
 
+def model64_for(arch):
+    """The same weights in float64: how far our own fp32 map lies from it is that map's rounding error."""
+    key = (arch, "fp64")
+    if key not in _models:
+        _models[key] = copy.deepcopy(model_for(arch)).double()
+    return _models[key]
+
+
+def _tolerance(arch, layer, x, methods, target, ours) -> dict:
+    """Per method and image, what two fp32 implementations may differ by: 1e-5, plus three times our fp32 map's
+    distance from the float64 one for the gradient methods. A randomly initialised network can give a map that
+    is a small difference of large terms (xception's XGradCAM: a raw maximum of 1e-7 against terms of 1.6e-4),
+    where min-max normalisation lifts float32 rounding to 2e-5; pgc rounds differently, not wrongly. The
+    perturbation methods keep the plain 1e-5 (their float64 rerun would cost K forwards again)."""
+    tol = {m: np.full(x.shape[0], 1e-5) for m in methods}
+    exact = [m for m in methods if m not in ("scorecam", "ablationcam")]
+    if exact:
+        ours64 = advcam.cams(model64_for(arch), layer, x.double(), exact, target=target)
+        for m in exact:
+            dev = (ours[m].double() - ours64[m].double()).abs().flatten(1).amax(1).numpy()
+            tol[m] = 1e-5 + 3 * dev
+    return tol
+
+
 def _compare(arch, methods, n):
     model = model_for(arch)
     layer = PAPER_MODELS[arch].layer
@@ -71,13 +97,18 @@ def _compare(arch, methods, n):
     y = torch.randint(0, 5, (n,))
     ours = advcam.cams(model, layer, x, methods)
     ours_y = advcam.cams(model, layer, x, methods, target=y)
+    # the predicted classes of the fp32 model, so the float64 rerun explains the same ones
+    pred = model(x).argmax(1)
+    tol, tol_y = _tolerance(arch, layer, x, methods, pred, ours), _tolerance(arch, layer, x, methods, y, ours_y)
     for m in methods:
         assert ours[m].shape == (n, s, s) and ours[m].dtype == torch.float32
         assert ours[m].min() >= 0 and ours[m].max() <= 1
         ref = reference(m, model, layer, x, None)
-        assert np.abs(ours[m].numpy() - ref).max() < 1e-5, (arch, m, "predicted")
+        err = np.abs(ours[m].numpy() - ref).max(axis=(1, 2))
+        assert (err < tol[m]).all() and (tol[m] < 1e-3).all(), (arch, m, "predicted", err, tol[m])
         ref_y = reference(m, model, layer, x, [ClassifierOutputTarget(int(c)) for c in y])
-        assert np.abs(ours_y[m].numpy() - ref_y).max() < 1e-5, (arch, m, "given targets")
+        err = np.abs(ours_y[m].numpy() - ref_y).max(axis=(1, 2))
+        assert (err < tol_y[m]).all() and (tol_y[m] < 1e-3).all(), (arch, m, "given targets", err, tol_y[m])
 
 
 @pytest.mark.parametrize("arch", list(SIZES))
