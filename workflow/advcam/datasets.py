@@ -141,6 +141,11 @@ def load_image(
     its longer side on each side), clipped to the image; without one, the centred square.
     Raises :class:`ImageReadError` naming the file when it cannot be decoded.
     """
+    return _load_image(path, size, box, margin)[0]
+
+
+def _load_image(path, size: int, box, margin: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image`'s array and the decoded image's own size (w, h), which its part mask must match."""
     try:
         with warnings.catch_warnings():
             # PIL warns above MAX_IMAGE_PIXELS and raises above twice that: both are refused, before decoding
@@ -152,8 +157,9 @@ def load_image(
         raise ImageReadError(f"cannot read image '{path}': refused as a possible decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"cannot read image '{path}': {e}") from None
-    im = im.resize((size, size), Image.Resampling.BILINEAR, box=_crop(im.size, box, margin), reducing_gap=None)
-    return np.asarray(im, dtype=np.uint8)
+    wh = im.size
+    im = im.resize((size, size), Image.Resampling.BILINEAR, box=_crop(wh, box, margin), reducing_gap=None)
+    return np.asarray(im, dtype=np.uint8), wh
 
 
 def _crop(wh: tuple[int, int], box: tuple[float, float, float, float] | None, margin: float) -> tuple[float, ...]:
@@ -199,11 +205,6 @@ def load_mask(
         raise ImageReadError(f"part mask '{path}' is {im.size[0]}×{im.size[1]}, its image {image_size[0]}×{image_size[1]}")
     im = im.resize((size, size), Image.Resampling.NEAREST, box=_crop(im.size, box, margin), reducing_gap=None)
     return np.asarray(im, dtype=np.uint8)
-
-
-def _image_size(path: str | os.PathLike) -> tuple[int, int]:
-    with Image.open(path) as im:
-        return im.size
 
 
 @dataclass
@@ -263,8 +264,8 @@ def prepare(
         for rel in index[name]:
             box = boxes.get(rel.rsplit(".", 1)[0])
             try:
-                arr = load_image(root / rel, size, box, margin)
-                mk = load_mask(mask_path(root / rel), size, _image_size(root / rel), box, margin) if masks else None
+                arr, wh = _load_image(root / rel, size, box, margin)
+                mk = load_mask(mask_path(root / rel), size, wh, box, margin) if masks else None
                 good.append((rel, (arr, mk)))
             except ImageReadError:
                 if not skip_broken:
