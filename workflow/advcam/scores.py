@@ -12,12 +12,13 @@ mask.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["MEASURES", "LOCALISATION", "measure_fns", "score_maps", "score"]
+__all__ = ["MEASURES", "LOCALISATION", "measure_fns", "score_maps", "localise", "score"]
 
 #: measures the score stage can add beside SSIM/NISSIM (score-table column → what it is)
 MEASURES = {
@@ -51,41 +52,50 @@ def score_maps(
     adv: torch.Tensor,
     fns: Mapping[str, Callable],
     gaussian: bool = False,
-    masks: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every measure of each pair of maps: ``ssim``, ``nissim`` and one column per function of ``fns``
-    (:func:`measure_fns`), and with ``masks`` the :data:`LOCALISATION` columns.
-
-    clean, adv : (N,H,W) maps in [0,1]. masks : (N,H,W), nonzero on the region (the face parts), or None.
-    Returns {column: (N,) float64 array}."""
-    from .localisation import energy_in_mask, mask_fraction, pointing_game
+    """The dissimilarity of each pair of maps: ``ssim``, ``nissim`` and one column per function of ``fns``
+    (:func:`measure_fns`). clean, adv : (N,H,W) maps in [0,1]. Returns {column: (N,) float64 array}."""
     from .similarity import ssim
 
     s = ssim(clean, adv, gaussian=gaussian).cpu().numpy()
     out = {"ssim": s, "nissim": (1 - s) / 2}
     out.update({m: fn(clean, adv).cpu().numpy() for m, fn in fns.items()})
-    if masks is not None:
-        if tuple(masks.shape) != tuple(clean.shape):
-            raise ValueError(f"part masks are {tuple(masks.shape[1:])}, the maps {tuple(clean.shape[1:])}")
-        out.update({
-            "energy_clean": energy_in_mask(clean, masks).cpu().numpy(), "energy_adv": energy_in_mask(adv, masks).cpu().numpy(),
-            "point_clean": pointing_game(clean, masks).cpu().numpy(), "point_adv": pointing_game(adv, masks).cpu().numpy(),
-            "mask_frac": mask_fraction(masks).cpu().numpy(),
-        })
     return out
 
 
-def _masks_for(data: str | os.PathLike | None, index: np.ndarray, dev) -> torch.Tensor | None:
+def localise(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, np.ndarray]:
+    """Where each map lies against its mask: ``energy`` (share of its mass inside) and ``point`` (1 where its
+    maximum is inside). maps : (N,H,W) in [0,1]; masks : (N,H,W), nonzero on the region (the face parts).
+    ValueError when their shapes differ."""
+    from .localisation import energy_in_mask, pointing_game
+
+    if tuple(masks.shape) != tuple(maps.shape):
+        raise ValueError(f"part masks are {tuple(masks.shape[1:])}, the maps {tuple(maps.shape[1:])}")
+    return {"energy": energy_in_mask(maps, masks).cpu().numpy(), "point": pointing_game(maps, masks).cpu().numpy()}
+
+
+def _store_masks(data: str | os.PathLike | None) -> np.ndarray | None:
+    """The part masks (N,H,W) of the prepared store ``data``, or None when there is no store or it has none."""
     if data is None:
         return None
     from .store import read_attrs, read_h5
 
     if not read_attrs(data).get("masks"):
         return None
-    m = read_h5(data, ["masks"])["masks"]
-    if index.max(initial=-1) >= len(m):
-        raise ValueError(f"{data}: the heatmaps name test images the store does not have; rerun the study on it")
-    return torch.as_tensor(m[index]).to(dev)
+    return read_h5(data, ["masks"])["masks"]
+
+
+@dataclass
+class _Clean:
+    """One clean heatmap file, read and checked once: its attributes and datasets, the maps on the scoring
+    device, and with part masks the masks of its images and where its maps lie against them."""
+
+    attrs: dict
+    data: dict
+    maps: torch.Tensor
+    masks: torch.Tensor | None
+    loc: dict[str, np.ndarray] | None
+    mask_frac: np.ndarray | None
 
 
 def score(
@@ -106,21 +116,39 @@ def score(
     ``chance_seed``: add the chance rows (attack ``chance``, ε 0). Returns the table (a DataFrame)."""
     import pandas as pd
 
-    from .heatmaps import read_pairs, require_finite
+    from .heatmaps import method_of, read_pairs, require_finite
+    from .localisation import mask_fraction
     from .references import derangement
     from .similarity import topk_count
     from .store import atomic_path, read_attrs, read_h5
 
     fns = measure_fns(measures, k)
-    masks: dict[bytes, torch.Tensor | None] = {}
+    store_masks = _store_masks(data)
+    cleans: dict[str, _Clean] = {}
 
-    def masks_of(index: np.ndarray):
-        key = index.tobytes()
-        if key not in masks:
-            masks[key] = _masks_for(data, index, device)
-        return masks[key]
+    def clean_of(path, attrs=None, c=None) -> _Clean:
+        """The clean file at ``path`` (its attributes and datasets as read_pairs read them, else read here)."""
+        if str(path) not in cleans:
+            if c is None:
+                attrs, c = read_attrs(path), read_h5(path)
+            require_finite(path, "heatmaps", c["maps"])
+            maps = torch.as_tensor(c["maps"]).to(device)
+            masks = loc = frac = None
+            if store_masks is not None:
+                if c["index"].max(initial=-1) >= len(store_masks):
+                    raise ValueError(f"{data}: the heatmaps name test images the store does not have; rerun the study on it")
+                masks = torch.as_tensor(store_masks[c["index"]]).to(device)
+                loc, frac = localise(maps, masks), mask_fraction(masks).cpu().numpy()
+            cleans[str(path)] = _Clean(attrs, c, maps, masks, loc, frac)
+        return cleans[str(path)]
 
-    def frame(attrs, method, c, pred_adv, scores, zero_adv, a=None):
+    def frame(attrs, method, cl: _Clean, adv_maps, pred_adv, zero_adv, a=None):
+        c = cl.data
+        scores = score_maps(cl.maps, adv_maps, fns, gaussian)
+        if cl.masks is not None:
+            la = localise(adv_maps, cl.masks)
+            scores.update({"energy_clean": cl.loc["energy"], "energy_adv": la["energy"], "point_clean": cl.loc["point"],
+                           "point_adv": la["point"], "mask_frac": cl.mask_frac})
         cols = {
             "model": attrs.get("model"), "source_model": attrs.get("source_model") or attrs.get("model"), "cam": method,
             "attack": attrs.get("attack"), "eps": float(attrs.get("eps")),
@@ -137,23 +165,18 @@ def score(
 
     frames = []
     for pair in read_pairs(clean, adv):
-        c, a = pair.clean, pair.adv
-        require_finite(pair.clean_path, "heatmaps", c["maps"])
+        cl = clean_of(pair.clean_path, pair.clean_attrs, pair.clean)
+        a = pair.adv
         require_finite(pair.adv_path, "heatmaps", a["maps"])
-        mc, ma = torch.as_tensor(c["maps"]).to(device), torch.as_tensor(a["maps"]).to(device)
-        scores = score_maps(mc, ma, fns, gaussian, masks_of(c["index"]))
-        frames.append(frame(pair.adv_attrs, pair.method, c, a["pred"], scores, a["zero_cam"], a))
+        frames.append(frame(pair.adv_attrs, pair.method, cl, torch.as_tensor(a["maps"]).to(device), a["pred"],
+                            a["zero_cam"], a))
     if chance_seed is not None:
-        from .heatmaps import method_of
-
         for p in clean:
-            at, c = read_attrs(p), read_h5(p)
-            require_finite(p, "heatmaps", c["maps"])
-            perm = derangement(len(c["index"]), chance_seed)
-            mc = torch.as_tensor(c["maps"]).to(device)
-            scores = score_maps(mc, mc[torch.as_tensor(perm, device=mc.device)], fns, gaussian, masks_of(c["index"]))
-            attrs = {**at, "attack": "chance", "eps": 0.0, "targeted": "none", "source_model": at.get("model")}
-            f = frame(attrs, method_of(at), c, c["pred"][perm], scores, c["zero_cam"][perm])
+            cl = clean_of(p)
+            c, perm = cl.data, derangement(len(cl.data["index"]), chance_seed)
+            attrs = {**cl.attrs, "attack": "chance", "eps": 0.0, "targeted": "none", "source_model": cl.attrs.get("model")}
+            f = frame(attrs, method_of(cl.attrs), cl, cl.maps[torch.as_tensor(perm, device=cl.maps.device)],
+                      c["pred"][perm], c["zero_cam"][perm])
             frames.append(f.assign(partner=c["index"][perm]))
     df = pd.concat(frames, ignore_index=True)
     with atomic_path(out) as tmp:
