@@ -134,8 +134,9 @@ def run_sanity(
 
     from .datasets import load_prepared
     from .explainers import check_methods
-    from .models import load_checkpoint, to_tensor_images
-    from .similarity import spearman, ssim
+    from .models import load_checkpoint, predict, to_tensor_images
+    from .references import derangement
+    from .similarity import nissim, spearman
     from .store import atomic_path
 
     methods = check_methods(list(out))
@@ -150,27 +151,18 @@ def run_sanity(
     pick = np.sort(np.random.default_rng(seed).choice(len(idx), size=min(images, len(idx)), replace=False))
     x, y, idx = to_tensor_images(imgs[pick]), torch.as_tensor(labels[pick]), idx[pick]
     layer = meta["layer"]
-    if target_mode == "predicted":
-        from .models import predict
-
-        target = predict(model, x, batch_size).argmax(1)
-    else:
-        target = y
-    from .references import derangement
-
+    target = predict(model, x, batch_size).argmax(1) if target_mode == "predicted" else y
     perm = torch.as_tensor(derangement(len(idx), seed))
     rows, trained, chance = [], None, {}
     for step, block, maps in cascading_randomisation(model, layer, x, methods, target, seed, batch_size):
         if trained is None:
             trained = maps
-            for m in methods:
-                sc = ssim(trained[m], trained[m][perm]).numpy()
-                chance[m] = {"spearman_chance": spearman(trained[m], trained[m][perm]).numpy(), "nissim_chance": (1 - sc) / 2}
+            chance = {m: {"spearman_chance": spearman(maps[m], maps[m][perm]).numpy(),
+                          "nissim_chance": nissim(maps[m], maps[m][perm]).numpy()} for m in methods}
         for m in methods:
-            s = ssim(trained[m], maps[m]).numpy()
             rows.append(pd.DataFrame({
                 "model": name or meta.get("arch"), "cam": m, "blocks": step, "block": block, "index": idx,
-                "spearman": spearman(trained[m], maps[m]).numpy(), "nissim": (1 - s) / 2,
+                "spearman": spearman(trained[m], maps[m]).numpy(), "nissim": nissim(trained[m], maps[m]).numpy(),
                 "zero_cam": (maps[m].flatten(1).amax(1) == 0).numpy(), **chance[m],
             }))
     df = pd.concat(rows, ignore_index=True)

@@ -30,14 +30,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["REQUIRED_COLUMNS", "MEASURE_COLUMNS", "REFERENCE_ATTACKS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci",
+__all__ = ["REQUIRED_COLUMNS", "MEASURE_COLUMNS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci",
            "sanity_summary"]
 
 REQUIRED_COLUMNS = ("model", "attack", "eps", "index", "label", "pred_clean", "pred_adv", "nissim")
 #: optional per-image measures summarised beside NISSIM when the score table has them
 MEASURE_COLUMNS = ("spearman", "topk", "com_shift", "energy_clean", "energy_adv", "point_clean", "point_adv", "mask_frac")
-#: rows that are reference levels, not attacks: the noise control (lower) and chance (upper)
-REFERENCE_ATTACKS = ("noise", "chance")
 
 
 def _check(table: pd.DataFrame) -> pd.DataFrame:
