@@ -235,18 +235,19 @@ def test_randomisation_blocks_cover_every_weight_head_first(arch):
 def test_cascade_changes_what_each_method_reads(seed):
     from advcam.models import build_model
     from advcam.sanity import cascading_randomisation, reinitialise
-    from advcam.similarity import spearman
 
     m = build_model("resnet18", 4).eval()
-    x = torch.rand(6, 3, 64, 64)
+    x = torch.rand(6, 3, 128, 128)  # layer4 is 4x4 here; at 2x2 a re-drawn stage can keep every map's order
     steps = list(cascading_randomisation(m, "layer4", x, ["gradcam", "eigencam"], torch.arange(6) % 4, seed=seed))
     assert [s for s, _, _ in steps] == list(range(7)) and steps[1][1] == "head" and steps[2][1] == "layer4"
     trained = steps[0][2]
     # EigenCAM never looks past its layer: the head changes nothing; Grad-CAM's weights come from the head
     assert torch.equal(steps[1][2]["eigencam"], trained["eigencam"])
     assert not torch.equal(steps[1][2]["gradcam"], trained["gradcam"])
-    # re-initialising the layer's own stage moves EigenCAM too
-    assert spearman(steps[2][2]["eigencam"], trained["eigencam"]).mean() < 0.999
+    # re-initialising the layer's own stage moves EigenCAM too. Not by rank: on an untrained network a freshly
+    # drawn stage is a random projection of the same layer3 features and often keeps the maps' order (Spearman
+    # 0.9997 on seed 1113837192 at 2x2), so the check is on values (smallest max change, 40 seeds: 0.2)
+    assert (steps[2][2]["eigencam"] - trained["eigencam"]).abs().amax() > 0.01
     with pytest.raises(ValueError, match="no reset_parameters"):
         reinitialise([torch.nn.Module()])
 
