@@ -1,20 +1,22 @@
 """``advcam <stage>``: the command-line seam between the workflow's rules and the library.
 
-Each stage reads files, calls the library and writes its outputs atomically (temporary name, then
-rename), so a killed job never leaves an output that looks complete. Known input errors end with
-``advcam <stage>: error: <message>`` and exit status 2.
+Each command parses its arguments and calls one stage function, which lives with its stage
+(``train.run_training``, ``adversarial.run_gradient``/``run_attack``, ``heatmaps.run_explain``,
+``scores.score``, ``sanity.run_sanity``, ``summary.summarise``, ``plots.plot_study``/``gallery``): it reads
+files, calls the library and writes its outputs atomically (temporary name, then rename), so a killed job
+never leaves an output that looks complete. Known input errors end with ``advcam <stage>: error:
+<message>`` and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 STAGES = {
     "synth": "render synthetic face identities to an image tree",
@@ -65,85 +67,10 @@ def _add_cam_options(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast for the Grad-CAM on CUDA (maps moved by 9e-3 to 9e-2 vs fp32 on an H200)")
 
 
-def _setup_torch(args) -> "torch.device":  # noqa: F821
-    """Threads and device from the arguments; the stage then logs :func:`_runtime_line` once it knows its
-    precision."""
-    import torch
+def _setup_torch(args) -> torch.device:
+    from .runtime import setup_torch
 
-    from .models import pick_device
-
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
-    return pick_device(args.device)
-
-
-def _log_runtime(dev, precision: str) -> None:
-    """The job log's first line (stderr)."""
-    import torch
-
-    print(_runtime_line(dev, torch.get_num_threads(), precision), file=sys.stderr, flush=True)
-
-
-#: what the inference stages (gradient, attack, explain) run in: fp32 so FGSM equals torchattacks and the
-#: maps equal pytorch-grad-cam; channels_last is the faster layout on oneDNN CPUs and CUDA
-INFERENCE_PRECISION = "fp32 channels_last (inference stages stay fp32 so results equal the reference libraries)"
-
-
-def _runtime_line(dev, threads: int, precision: str | None = None) -> str:
-    """Where and how this stage runs, for the job log: device, torch threads, precision and why, the oneDNN
-    ISA cap if one is set and, under SLURM, the job and the GPUs it was allocated (so a cluster run shows
-    which jobs got a GPU, and a GPU job that fell back to the CPU)."""
-    from .precision import onednn_isa_cap
-
-    line = f"advcam: device {dev}, {threads} torch thread(s)"
-    if precision:
-        line += f", {precision}"
-    cap = onednn_isa_cap()
-    if cap and dev.type == "cpu" and f"ONEDNN_MAX_CPU_ISA={cap}" not in line:
-        line += f"; ONEDNN_MAX_CPU_ISA={cap}"
-    env = os.environ
-    if env.get("SLURM_JOB_ID"):
-        gpus = env.get("SLURM_JOB_GPUS") or env.get("SLURM_STEP_GPUS") or "none"
-        line += f"; SLURM job {env['SLURM_JOB_ID']} on {env.get('SLURMD_NODENAME', '?')}, GPUs allocated: {gpus}"
-    if "CUDA_VISIBLE_DEVICES" in env:
-        line += f"; CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}"
-    return line
-
-
-def _load_for_inference(path: str, dev):
-    """The checkpoint's model on ``dev`` in eval mode and channels_last, the job log's first line written."""
-    import torch
-
-    from .models import load_checkpoint
-
-    model, meta = load_checkpoint(path, dev)
-    model.to(memory_format=torch.channels_last)
-    _log_runtime(dev, INFERENCE_PRECISION)
-    return model, meta
-
-
-def _require_finite(source, what: str, t) -> None:
-    """ValueError naming ``source`` when ``t`` (N,...) holds NaN or inf (see :func:`advcam.heatmaps.require_finite`)."""
-    from .heatmaps import require_finite
-
-    require_finite(source, what, t)
-
-
-def _provenance(args, **extra) -> dict:
-    return {"advcam_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra, **_meta(getattr(args, "meta", None))}
-
-
-def _test_set(data: str):
-    import torch
-
-    from .datasets import load_prepared
-    from .models import to_tensor_images
-
-    ds = load_prepared(data)
-    imgs, labels, idx = ds.subset("test")
-    if len(idx) == 0:
-        raise ValueError(f"{data}: the test split is empty")
-    return ds, to_tensor_images(imgs), torch.as_tensor(labels), idx
+    return setup_torch(args.device, getattr(args, "threads", 0))
 
 
 # ---------------------------------------------------------------- stages
@@ -172,295 +99,62 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    import torch
+    from .train import run_training
 
-    from .datasets import load_prepared
-    from .models import build_model, predict, resolve_layer, save_checkpoint, target_layer_name, timm_name, to_tensor_images
-    from .store import write_json
-    from .precision import choose_precision, probe_batch_for
-    from .train import accuracy, train_model
-
-    dev = _setup_torch(args)
-    ds = load_prepared(args.data)
-    size = int(ds.images.shape[1])
-    torch.manual_seed(args.seed)
-    model = build_model(args.arch, len(ds.identities), pretrained=args.pretrained, pretrained_file=args.pretrained_file)
-    layer = target_layer_name(args.arch, model, args.layer)
-    resolve_layer(model, layer)  # fail before training on a bad layer name
-    model.to(dev)
-    # the probe draws its own random images: the training's random stream is untouched
-    precision = choose_precision(model, dev, size, {"auto": None, "on": True, "off": False}[args.amp],
-                                 probe_batch=probe_batch_for(args.batch_size))
-    _log_runtime(dev, precision.describe())
-    xt, yt, _ = ds.subset("train")
-    xv, yv, _ = ds.subset("val")
-    xs, ys, _ = ds.subset("test")
-    # the training settings, passed to train_model and recorded as they are in train.json
-    settings = {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs, "label_smoothing": args.label_smoothing,
-        "seed": args.seed, "augment_strength": args.augment, "pixel_noise": args.pixel_noise,
-        "pixel_noise_from": args.pixel_noise_from,
-    }
-    res = train_model(
-        model, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv), **settings,
-        precision=precision, progress=not args.no_progress,
+    res, info = run_training(
+        args.data, args.out, args.arch, report=args.report, layer=args.layer, pretrained=args.pretrained,
+        pretrained_file=args.pretrained_file, amp=args.amp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing, seed=args.seed, augment_strength=args.augment,
+        pixel_noise=args.pixel_noise, pixel_noise_from=args.pixel_noise_from, device=_setup_torch(args),
+        progress=not args.no_progress, meta=_meta(args.meta),
     )
-    test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
-    meta = {
-        "arch": args.arch,
-        "timm_name": timm_name(args.arch),
-        "num_classes": len(ds.identities),
-        "identities": ds.identities,
-        "input_size": size,
-        "layer": layer,
-        "pretrained": bool(args.pretrained or args.pretrained_file),
-        "best_epoch": res.best_epoch,
-        "val_acc": res.best_val_acc,
-        "test_acc": test_acc,
-        "data": str(args.data),
-        "advcam_version": __version__,
-        **_meta(args.meta),
-    }
-    save_checkpoint(args.out, model, meta)
-    report = {
-        **meta,
-        "device": str(dev),
-        **settings,
-        "amp": args.amp,
-        "precision": precision.as_dict(),
-        "seconds": res.seconds,
-        "train_images_per_second": res.images_per_second,
-        "history": res.history,
-    }
-    write_json(args.report or Path(args.out).with_name("train.json"), report)
-    print(f"{args.arch}: best epoch {res.best_epoch}, val acc {res.best_val_acc:.3f}, test acc {test_acc:.3f}, {res.seconds:.0f}s")
+    print(f"{args.arch}: best epoch {res.best_epoch}, val acc {res.best_val_acc:.3f}, test acc {info['test_acc']:.3f}, "
+          f"{res.seconds:.0f}s")
 
 
 def cmd_gradient(args) -> None:
-    from .attacks import gradient_sign
-    from .store import write_h5
+    from .adversarial import run_gradient
 
-    dev = _setup_torch(args)
-    model, meta = _load_for_inference(args.model, dev)
-    _, x, y, idx = _test_set(args.data)
-    try:
-        gs = gradient_sign(model, x, y, args.batch_size)
-    except ValueError as e:
-        raise ValueError(f"{args.model}: {e}") from None
-    _require_finite(args.model, "logits", gs.logits)
-    write_h5(
-        args.out,
-        {"sign": gs.sign.numpy(), "logits": gs.logits.numpy(), "zero_grad": gs.zero_grad.numpy(), "index": idx, "labels": y.numpy()},
-        _provenance(args, model=meta["arch"], stage="gradient", zero_grad_fraction=float(gs.zero_grad.float().mean())),
-        compression="gzip",
-    )
-    print(f"{args.out}: {len(idx)} signs; zero-gradient fraction {float(gs.zero_grad.float().mean()):.4f}")
-
-
-def _h5_keys(path: str) -> list[str]:
-    import h5py
-
-    from .store import StoreError
-
-    try:
-        with h5py.File(path, "r") as f:
-            return list(f.keys())
-    except OSError as e:
-        raise StoreError(f"{path}: not a readable HDF5 file ({e})") from e
-
-
-def _adversarial_inputs(attack: str, sign_file: str | None, adv_file: str | None, n: int, targeted: bool = False):
-    """Load what perturb() needs for the attack: the stored perturbation (``delta``) when the attack file
-    has one (the iterative and the targeted attacks), else the gradient sign for untargeted FGSM."""
-    import torch
-
-    from .store import read_h5
-
-    sign = delta = zero = None
-    if adv_file:
-        if "delta" in _h5_keys(adv_file):
-            return None, torch.as_tensor(read_h5(adv_file, ["delta"])["delta"]), None
-    if attack == "fgsm" and not targeted:
-        if not sign_file:
-            raise ValueError("--sign is required for --attack fgsm")
-        d = read_h5(sign_file, ["sign", "zero_grad"])
-        sign, zero = torch.as_tensor(d["sign"]), d["zero_grad"]
-        if sign.shape[0] != n:
-            raise ValueError(f"{sign_file}: has {sign.shape[0]} signs for {n} test images; rerun 'advcam gradient'")
-    return sign, delta, zero
-
-
-def _heatmap_attrs(args, meta, layer, attack, eps, seed, input_size) -> dict:
-    return _provenance(
-        args, model=args.name or meta["arch"], arch=meta["arch"], layer=layer, attack=attack, eps=eps, seed=seed,
-        target_mode=args.target, input_size=int(input_size), amp=bool(args.amp),
-        upsample="minmax(relu(bilinear(minmax(relu(raw)), align_corners=False)))", stage="explain",
-    )
+    gs = run_gradient(args.model, args.data, args.out, args.batch_size, _setup_torch(args), _meta(args.meta))
+    print(f"{args.out}: {gs.sign.shape[0]} signs; zero-gradient fraction {float(gs.zero_grad.float().mean()):.4f}")
 
 
 def cmd_attack(args) -> None:
-    import torch
+    from .adversarial import run_attack
+    from .heatmaps import methods_for
 
-    from .attacks import ATTACKS, ITERATIVE, bim, check_eps, fgsm, mifgsm, pgd, perturb, target_classes
-    from .base_cam import CamOutput
-    from .explainers import explain_cams
-    from .heatmaps import methods_for, write_heatmaps
-    from .models import predict
-    from .store import read_attrs, read_h5, write_h5
-
-    eps = check_eps(args.eps)
-    if args.attack not in ATTACKS:
-        raise ValueError(f"unknown attack '{args.attack}': choose one of {', '.join(ATTACKS)}")
-    targeted = args.targeted != "none"
-    if targeted and args.attack == "noise":
+    if args.targeted != "none" and args.attack == "noise":
         raise ValueError("--targeted: the noise control has no target class; leave it untargeted")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if not args.alpha > 0:
         raise ValueError(f"--alpha (the step size) must be > 0, got {args.alpha:g}")
-    methods = methods_for(args.heatmaps, args.cams) if args.heatmaps else []
-    dev = _setup_torch(args)
-    model, meta = _load_for_inference(args.model, dev)
-    layer = args.layer or meta["layer"]
-    _, x, y, idx = _test_set(args.data)
-    source = args.name or meta["arch"]  # the model the adversarial images were crafted on: this one, unless transferred
-    transferred = None
-    if args.transfer_from:  # the source model's adversarial images, classified and explained by this model
-        sa = read_attrs(args.transfer_from)
-        if sa.get("attack") != args.attack or float(sa.get("eps", -1)) != eps:
-            raise ValueError(f"{args.transfer_from}: holds {sa.get('attack')} at ε={sa.get('eps')}, not {args.attack} at ε={eps:g}")
-        if str(sa.get("targeted", "none")) != args.targeted:
-            raise ValueError(f"{args.transfer_from}: its attack was targeted '{sa.get('targeted', 'none')}', not '{args.targeted}'")
-        src = read_h5(args.transfer_from, ["index", "labels", "attack_target"] if "attack_target" in _h5_keys(args.transfer_from)
-                      else ["index", "labels"])
-        if not np.array_equal(src["index"], idx):
-            raise ValueError(f"{args.transfer_from}: holds other test images than {args.data} (the source and target "
-                             "models must share the input size)")
-        source = sa.get("model")
-        sign, delta, zero = _adversarial_inputs(args.attack, args.sign, args.transfer_from, len(idx), targeted)
-        transferred = (sign, delta, torch.as_tensor(src["attack_target"]) if "attack_target" in src else None)
-    else:
-        sign, _, zero = _adversarial_inputs(args.attack, args.sign, None, len(idx), targeted)
-    clean_logits = None
-    if args.clean_logits:
-        stored = read_h5(args.clean_logits, ["logits", "index"])
-        if not np.array_equal(stored["index"], idx):
-            raise ValueError(f"{args.clean_logits}: test indices do not match {args.data}")
-        clean_logits = torch.as_tensor(stored["logits"])
-    if targeted and args.targeted == "least_likely" and clean_logits is None:
-        clean_logits = predict(model, x, args.batch_size)
-    if transferred is not None:
-        goal = transferred[2] if targeted else None
-    else:
-        goal = (target_classes(args.targeted, y, int(meta["num_classes"]), clean_logits, idx, args.seed)
-                if targeted else None)
-    extra: dict = {"targeted": args.targeted, "source_model": source}
-    preds, deltas = [], []
-    cams: dict[str, list] = {m: [] for m in methods}
-    gen = torch.Generator().manual_seed(args.seed)
-    for s in range(0, x.shape[0], args.batch_size):
-        sl = slice(s, s + args.batch_size)
-        xb = x[sl].float().div(255)
-        tb = None if goal is None else goal[sl]
-        if transferred is not None:
-            sg, dl = transferred[0], transferred[1]
-            xa = perturb(xb, args.attack, eps, idx[sl], None if sg is None else sg[sl], None if dl is None else dl[sl],
-                         seed=args.seed)
-        elif args.attack in ITERATIVE or targeted:
-            if args.attack == "pgd":
-                xa = pgd(model, xb, y[sl], eps, args.alpha, args.steps, not args.no_random_start, gen, target=tb)
-            elif args.attack == "bim":
-                xa = bim(model, xb, y[sl], eps, args.alpha, args.steps, target=tb)
-            elif args.attack == "mifgsm":
-                xa = mifgsm(model, xb, y[sl], eps, args.alpha, args.steps, args.decay, target=tb)
-            else:
-                xa = fgsm(model, xb, y[sl], eps, target=tb)
-            xa = xa.cpu()
-            deltas.append((xa - xb).numpy())
-        else:
-            xa = perturb(xb, args.attack, eps, idx[sl], None if sign is None else sign[sl], seed=args.seed)
-        if methods:
-            # one forward (and one logit→layer backward) gives the adversarial prediction and every method's map
-            outs = explain_cams(model, layer, xa, methods, None if args.target == "predicted" else y[sl], args.batch_size,
-                                amp=args.amp)
-            for m, o in outs.items():
-                cams[m].append(o)
-            preds.append(outs[methods[0]].pred)
-        else:
-            lg = predict(model, xa, args.batch_size)
-            _require_finite(args.model, "logits", lg)
-            preds.append(lg.argmax(1))
-    clean = (clean_logits if clean_logits is not None else predict(model, x, args.batch_size)).argmax(1)
-    pred = torch.cat(preds)
-    attack_target = goal if goal is not None else torch.full_like(y, -1)
-    out = {"index": idx, "labels": y.numpy(), "pred_clean": clean.numpy(), "pred_adv": pred.numpy(),
-           "attack_target": attack_target.numpy()}
-    if zero is not None:
-        out["zero_grad"] = zero
-    if deltas:
-        out["delta"] = np.concatenate(deltas).astype(np.float32)
-    if args.attack in ITERATIVE:
-        extra.update(steps=args.steps, alpha=args.alpha)
-        extra.update({"random_start": not args.no_random_start} if args.attack == "pgd" else {})
-        extra.update({"decay": args.decay} if args.attack == "mifgsm" else {})
-    acc_c = float((clean == y).float().mean())
-    acc_a = float((pred == y).float().mean())
-    success = float((pred == goal).float().mean()) if goal is not None else float((pred != y).float().mean())
-    extra["success_rate"] = success
-    write_h5(args.out, out, _provenance(args, model=args.name or meta["arch"], arch=meta["arch"], stage="attack",
-                                        attack=args.attack, eps=eps, seed=args.seed,
-                                        acc_clean=acc_c, acc_adv=acc_a, **extra))
-    if methods:
-        write_heatmaps(dict(zip(methods, args.heatmaps)), {m: CamOutput.cat(v) for m, v in cams.items()}, y.numpy(), idx,
-                       zero, args.model, {**_heatmap_attrs(args, meta, layer, args.attack, eps, args.seed, x.shape[-1]),
-                                          "targeted": args.targeted, "source_model": source},
-                       extra={"attack_target": attack_target.numpy()})
+    heatmaps = dict(zip(methods_for(args.heatmaps, args.cams), args.heatmaps)) if args.heatmaps else None
+    a = run_attack(
+        args.model, args.data, args.out, args.attack, args.eps, sign_file=args.sign, transfer_from=args.transfer_from,
+        clean_logits_file=args.clean_logits, targeted=args.targeted, steps=args.steps, alpha=args.alpha,
+        decay=args.decay, random_start=not args.no_random_start, seed=args.seed, heatmaps=heatmaps, layer=args.layer,
+        name=args.name, target_mode=args.target, amp=args.amp, batch_size=args.batch_size, device=_setup_torch(args),
+        meta=_meta(args.meta),
+    )
+    targeted = args.targeted != "none"
     what = f"{args.attack}{'' if not targeted else f' targeted ({args.targeted})'}"
-    what += f" from {source}" if args.transfer_from else ""
-    print(f"{meta['arch']} {what} ε={eps:g}: accuracy {acc_c:.3f} → {acc_a:.3f}, "
-          f"{'target reached' if targeted else 'prediction changed'} for {success:.3f}")
+    what += f" from {a['source_model']}" if args.transfer_from else ""
+    print(f"{a['arch']} {what} ε={a['eps']:g}: accuracy {a['acc_clean']:.3f} → {a['acc_adv']:.3f}, "
+          f"{'target reached' if targeted else 'prediction changed'} for {a['success_rate']:.3f}")
 
 
 def cmd_explain(args) -> None:
-    from .attacks import check_eps, perturb
-    from .base_cam import CamOutput
-    from .explainers import explain_cams
-    from .heatmaps import methods_for, write_heatmaps
-    from .store import read_attrs, read_h5
+    from .heatmaps import methods_for, run_explain
 
-    methods = methods_for(args.out, args.cams)
-    dev = _setup_torch(args)
-    model, meta = _load_for_inference(args.model, dev)
-    layer = args.layer or meta["layer"]
-    _, x, y, idx = _test_set(args.data)
-    attack, eps, seed, zero = "clean", 0.0, 0, None
-    sign = delta = None
-    if args.attack_file:
-        a = read_attrs(args.attack_file)
-        attack, eps, seed = a["attack"], check_eps(a["eps"]), int(a.get("seed", 0))
-        sign, delta, zero = _adversarial_inputs(attack, args.sign, args.attack_file, len(idx))
-        stored = read_h5(args.attack_file, ["index"])["index"]
-        if not np.array_equal(stored, idx):
-            raise ValueError(f"{args.attack_file}: test indices do not match {args.data}; rerun the attack stage")
-    cams: dict[str, list] = {m: [] for m in methods}
-    for s in range(0, x.shape[0], args.batch_size):
-        sl = slice(s, s + args.batch_size)
-        xb = x[sl].float().div(255)
-        if attack != "clean":
-            xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
-                         None if delta is None else delta[sl], seed=seed)
-        outs = explain_cams(model, layer, xb, methods, None if args.target == "predicted" else y[sl], args.batch_size,
-                            amp=args.amp)
-        for m, o in outs.items():
-            cams[m].append(o)
-    outs = {m: CamOutput.cat(v) for m, v in cams.items()}
-    write_heatmaps(dict(zip(methods, args.out)), outs, y.numpy(), idx, zero, args.model,
-                   _heatmap_attrs(args, meta, layer, attack, eps, seed, x.shape[-1]))
-    for m, path in zip(methods, args.out):
+    out = dict(zip(methods_for(args.out, args.cams), args.out))
+    outs = run_explain(args.model, args.data, out, args.attack_file, args.sign, args.layer, args.name, args.target,
+                       args.amp, args.batch_size, _setup_torch(args), _meta(args.meta))
+    for m, path in out.items():
         o = outs[m]
-        print(f"{path}: {len(idx)} {m} maps ({attack}, ε={eps:g}), CAM {tuple(o.raw.shape[1:])}, "
-              f"all-zero {int((o.raw.flatten(1).amax(1) == 0).sum())}")
+        print(f"{path}: {o.raw.shape[0]} {m} maps of {args.attack_file or 'the clean test set'}, "
+              f"CAM {tuple(o.raw.shape[1:])}, all-zero {int((o.raw.flatten(1).amax(1) == 0).sum())}")
 
 
 def _topk_count(k: float) -> int | float:
@@ -473,11 +167,12 @@ def _topk_count(k: float) -> int | float:
 
 
 def cmd_score(args) -> None:
+    from .runtime import log_runtime
     from .scores import score
 
     k = _topk_count(args.k)
     dev = _setup_torch(args)
-    _log_runtime(dev, f"SSIM in float64 ({args.ssim})")
+    log_runtime(dev, f"SSIM in float64 ({args.ssim})")
     df = score(args.clean, args.adv, args.out, args.measures, k, args.ssim == "gaussian", args.data, args.chance_seed, dev)
     for (attack, eps), g in df.groupby(["attack", "eps"], sort=False):
         mods = g.groupby("cam", sort=False)["nissim"].mean()
@@ -485,121 +180,39 @@ def cmd_score(args) -> None:
               + ", ".join(f"{m} {v:.4f}" for m, v in mods.items()))
 
 
-def _read_scores(paths: list[str]):
-    import pandas as pd
-
-    frames = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"score table '{p}' does not exist")
-        df = pd.read_csv(p)
-        # MOD and VID never average over a missing value silently: a NaN here is a broken score file
-        if "nissim" in df and df["nissim"].isna().any():
-            bad = df.loc[df["nissim"].isna(), "index"].tolist() if "index" in df else []
-            raise ValueError(f"score table '{p}' has {int(df['nissim'].isna().sum())} NaN NISSIM values "
-                             f"(test images {bad[:10]}); rerun its score job")
-        frames.append(df)
-    if not frames:
-        raise ValueError("no score tables given")
-    return pd.concat(frames, ignore_index=True)
-
-
 def cmd_sanity(args) -> None:
     from .heatmaps import methods_for
     from .sanity import run_sanity
 
-    methods = methods_for(args.out, args.cams)
-    dev = _setup_torch(args)
-    _log_runtime(dev, INFERENCE_PRECISION)
-    df = run_sanity(args.model, args.data, dict(zip(methods, args.out)), args.images, args.seed, args.target,
-                    args.batch_size, dev, args.name)
+    out = dict(zip(methods_for(args.out, args.cams), args.out))
+    df = run_sanity(args.model, args.data, out, args.images, args.seed, args.target, args.batch_size, _setup_torch(args),
+                    args.name)
     for (cam, blocks), g in df.groupby(["cam", "blocks"], sort=False):
         print(f"{args.name or args.model}: {cam} with {blocks} block(s) randomised ({g['block'].iloc[0]}): Spearman "
               f"{g['spearman'].mean():.3f}, NISSIM {g['nissim'].mean():.3f}")
 
 
 def cmd_summarise(args) -> None:
-    import pandas as pd
+    from .summary import summarise
 
-    from .store import atomic_path
-    from .summary import mod_vid, sanity_summary, vid, vid_per_image
-
-    table = _read_scores(args.scores)
-    summ = mod_vid(table, confidence=args.confidence, n_resamples=args.resamples, seed=args.seed)
-    sanity = None
-    if args.sanity:
-        for p in args.sanity:
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"sanity table '{p}' does not exist")
-        sanity = sanity_summary(pd.concat([pd.read_csv(p) for p in args.sanity], ignore_index=True), args.sanity_threshold)
-        flags = sanity.groupby(["model", "cam"], sort=False)["flag"].first().rename("sanity").reset_index()
-        summ = summ.merge(flags, on=["model", "cam"], how="left")
-    outs = [(args.out, summ), (args.vid, vid(table)), (args.vid_images, vid_per_image(table)), (args.nissim, table),
-            (args.sanity_out, sanity)]
-    for path, frame in outs:
-        if path and frame is not None:
-            with atomic_path(path) as tmp:
-                frame.to_csv(tmp, index=False, float_format="%.6g")
+    summ = summarise(args.scores, args.out, args.vid, args.vid_images, args.nissim, args.sanity, args.sanity_out,
+                     args.sanity_threshold, args.confidence, args.resamples, args.seed)
     cols = ["model", "cam", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate"]
     print(summ[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def cmd_plot(args) -> None:
-    import pandas as pd
+    from .plots import plot_study
 
-    from .plots import plot_accuracy, plot_localisation, plot_mod, plot_nissim, plot_sanity, plot_transfer, plot_vid
-
-    summ = pd.read_csv(args.summary)
-    out = Path(args.out_dir)
-    if "source_model" in summ:
-        for target in sorted(set(summ.loc[summ["source_model"] != summ["model"], "model"])):
-            plot_transfer(summ, target, out / f"transfer_{target}")
-    plot_mod(summ, out / "mod")
-    plot_accuracy(summ, out / "accuracy")
-    if "energy_adv_mean" in summ:
-        plot_localisation(summ, out / "localisation")
-    if args.vid_images:
-        plot_vid(pd.read_csv(args.vid_images), out / "vid")
-    if args.nissim:
-        table = pd.read_csv(args.nissim)
-        for attack in sorted(set(table["attack"].unique()) - {"chance"}):
-            plot_nissim(table, out / f"nissim_{attack}", attack)
-    if args.sanity:
-        sanity = pd.read_csv(args.sanity)
-        for model in sorted(sanity["model"].unique()):
-            plot_sanity(sanity, model, out / f"sanity_{model}")
-    print(f"figures written to {out}")
+    files = plot_study(args.summary, args.out_dir, args.vid_images, args.nissim, args.sanity)
+    print(f"{len(files)} figure files written to {args.out_dir}")
 
 
 def cmd_gallery(args) -> None:
-    from .datasets import load_prepared
-    from .heatmaps import method_of
-    from .plots import plot_gallery
-    from .store import read_attrs, read_h5
+    from .plots import gallery
 
-    ds = load_prepared(args.data)
-    clean = {}
-    for f in args.clean:
-        clean.setdefault(method_of(read_attrs(f)), f)
-    first = read_h5(next(iter(clean.values())), ["pred", "index", "labels"])
-    rng = np.random.default_rng(args.seed)
-    pick = np.sort(rng.choice(len(first["index"]), size=min(args.n, len(first["index"])), replace=False))
-    clean_maps = {m: read_h5(f, ["maps"])["maps"][pick] for m, f in clean.items()}
-    adv_maps: dict[str, dict[float, np.ndarray]] = {m: {} for m in clean}
-    adv_pred: dict[float, np.ndarray] = {}
-    for f in args.adv:
-        at = read_attrs(f)
-        m, e = method_of(at), float(at["eps"])
-        if m not in clean:
-            raise ValueError(f"'{f}' holds {m} maps but no clean heatmap file does (they hold {', '.join(clean)})")
-        d = read_h5(f, ["maps", "pred", "index"])
-        if not np.array_equal(d["index"], first["index"]):
-            raise ValueError(f"'{f}' holds other test images than '{clean[m]}'")
-        adv_maps[m][e] = d["maps"][pick]
-        adv_pred[e] = d["pred"][pick]
-    plot_gallery(ds.images[first["index"][pick]], clean_maps, adv_maps, first["pred"][pick], adv_pred, ds.identities,
-                 first["labels"][pick], args.out, title=args.title or "")
-    print(f"gallery written to {args.out}.png/.pdf")
+    gallery(args.data, args.clean, args.adv, args.out, args.n, args.seed, args.title or "")
+    print(f"gallery written to {args.out}.png")
 
 
 # ---------------------------------------------------------------- parser

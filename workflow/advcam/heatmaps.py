@@ -21,7 +21,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["HeatmapPair", "methods_for", "require_finite", "heatmap_record", "write_heatmaps", "read_pairs", "method_of"]
+__all__ = ["HeatmapPair", "methods_for", "require_finite", "heatmap_record", "heatmap_attrs", "write_heatmaps", "read_pairs",
+           "method_of", "run_explain"]
 
 
 def require_finite(source: Any, what: str, t) -> None:
@@ -95,6 +96,82 @@ def write_heatmaps(
     recs = {m: {**heatmap_record(outs[m], labels, index, zero_grad, source), **(extra or {})} for m in paths}
     for m, path in paths.items():
         write_h5(path, recs[m], {**attrs, "cam": m, "cam_size": list(recs[m]["raw"].shape[1:])})
+
+
+#: how ``maps`` is made from ``raw``, recorded in every heatmap file
+UPSAMPLE = "minmax(relu(bilinear(minmax(relu(raw)), align_corners=False)))"
+
+
+def heatmap_attrs(name: str, arch: str, layer: str, attack: str, eps: float, seed: int, target_mode: str,
+                  input_size: int, amp: bool, meta: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The attributes of a heatmap file (besides ``cam`` and ``cam_size``, which :func:`write_heatmaps` adds):
+    the model's name and architecture, the CAM layer, the attack, ε and seed that made the images ("clean",
+    0, 0 for the clean set), the explained class (``target_mode``), the input side in pixels, bf16 autocast
+    or not, and provenance with the user's ``meta`` pairs."""
+    from .runtime import provenance
+
+    return provenance(
+        meta, model=name, arch=arch, layer=layer, attack=attack, eps=eps, seed=seed, target_mode=target_mode,
+        input_size=int(input_size), amp=bool(amp), upsample=UPSAMPLE, stage="explain",
+    )
+
+
+def run_explain(
+    model_path: str | os.PathLike,
+    data: str | os.PathLike,
+    out: Mapping[str, str | os.PathLike],
+    attack_file: str | os.PathLike | None = None,
+    sign_file: str | os.PathLike | None = None,
+    layer: str | None = None,
+    name: str | None = None,
+    target_mode: str = "predicted",
+    amp: bool = False,
+    batch_size: int = 64,
+    device: Any = "cpu",
+    meta: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The explain stage: CAM maps of the test images of the store ``data`` under the checkpoint
+    ``model_path``, one heatmap file per method (``out``: {CAM method: path}). Clean images, or with
+    ``attack_file`` (the attack stage's output; ``sign_file``, the gradient stage's, for untargeted FGSM) the
+    same adversarial images the attack stage classified. ``layer`` defaults to the checkpoint's,
+    ``target_mode`` is "predicted" or "label". Returns {method: CamOutput} (on the CPU)."""
+    import torch
+
+    from .adversarial import stored_perturbation
+    from .attacks import check_eps, perturb
+    from .base_cam import CamOutput
+    from .explainers import explain_cams
+    from .runtime import load_for_inference, test_set
+    from .store import read_attrs, read_h5
+
+    methods = list(out)
+    model, info = load_for_inference(model_path, torch.device(device))
+    layer = layer or info["layer"]
+    _, x, y, idx = test_set(data)
+    attack, eps, seed, zero = "clean", 0.0, 0, None
+    sign = delta = None
+    if attack_file:
+        a = read_attrs(attack_file)
+        attack, eps, seed = a["attack"], check_eps(a["eps"]), int(a.get("seed", 0))
+        sign, delta, zero = stored_perturbation(attack, sign_file, attack_file, len(idx))
+        stored = read_h5(attack_file, ["index"])["index"]
+        if not np.array_equal(stored, idx):
+            raise ValueError(f"{attack_file}: test indices do not match {data}; rerun the attack stage")
+    cams: dict[str, list] = {m: [] for m in methods}
+    for s in range(0, x.shape[0], batch_size):
+        sl = slice(s, s + batch_size)
+        xb = x[sl].float().div(255)
+        if attack != "clean":
+            xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
+                         None if delta is None else delta[sl], seed=seed)
+        outs = explain_cams(model, layer, xb, methods, None if target_mode == "predicted" else y[sl], batch_size, amp=amp)
+        for m, o in outs.items():
+            cams[m].append(o)
+    outs = {m: CamOutput.cat(v) for m, v in cams.items()}
+    write_heatmaps(out, outs, y.numpy(), idx, zero, model_path,
+                   heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, target_mode, x.shape[-1],
+                                 amp, meta))
+    return outs
 
 
 def method_of(attrs: Mapping[str, Any]) -> str:

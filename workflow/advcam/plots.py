@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from .store import atomic_path  # noqa: E402
 
 __all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "plot_transfer", "plot_localisation",
-           "plot_sanity", "save"]
+           "plot_sanity", "save", "plot_study", "gallery"]
 
 STYLE = {"fgsm": "-", "noise": ":", "pgd": "--", "bim": "-.", "mifgsm": (0, (5, 1, 1, 1, 1, 1))}
 MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^"}
@@ -339,3 +339,78 @@ def plot_gallery(
     # ~80 titles, and a PDF embeds every image again: 7.7 → 4.4 s for 16 rows of 5 here, mostly drawing)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.005, top=1 - 0.55 / height, wspace=0.05, hspace=0.45)
     return save(fig, prefix, formats=("png",), tight=False)
+
+
+def plot_study(
+    summary: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    vid_images: str | os.PathLike | None = None,
+    nissim: str | os.PathLike | None = None,
+    sanity: str | os.PathLike | None = None,
+) -> list[Path]:
+    """The plot stage: every figure of a study into ``out_dir`` from its summaries — MOD and accuracy against
+    ε (``summary``, the MOD table), localisation when the table has it, one transfer figure per target model,
+    and where given the VID violins (``vid_images``), the NISSIM violins per attack (``nissim``, all per-image
+    rows) and the sanity check per model (``sanity``, the sanity summary). Returns the files written."""
+    summ = pd.read_csv(summary)
+    out = Path(out_dir)
+    files: list[Path] = []
+    if "source_model" in summ:
+        for target in sorted(set(summ.loc[summ["source_model"] != summ["model"], "model"])):
+            files += plot_transfer(summ, target, out / f"transfer_{target}")
+    files += plot_mod(summ, out / "mod")
+    files += plot_accuracy(summ, out / "accuracy")
+    if "energy_adv_mean" in summ:
+        files += plot_localisation(summ, out / "localisation")
+    if vid_images:
+        files += plot_vid(pd.read_csv(vid_images), out / "vid")
+    if nissim:
+        table = pd.read_csv(nissim)
+        for attack in sorted(set(table["attack"].unique()) - {"chance"}):
+            files += plot_nissim(table, out / f"nissim_{attack}", attack)
+    if sanity:
+        sanity_table = pd.read_csv(sanity)
+        for model in sorted(sanity_table["model"].unique()):
+            files += plot_sanity(sanity_table, model, out / f"sanity_{model}")
+    return files
+
+
+def gallery(
+    data: str | os.PathLike,
+    clean: list[str | os.PathLike],
+    adv: list[str | os.PathLike],
+    prefix: str | os.PathLike,
+    n: int = 6,
+    seed: int = 0,
+    title: str = "",
+) -> list[Path]:
+    """The gallery stage: :func:`plot_gallery` of ``n`` test images (a seeded draw) of the prepared store
+    ``data``, from one model's clean heatmap files (``clean``, one per CAM method) and adversarial ones
+    (``adv``, one per method and ε). ValueError naming a file whose method has no clean file, or which holds
+    other test images."""
+    from .datasets import load_prepared
+    from .heatmaps import method_of
+    from .store import read_attrs, read_h5
+
+    ds = load_prepared(data)
+    clean_files = {}
+    for f in clean:
+        clean_files.setdefault(method_of(read_attrs(f)), f)
+    first = read_h5(next(iter(clean_files.values())), ["pred", "index", "labels"])
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(first["index"]), size=min(n, len(first["index"])), replace=False))
+    clean_maps = {m: read_h5(f, ["maps"])["maps"][pick] for m, f in clean_files.items()}
+    adv_maps: dict[str, dict[float, np.ndarray]] = {m: {} for m in clean_files}
+    adv_pred: dict[float, np.ndarray] = {}
+    for f in adv:
+        at = read_attrs(f)
+        m, e = method_of(at), float(at["eps"])
+        if m not in clean_files:
+            raise ValueError(f"'{f}' holds {m} maps but no clean heatmap file does (they hold {', '.join(clean_files)})")
+        d = read_h5(f, ["maps", "pred", "index"])
+        if not np.array_equal(d["index"], first["index"]):
+            raise ValueError(f"'{f}' holds other test images than '{clean_files[m]}'")
+        adv_maps[m][e] = d["maps"][pick]
+        adv_pred[e] = d["pred"][pick]
+    return plot_gallery(ds.images[first["index"][pick]], clean_maps, adv_maps, first["pred"][pick], adv_pred,
+                        ds.identities, first["labels"][pick], prefix, title=title)

@@ -132,24 +132,20 @@ def run_sanity(
     one table."""
     import pandas as pd
 
-    from .datasets import load_prepared
     from .explainers import check_methods
-    from .models import load_checkpoint, predict, to_tensor_images
+    from .models import predict
     from .references import derangement
+    from .runtime import load_for_inference, test_set
     from .similarity import nissim, spearman
     from .store import atomic_path
 
     methods = check_methods(list(out))
     if images < 2:
         raise ValueError(f"images: the sanity check needs at least 2 test images, got {images}")
-    model, meta = load_checkpoint(model_path, device)
-    model.to(memory_format=torch.channels_last)
-    ds = load_prepared(data)
-    imgs, labels, idx = ds.subset("test")
-    if len(idx) == 0:
-        raise ValueError(f"{data}: the test split is empty")
+    model, meta = load_for_inference(model_path, torch.device(device))
+    _, x, y, idx = test_set(data)
     pick = np.sort(np.random.default_rng(seed).choice(len(idx), size=min(images, len(idx)), replace=False))
-    x, y, idx = to_tensor_images(imgs[pick]), torch.as_tensor(labels[pick]), idx[pick]
+    x, y, idx = x[pick], y[pick], idx[pick]
     layer = meta["layer"]
     target = predict(model, x, batch_size).argmax(1) if target_mode == "predicted" else y
     perm = torch.as_tensor(derangement(len(idx), seed))

@@ -27,11 +27,15 @@ model itself, white-box, unless the row is a transfer).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 
 __all__ = ["REQUIRED_COLUMNS", "MEASURE_COLUMNS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci",
-           "sanity_summary"]
+           "sanity_summary", "read_scores", "summarise"]
 
 REQUIRED_COLUMNS = ("model", "attack", "eps", "index", "label", "pred_clean", "pred_adv", "nissim")
 #: optional per-image measures summarised beside NISSIM when the score table has them
@@ -254,3 +258,61 @@ def vid(table: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def read_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """The per-image score tables at ``paths`` (the score stage's CSVs) in one table. FileNotFoundError
+    naming a missing table, ValueError naming one with NaN NISSIM values (a broken score file: MOD and VID
+    never average over a missing value silently)."""
+    frames = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"score table '{p}' does not exist")
+        df = pd.read_csv(p)
+        if "nissim" in df and df["nissim"].isna().any():
+            bad = df.loc[df["nissim"].isna(), "index"].tolist() if "index" in df else []
+            raise ValueError(f"score table '{p}' has {int(df['nissim'].isna().sum())} NaN NISSIM values "
+                             f"(test images {bad[:10]}); rerun its score job")
+        frames.append(df)
+    if not frames:
+        raise ValueError("no score tables given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarise(
+    scores: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    vid_out: str | os.PathLike | None = None,
+    vid_images_out: str | os.PathLike | None = None,
+    nissim_out: str | os.PathLike | None = None,
+    sanity: Sequence[str | os.PathLike] | None = None,
+    sanity_out: str | os.PathLike | None = None,
+    sanity_threshold: float = 0.5,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The summarise stage: the score tables at ``scores`` → :func:`mod_vid` at ``out`` (with the sanity
+    verdict per model and method as column ``sanity`` when per-image ``sanity`` tables are given), and,
+    where a path is given, :func:`vid` at ``vid_out``, :func:`vid_per_image` at ``vid_images_out``, all
+    per-image rows at ``nissim_out`` and :func:`sanity_summary` at ``sanity_out``; each written atomically.
+    Returns the MOD table."""
+    from .store import atomic_path
+
+    table = read_scores(scores)
+    summ = mod_vid(table, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    sanity_table = None
+    if sanity:
+        for p in sanity:
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"sanity table '{p}' does not exist")
+        sanity_table = sanity_summary(pd.concat([pd.read_csv(p) for p in sanity], ignore_index=True), sanity_threshold)
+        flags = sanity_table.groupby(["model", "cam"], sort=False)["flag"].first().rename("sanity").reset_index()
+        summ = summ.merge(flags, on=["model", "cam"], how="left")
+    outs = [(out, summ), (vid_out, vid(table)), (vid_images_out, vid_per_image(table)), (nissim_out, table),
+            (sanity_out, sanity_table)]
+    for path, frame in outs:
+        if path and frame is not None:
+            with atomic_path(path) as tmp:
+                frame.to_csv(tmp, index=False, float_format="%.6g")
+    return summ

@@ -1,0 +1,223 @@
+"""The gradient and attack stages: files in, :mod:`advcam.attacks` in between, files out.
+
+* gradient: the FGSM input-gradient sign of every test image, once per model (every ε is then a cheap step);
+* attack: the adversarial test set of one attack and ε, classified (and, when asked, explained in the same
+  forward pass) by the model; or, for transfer, another model's adversarial images classified and
+  explained by this one. The attack file stores the predictions and, for the iterative and targeted
+  attacks, the perturbation itself (``delta``), which the explain stage and transfer targets re-apply.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from .attacks import GradientSign
+
+__all__ = ["stored_perturbation", "run_gradient", "run_attack"]
+
+def _h5_keys(path: str | os.PathLike) -> list[str]:
+    import h5py
+
+    from .store import StoreError
+
+    try:
+        with h5py.File(path, "r") as f:
+            return list(f.keys())
+    except OSError as e:
+        raise StoreError(f"{path}: not a readable HDF5 file ({e})") from e
+
+
+def stored_perturbation(attack: str, sign_file: str | os.PathLike | None, attack_file: str | os.PathLike | None, n: int,
+                        targeted: bool = False):
+    """What :func:`advcam.attacks.perturb` needs to rebuild ``n`` test images' attack from files: (sign (N,3,H,W)
+    or None, delta (N,3,H,W) float32 or None, zero_grad (N,) bool or None). The perturbation itself when the
+    attack file has one (the iterative and the targeted attacks), else, for untargeted FGSM, the gradient
+    sign file's sign; the noise control needs neither."""
+    from .store import read_h5
+
+    if attack_file and "delta" in _h5_keys(attack_file):
+        return None, torch.as_tensor(read_h5(attack_file, ["delta"])["delta"]), None
+    sign = zero = None
+    if attack == "fgsm" and not targeted:
+        if not sign_file:
+            raise ValueError("--sign is required for --attack fgsm")
+        d = read_h5(sign_file, ["sign", "zero_grad"])
+        sign, zero = torch.as_tensor(d["sign"]), d["zero_grad"]
+        if sign.shape[0] != n:
+            raise ValueError(f"{sign_file}: has {sign.shape[0]} signs for {n} test images; rerun 'advcam gradient'")
+    return sign, None, zero
+
+
+def run_gradient(model_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, batch_size: int = 64,
+                 device: str | torch.device = "cpu", meta: Mapping[str, str] | None = None) -> GradientSign:
+    """The gradient stage: the sign of ∇ₓ CE of every test image of the store ``data`` under the checkpoint
+    ``model_path``, written to ``out`` (sign (N,3,H,W) int8, logits (N,C), zero_grad (N,) bool, index, labels)."""
+    from .attacks import gradient_sign
+    from .heatmaps import require_finite
+    from .runtime import load_for_inference, provenance, test_set
+    from .store import write_h5
+
+    model, info = load_for_inference(model_path, torch.device(device))
+    _, x, y, idx = test_set(data)
+    try:
+        gs = gradient_sign(model, x, y, batch_size)
+    except ValueError as e:
+        raise ValueError(f"{model_path}: {e}") from None
+    require_finite(model_path, "logits", gs.logits)
+    write_h5(
+        out,
+        {"sign": gs.sign.numpy(), "logits": gs.logits.numpy(), "zero_grad": gs.zero_grad.numpy(), "index": idx,
+         "labels": y.numpy()},
+        provenance(meta, model=info["arch"], stage="gradient", zero_grad_fraction=float(gs.zero_grad.float().mean())),
+        compression="gzip",
+    )
+    return gs
+
+
+def run_attack(
+    model_path: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    attack: str,
+    eps: float,
+    *,
+    sign_file: str | os.PathLike | None = None,
+    transfer_from: str | os.PathLike | None = None,
+    clean_logits_file: str | os.PathLike | None = None,
+    targeted: str = "none",
+    steps: int = 10,
+    alpha: float = 2 / 255,
+    decay: float = 1.0,
+    random_start: bool = True,
+    seed: int = 0,
+    heatmaps: Mapping[str, str | os.PathLike] | None = None,
+    layer: str | None = None,
+    name: str | None = None,
+    target_mode: str = "predicted",
+    amp: bool = False,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    meta: Mapping[str, str] | None = None,
+) -> dict:
+    """The attack stage: ``attack`` at L∞ radius ``eps`` ([0,1] pixel scale) on the test images of ``data``,
+    classified by the checkpoint ``model_path``; the attack file ``out`` gets index, labels, pred_clean,
+    pred_adv, attack_target (-1 when untargeted), zero_grad (FGSM, noise) and delta (the iterative and the
+    targeted attacks). ``targeted``: "none" or a rule of :data:`advcam.attacks.TARGET_RULES`. ``sign_file``:
+    the gradient stage's output (untargeted FGSM). ``transfer_from``: another model's attack file of the same
+    attack and ε, whose images this model classifies (and explains) instead of attacking it.
+    ``clean_logits_file``: the gradient file, whose clean logits are reused. ``heatmaps``: {CAM method: path}
+    to also write the adversarial maps (:mod:`advcam.heatmaps`), made in the same forward pass as the
+    predictions, of ``layer`` (default: the checkpoint's), for the predicted class or the label
+    (``target_mode``). Returns the attack file's attributes (acc_clean, acc_adv, success_rate, …)."""
+    from .attacks import ATTACKS, ITERATIVE, bim, check_eps, fgsm, mifgsm, pgd, perturb, target_classes
+    from .base_cam import CamOutput
+    from .explainers import explain_cams
+    from .heatmaps import heatmap_attrs, require_finite, write_heatmaps
+    from .models import predict
+    from .runtime import load_for_inference, provenance, test_set
+    from .store import read_attrs, read_h5, write_h5
+
+    eps = check_eps(eps)
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack '{attack}': choose one of {', '.join(ATTACKS)}")
+    is_targeted = targeted != "none"
+    methods = list(heatmaps or {})
+    model, info = load_for_inference(model_path, torch.device(device))
+    layer = layer or info["layer"]
+    _, x, y, idx = test_set(data)
+    source = name or info["arch"]  # the model the adversarial images were crafted on: this one, unless transferred
+    transferred = None
+    if transfer_from:  # the source model's adversarial images, classified and explained by this model
+        sa = read_attrs(transfer_from)
+        if sa.get("attack") != attack or float(sa.get("eps", -1)) != eps:
+            raise ValueError(f"{transfer_from}: holds {sa.get('attack')} at ε={sa.get('eps')}, not {attack} at ε={eps:g}")
+        if str(sa.get("targeted", "none")) != targeted:
+            raise ValueError(f"{transfer_from}: its attack was targeted '{sa.get('targeted', 'none')}', not '{targeted}'")
+        src = read_h5(transfer_from, ["index", "labels", "attack_target"] if "attack_target" in _h5_keys(transfer_from)
+                      else ["index", "labels"])
+        if not np.array_equal(src["index"], idx):
+            raise ValueError(f"{transfer_from}: holds other test images than {data} (the source and target "
+                             "models must share the input size)")
+        source = sa.get("model")
+        sign, delta, zero = stored_perturbation(attack, sign_file, transfer_from, len(idx), is_targeted)
+        transferred = (sign, delta, torch.as_tensor(src["attack_target"]) if "attack_target" in src else None)
+    else:
+        sign, _, zero = stored_perturbation(attack, sign_file, None, len(idx), is_targeted)
+    clean_logits = None
+    if clean_logits_file:
+        stored = read_h5(clean_logits_file, ["logits", "index"])
+        if not np.array_equal(stored["index"], idx):
+            raise ValueError(f"{clean_logits_file}: test indices do not match {data}")
+        clean_logits = torch.as_tensor(stored["logits"])
+    if is_targeted and targeted == "least_likely" and clean_logits is None:
+        clean_logits = predict(model, x, batch_size)
+    if transferred is not None:
+        goal = transferred[2] if is_targeted else None
+    else:
+        goal = (target_classes(targeted, y, int(info["num_classes"]), clean_logits, idx, seed)
+                if is_targeted else None)
+    extra: dict = {"targeted": targeted, "source_model": source}
+    preds, deltas = [], []
+    cams: dict[str, list] = {m: [] for m in methods}
+    gen = torch.Generator().manual_seed(seed)
+    for s in range(0, x.shape[0], batch_size):
+        sl = slice(s, s + batch_size)
+        xb = x[sl].float().div(255)
+        tb = None if goal is None else goal[sl]
+        if transferred is not None:
+            sg, dl = transferred[0], transferred[1]
+            xa = perturb(xb, attack, eps, idx[sl], None if sg is None else sg[sl], None if dl is None else dl[sl],
+                         seed=seed)
+        elif attack in ITERATIVE or is_targeted:
+            if attack == "pgd":
+                xa = pgd(model, xb, y[sl], eps, alpha, steps, random_start, gen, target=tb)
+            elif attack == "bim":
+                xa = bim(model, xb, y[sl], eps, alpha, steps, target=tb)
+            elif attack == "mifgsm":
+                xa = mifgsm(model, xb, y[sl], eps, alpha, steps, decay, target=tb)
+            else:
+                xa = fgsm(model, xb, y[sl], eps, target=tb)
+            xa = xa.cpu()
+            deltas.append((xa - xb).numpy())
+        else:
+            xa = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl], seed=seed)
+        if methods:
+            # one forward (and one logit→layer backward) gives the adversarial prediction and every method's map
+            outs = explain_cams(model, layer, xa, methods, None if target_mode == "predicted" else y[sl], batch_size,
+                                amp=amp)
+            for m, o in outs.items():
+                cams[m].append(o)
+            preds.append(outs[methods[0]].pred)
+        else:
+            lg = predict(model, xa, batch_size)
+            require_finite(model_path, "logits", lg)
+            preds.append(lg.argmax(1))
+    clean = (clean_logits if clean_logits is not None else predict(model, x, batch_size)).argmax(1)
+    pred = torch.cat(preds)
+    attack_target = goal if goal is not None else torch.full_like(y, -1)
+    record = {"index": idx, "labels": y.numpy(), "pred_clean": clean.numpy(), "pred_adv": pred.numpy(),
+              "attack_target": attack_target.numpy()}
+    if zero is not None:
+        record["zero_grad"] = zero
+    if deltas:
+        record["delta"] = np.concatenate(deltas).astype(np.float32)
+    if attack in ITERATIVE:
+        extra.update(steps=steps, alpha=alpha)
+        extra.update({"random_start": random_start} if attack == "pgd" else {})
+        extra.update({"decay": decay} if attack == "mifgsm" else {})
+    extra["success_rate"] = (float((pred == goal).float().mean()) if goal is not None
+                             else float((pred != y).float().mean()))
+    attrs = provenance(meta, model=name or info["arch"], arch=info["arch"], stage="attack", attack=attack, eps=eps,
+                       seed=seed, acc_clean=float((clean == y).float().mean()), acc_adv=float((pred == y).float().mean()),
+                       **extra)
+    write_h5(out, record, attrs)
+    if methods:
+        write_heatmaps(dict(heatmaps), {m: CamOutput.cat(v) for m, v in cams.items()}, y.numpy(), idx, zero, model_path,
+                       {**heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, target_mode,
+                                        x.shape[-1], amp, meta),
+                        "targeted": targeted, "source_model": source},
+                       extra={"attack_target": attack_target.numpy()})
+    return attrs
