@@ -102,6 +102,41 @@ def test_pipeline_in_process(tiny_store, trained, capsys):
         assert np.array_equal(fa["pred_adv"][()], fh["pred"][()])
 
 
+def test_stage_functions_write_what_their_commands_write(tiny_store, trained, tmp_path):
+    """The seam: each command parses its arguments and calls one stage function; called from Python with plain
+    values the functions write the same files."""
+    from advcam.adversarial import run_attack, run_gradient
+    from advcam.heatmaps import run_explain
+    from advcam.summary import summarise
+
+    _, model = trained
+    cli, py = tmp_path / "cli", tmp_path / "py"
+    assert run("gradient", "--model", model, "--data", tiny_store, "--out", cli / "sign.h5") == 0
+    gs = run_gradient(model, tiny_store, py / "sign.h5")
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "fgsm", "--eps", "0.1",
+               "--sign", cli / "sign.h5", "--out", cli / "fgsm.h5", "--heatmaps", cli / "adv" / "gradcam.h5") == 0
+    attrs = run_attack(model, tiny_store, py / "fgsm.h5", "fgsm", 0.1, sign_file=py / "sign.h5",
+                       heatmaps={"gradcam": py / "adv" / "gradcam.h5"})
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", cli / "clean" / "gradcam.h5",
+               cli / "clean" / "eigencam.h5") == 0
+    outs = run_explain(model, tiny_store, {"gradcam": py / "clean" / "gradcam.h5", "eigencam": py / "clean" / "eigencam.h5"})
+    assert gs.sign.shape[0] == 4 and set(outs) == {"gradcam", "eigencam"} and 0 <= attrs["acc_adv"] <= 1
+    for rel in ("sign.h5", "fgsm.h5", "adv/gradcam.h5", "clean/gradcam.h5", "clean/eigencam.h5"):
+        with h5py.File(cli / rel) as a, h5py.File(py / rel) as b:
+            assert set(a) == set(b), rel
+            for k in a:
+                np.testing.assert_array_equal(a[k][()], b[k][()], err_msg=f"{rel}:{k}")
+            assert {k: str(v) for k, v in a.attrs.items() if k != "created"} == \
+                   {k: str(v) for k, v in b.attrs.items() if k != "created"}, rel
+    for d in (cli, py):
+        assert run("score", "--clean", d / "clean" / "gradcam.h5", "--adv", d / "adv" / "gradcam.h5",
+                   "--out", d / "scores.csv") == 0
+    assert run("summarise", cli / "scores.csv", "--out", cli / "mod_vid.csv", "--resamples", "100") == 0
+    summ = summarise([py / "scores.csv"], py / "mod_vid.csv", n_resamples=100)
+    pd.testing.assert_frame_equal(pd.read_csv(cli / "mod_vid.csv"), pd.read_csv(py / "mod_vid.csv"))
+    assert summ["mod"].between(0, 1).all()
+
+
 def test_cam_methods_one_file_each(tiny_store, trained, tmp_path, capsys):
     """explain and attack write one file per method, named after it, each equal to advcam.cam of that method;
     score pairs them by the method each records, whatever the order; the gallery shows a row per method."""
