@@ -31,6 +31,10 @@ rule explain_clean:
         "> {log} 2>&1"
 
 
+# the score settings both score rules pass on (a plain dict: snakemake reruns a job when a value changes)
+SCORE_PARAMS = dict(ssim=config["ssim"], measures=" ".join(config["metrics"]["measures"]), k=config["metrics"]["k"])
+
+
 rule score:
     # one job per model scores every attack and ε (paired by what each heatmap file records): 6 jobs in the
     # default instead of 33, each of which paid ~2.5 s of imports for ~2.5 s of work. Changing an ε rescores
@@ -43,9 +47,7 @@ rule score:
     output:
         f"{RESULTS}/scores/{{model}}/white_box.csv",
     params:
-        ssim=config["ssim"],
-        measures=" ".join(config["metrics"]["measures"]),
-        k=config["metrics"]["k"],
+        **SCORE_PARAMS,
         chance=f"--chance-seed {config['metrics']['chance_seed']}",
     log:
         f"{RESULTS}/logs/score/{{model}}/white_box.log",
@@ -72,9 +74,7 @@ use rule score as score_transfer with:
     output:
         f"{RESULTS}/scores/{{model}}/from_{{source}}.csv",
     params:
-        ssim=config["ssim"],
-        measures=" ".join(config["metrics"]["measures"]),
-        k=config["metrics"]["k"],
+        **SCORE_PARAMS,  # `with: params` replaces the whole block
         chance="",  # the target's chance rows are in its white-box table
     log:
         f"{RESULTS}/logs/score/{{model}}/from_{{source}}.log",
