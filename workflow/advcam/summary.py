@@ -260,15 +260,20 @@ def vid(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _read_table(path: str | os.PathLike, what: str) -> pd.DataFrame:
+    """The CSV at ``path``; FileNotFoundError naming it as a ``what`` table when it does not exist."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} table '{path}' does not exist")
+    return pd.read_csv(path)
+
+
 def read_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """The per-image score tables at ``paths`` (the score stage's CSVs) in one table. FileNotFoundError
     naming a missing table, ValueError naming one with NaN NISSIM values (a broken score file: MOD and VID
     never average over a missing value silently)."""
     frames = []
     for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"score table '{p}' does not exist")
-        df = pd.read_csv(p)
+        df = _read_table(p, "score")
         if "nissim" in df and df["nissim"].isna().any():
             bad = df.loc[df["nissim"].isna(), "index"].tolist() if "index" in df else []
             raise ValueError(f"score table '{p}' has {int(df['nissim'].isna().sum())} NaN NISSIM values "
@@ -303,16 +308,17 @@ def summarise(
     summ = mod_vid(table, confidence=confidence, n_resamples=n_resamples, seed=seed)
     sanity_table = None
     if sanity:
-        for p in sanity:
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"sanity table '{p}' does not exist")
-        sanity_table = sanity_summary(pd.concat([pd.read_csv(p) for p in sanity], ignore_index=True), sanity_threshold)
+        per_image = pd.concat([_read_table(p, "sanity") for p in sanity], ignore_index=True)
+        sanity_table = sanity_summary(per_image, sanity_threshold)
         flags = sanity_table.groupby(["model", "cam"], sort=False)["flag"].first().rename("sanity").reset_index()
         summ = summ.merge(flags, on=["model", "cam"], how="left")
-    outs = [(out, summ), (vid_out, vid(table)), (vid_images_out, vid_per_image(table)), (nissim_out, table),
-            (sanity_out, sanity_table)]
+    # only the tables asked for, each computed before the first is written (a failing one leaves none behind)
+    outs = [(out, summ)]
+    outs += [(vid_out, vid(table))] if vid_out else []
+    outs += [(vid_images_out, vid_per_image(table))] if vid_images_out else []
+    outs += [(nissim_out, table)] if nissim_out else []
+    outs += [(sanity_out, sanity_table)] if sanity_out and sanity_table is not None else []
     for path, frame in outs:
-        if path and frame is not None:
-            with atomic_path(path) as tmp:
-                frame.to_csv(tmp, index=False, float_format="%.6g")
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6g")
     return summ
