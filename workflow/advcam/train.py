@@ -274,9 +274,9 @@ def run_training(
     ``train.json`` beside it). ``layer``: the CAM layer to record (default: the paper's, else timm's last
     feature stage), checked before training. ``amp``: "auto" (chosen for the machine), "on" or "off".
     Returns the result and the checkpoint's metadata."""
+    from . import __version__
     from .datasets import load_prepared
     from .models import build_model, resolve_layer, save_checkpoint, target_layer_name, timm_name, to_tensor_images
-    from . import __version__
     from .runtime import log_runtime
     from .store import write_json
 
