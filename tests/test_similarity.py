@@ -57,6 +57,24 @@ def test_identical_and_zero_maps_give_zero_nissim(rng):
     assert torch.equal(nissim(z, z), torch.zeros(2, dtype=torch.float64))
 
 
+def test_nearly_equal_maps_stay_in_range(rng):
+    # upsampled 2x2 CAMs and the same CAMs a float32 rounding apart (a noise control): without the clip, rounding
+    # put ~15% of these SSIMs a few ulps above 1, so NISSIM < 0 and a MOD CI below 0 (smoke study, AMX machine)
+    raw = torch.from_numpy(rng.random((400, 1, 2, 2)))
+    raw[:, 0, 0, 0] = 0
+
+    def cam(r):
+        m = torch.nn.functional.interpolate(r.float(), size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+        m = m - m.amin((1, 2), keepdim=True)
+        return m / m.amax((1, 2), keepdim=True)
+
+    a, b = cam(raw), cam(raw * (1 + 1e-7 * torch.from_numpy(rng.standard_normal(raw.shape))))
+    s = ssim(a, b)
+    assert (s <= 1).all() and (nissim(a, b) >= 0).all()
+    ref = np.array([structural_similarity(x, y, data_range=1.0) for x, y in zip(a.double().numpy(), b.double().numpy())])
+    assert np.abs(s.numpy() - ref).max() < 1e-9
+
+
 def test_nissim_range_and_opposite(rng):
     a = torch.from_numpy(rng.random((4, 20, 20)))
     v = nissim(a, 1 - a)

@@ -77,7 +77,9 @@ def ssim(
 
     Returns
     -------
-    (N,) float64 tensor on the inputs' device, SSIM in [-1, 1].
+    (N,) float64 tensor on the inputs' device, SSIM in [-1, 1]. Clipped to that range: on nearly equal maps
+    rounding can put the mean a few ulps past 1 (skimage's too, on either side), which would make NISSIM
+    negative; the clip moves no value by more than ~1e-12.
 
     Raises ValueError naming ``a`` or ``b`` (and the images) when either holds NaN or infinite values.
     """
@@ -124,7 +126,7 @@ def ssim(
         out.append(s_map.mean(dim=(-2, -1)))
     if not out:
         return torch.empty(0, dtype=torch.float64, device=a.device)
-    return torch.cat(out)
+    return torch.cat(out).clamp_(-1.0, 1.0)
 
 
 def nissim(a: torch.Tensor, b: torch.Tensor, gaussian: bool = False, **kwargs) -> torch.Tensor:
