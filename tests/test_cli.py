@@ -39,6 +39,31 @@ def trained(tiny_store, tmp_path_factory):
     return d, model
 
 
+def test_a_replicate_trains_with_its_own_seed_on_the_same_split(tiny_store, trained, tmp_path):
+    """Replicate 1 of the trained model: the same split and settings, a seed derived from (seed, 1), other weights;
+    the checkpoint, train.json and the heatmaps made from it record the replicate."""
+    from advcam.train import replicate_seed
+
+    d, model = trained
+    r1 = tmp_path / "r1" / "model.pt"
+    assert run("train", "--data", tiny_store, "--arch", "resnet50", "--out", r1, "--epochs", "2", "--batch-size", "8",
+               "--pixel-noise", "0.05", "--pixel-noise-from", "2", "--no-progress", "--replicate", "1",
+               "--name", "resnet50") == 0
+    a, b = torch.load(model, weights_only=True), torch.load(r1, weights_only=True)
+    assert a["meta"]["replicate"] == 0 and a["meta"]["train_seed"] == 0 == replicate_seed(0, 0)
+    assert b["meta"]["replicate"] == 1 and b["meta"]["train_seed"] == replicate_seed(0, 1) != 0
+    assert b["meta"]["model"] == "resnet50" and b["meta"]["config_seed"] == 0
+    assert a["meta"]["identities"] == b["meta"]["identities"]
+    assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"] if k.endswith("weight"))
+    report = json.loads((tmp_path / "r1" / "train.json").read_text())
+    assert report["replicate"] == 1 and report["seed"] == replicate_seed(0, 1)
+    hm = tmp_path / "r1" / "clean.h5"
+    assert run("explain", "--model", r1, "--data", tiny_store, "--out", hm) == 0
+    with h5py.File(hm) as f:
+        assert f.attrs["replicate"] == 1
+    assert len({replicate_seed(s, r) for s in range(20) for r in range(20)}) == 400  # no two (seed, r) share a stream
+
+
 def test_pipeline_in_process(tiny_store, trained, capsys):
     d, model = trained
     meta = torch.load(model, weights_only=True)["meta"]

@@ -9,11 +9,17 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from workflow_run import REPO, SNAKEFILE, job_counts, snakemake
+
+
+def torch_load(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def load(name: str) -> dict:
@@ -67,6 +73,25 @@ def test_default_dag(tmp_path):
         s: max(expected[k] for k, m in cfg["models"].items() if str(m["size"]) == s) for s in sizes}
 
 
+def test_replicate_dag(tmp_path):
+    """Replicates multiply every per-run job; a model's own count overrides the study's; transfer maps replicate r
+    of the source onto replicate r of the target, for the replicates both have."""
+    cfg = load("config.yaml")
+    n_eps = len(cfg["attacks"]["fgsm"]["eps"])
+    c = job_counts(snakemake(tmp_path, "-n", config={**cfg, "replicates": 3}))
+    assert c["train"] == 15 and c["gradient"] == 15 and c["explain_clean"] == 15 and c["sanity"] == 15
+    assert c["attack"] == 15 * 2 * n_eps and c["score"] == 15
+    assert c["transfer"] == 3 * n_eps and c["score_transfer"] == 3
+    assert c["gallery"] == 5 and c["summarise"] == 1 and c["prepare"] == 3  # one gallery per model (replicate 0)
+    models = {**cfg["models"], "resnet50": {**cfg["models"]["resnet50"], "replicates": 1}}
+    proc = snakemake(tmp_path, "-n", "-p", config={**cfg, "replicates": 2, "models": models})
+    c = job_counts(proc)
+    assert c["train"] == 9 and c["score"] == 9 and c["transfer"] == n_eps and c["score_transfer"] == 1
+    out = proc.stdout + proc.stderr
+    assert "--replicate 1" in out and "resnet50/r1" not in out and "resnet101/r1/model.pt" in out
+    assert "--name resnet101" in out
+
+
 def test_paper_dag(tmp_path):
     root = tmp_path / "vggface2" / "train"
     for ident in ("n000001", "n000002"):
@@ -80,7 +105,7 @@ def test_paper_dag(tmp_path):
 
 def test_smoke_dag(tmp_path):
     c = job_counts(snakemake(tmp_path, "-n", config=REPO / "configs/smoke.yaml"))
-    assert c["train"] == 2 and c["attack"] == 8 and c["prepare"] == 2
+    assert c["train"] == 3 and c["attack"] == 12 and c["prepare"] == 2  # resnet50 twice (its own replicates: 2)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +133,11 @@ def test_smoke_dag(tmp_path):
         ({"attacks": {"fgsm": {"eps": [0.05], "targeted": "farthest"}}}, "farthest"),
         ({"transfer": [{"source": "resnet50", "target": "vgg16"}]}, "must share the input size (resnet50 64, vgg16 48)"),
         ({"transfer": [{"source": "resnet18", "target": "resnet50"}]}, "'resnet18' is not a model of this study"),
+        ({"replicates": 0}, "schema['properties']['replicates']"),
+        ({"replicates": 1.5}, "1.5 is not of type 'integer'"),
+        ({"models": {"resnet50": {"size": 64, "replicates": 0}}}, "['replicates']"),
+        ({"min_accuracy": 1.2}, "schema['properties']['min_accuracy']"),
+        ({"min_accuracy": -0.1}, "min_accuracy"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, patch, message):
@@ -138,7 +168,7 @@ def test_the_schema_lists_every_cam_method():
 def test_smoke_end_to_end(smoke_run):
     res = smoke_run / "results"
     s = pd.read_csv(res / "summary" / "mod_vid.csv")
-    assert len(s) == 2 * 2 * (2 * 2 + 1)  # model × cam × (attack × ε + the chance reference)
+    assert len(s) == 3 * 2 * (2 * 2 + 1)  # run (model, replicate) × cam × (attack × ε + the chance reference)
     assert set(s["model"]) == {"resnet50", "vgg16"} and set(s["attack"]) == {"fgsm", "noise", "chance"}
     ref = s[s["attack"] == "chance"]
     assert ref["eps"].eq(0).all() and ref["mod_rel"].eq(1).all()
@@ -148,6 +178,24 @@ def test_smoke_end_to_end(smoke_run):
     for col in ("energy_clean_mean", "energy_adv_mean", "point_clean_mean", "point_adv_mean", "mask_frac_mean"):
         assert s[col].between(0, 1).all(), col
     assert s["sanity"].isin(["ok", "ignores head", "ignores weights"]).all()
+    # every run is named and judged by its training; resnet50 has a second replicate (the smoke config's override)
+    assert s["training_flag"].isin(["ok", "at chance", "below min_accuracy"]).all()
+    assert sorted(set(zip(s["model"], s["replicate"]))) == [("resnet50", 0), ("resnet50", 1), ("vgg16", 0)]
+    r0, r1 = (torch_load(res / f"models/resnet50/r{r}/model.pt") for r in (0, 1))
+    assert r0["meta"]["replicate"] == 0 and r1["meta"]["replicate"] == 1 and r0["meta"]["model"] == "resnet50"
+    assert r0["meta"]["train_seed"] == 0 and r1["meta"]["train_seed"] not in (0, 1)
+    assert any((r0["state_dict"][k] != r1["state_dict"][k]).any() for k in r0["state_dict"] if k.endswith("weight"))
+    reps = pd.read_csv(res / "summary" / "replicates.csv")
+    assert set(reps["model"]) == {"resnet50", "vgg16"} and not reps.duplicated(["model", "source_model", "cam", "attack", "eps"]).any()
+    for _, r in reps.iterrows():  # a run at chance (4 test images after one epoch) is left out by name
+        flagged = s[(s["model"] == r["model"]) & (s["training_flag"] != "ok")]["replicate"].unique()
+        assert r["n_replicates"] == (2 if r["model"] == "resnet50" else 1) - len(flagged)
+        assert all(f"{r['model']}/r{f}" in r["left_out"] for f in flagged)
+        assert (r["n_replicates"] >= 2) == np.isfinite(r["mod_ci_low"]) and (r["ci_note"] == "") == (r["n_replicates"] >= 2)
+    claims = pd.read_csv(res / "summary" / "claims.csv")
+    assert set(claims.columns) >= {"claim", "statistic", "ci_low", "ci_high", "verdict", "left_out"}
+    assert claims["verdict"].isin(["supported", "contradicted", "inconclusive", "skipped"]).all()
+    s = s[s["replicate"] == 0]
     san = pd.read_csv(res / "summary" / "sanity.csv")
     assert set(san["model"]) == {"resnet50", "vgg16"} and set(san["cam"]) == {"gradcam", "eigencam"}
     assert san["blocks"].max() == 6 and san.loc[san["blocks"] == 0, "nissim_mean"].eq(0).all()
@@ -165,15 +213,18 @@ def test_smoke_end_to_end(smoke_run):
     assert s["spearman_mean"].between(-1, 1).all() and s["topk_mean"].between(0, 1).all()
     assert (s["com_shift_mean"] >= 0).all()
     v = pd.read_csv(res / "summary" / "vid.csv")
-    assert len(v) == 8 and v["vid"].between(0, 1).all() and set(v["cam"]) == {"gradcam", "eigencam"}
+    assert len(v) == 12 and v["vid"].between(0, 1).all() and set(v["cam"]) == {"gradcam", "eigencam"}
+    assert "training_flag" in v and set(v["replicate"]) == {0, 1}
     for m in ("gradcam", "eigencam"):
-        assert (res / "heatmaps" / "vgg16" / "clean" / f"{m}.h5").is_file()
-        assert (res / "heatmaps" / "vgg16" / "fgsm" / "0.1" / f"{m}.h5").is_file()
+        assert (res / "heatmaps" / "vgg16" / "r0" / "clean" / f"{m}.h5").is_file()
+        assert (res / "heatmaps" / "vgg16" / "r0" / "fgsm" / "0.1" / f"{m}.h5").is_file()
+        assert (res / "heatmaps" / "resnet50" / "r1" / "fgsm" / "0.1" / f"{m}.h5").is_file()
+    assert set(san["replicate"]) == {0, 1} and "training_flag" in san
     for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "gallery_resnet50", "gallery_vgg16",
-                 "localisation", "sanity_resnet50", "sanity_vgg16"):
+                 "localisation", "sanity_resnet50", "sanity_vgg16", "claims"):
         assert (res / "plots" / f"{name}.png").stat().st_size > 1000
-    assert (res / "logs" / "train" / "resnet50.log").is_file()
-    assert (res / "benchmarks" / "train" / "resnet50.tsv").is_file()
+    assert (res / "logs" / "train" / "resnet50" / "r1.log").is_file()
+    assert (res / "benchmarks" / "train" / "resnet50" / "r0.tsv").is_file()
     assert not list(res.rglob(".*.tmp-*"))
 
 
@@ -186,7 +237,17 @@ def test_partial_reruns(smoke_run):
     # one more FGSM ε: only its attack/heatmap jobs and the score job (per model), summary, plots and FGSM galleries
     more_eps = {**cfg, "attacks": {**cfg["attacks"], "fgsm": {"eps": [0.05, 0.1, 0.2]}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_eps))
-    assert c == {"attack": 2, "score": 2, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    assert c == {"attack": 3, "score": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}  # 3 runs: resnet50 r0, r1, vgg16
+    # one more replicate of vgg16: only its training run's jobs; one fewer of resnet50: nothing upstream reruns
+    models = cfg["models"]
+    more_reps = {**cfg, "models": {**models, "vgg16": {**models["vgg16"], "replicates": 2}}}
+    c = job_counts(snakemake(smoke_run, "-n", config=more_reps))
+    assert c == {"train": 1, "gradient": 1, "explain_clean": 1, "attack": 4, "score": 1, "sanity": 1, "summarise": 1,
+                 "plot": 1, "all": 1}
+    fewer_reps = {**cfg, "models": {**models, "resnet50": {**models["resnet50"], "replicates": 1}}}
+    assert job_counts(snakemake(smoke_run, "-n", config=fewer_reps)) == {"summarise": 1, "plot": 1, "all": 1}
+    assert job_counts(snakemake(smoke_run, "-n", config={**cfg, "min_accuracy": 0.5})) == {"summarise": 1, "plot": 1,
+                                                                                           "all": 1}
     # one more model at an existing size: only that model is trained
     more_models = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_models))
@@ -196,32 +257,33 @@ def test_partial_reruns(smoke_run):
     # a measure dropped or k changed: only scoring and the summaries rerun
     fewer = {**cfg, "metrics": {"measures": ["spearman"], "k": 0.2}}
     c = job_counts(snakemake(smoke_run, "-n", config=fewer))
-    assert c == {"score": 2, "summarise": 1, "plot": 1, "all": 1}
+    assert c == {"score": 3, "summarise": 1, "plot": 1, "all": 1}
     # a CAM method added: its heatmaps come from the attack and clean-explain jobs (no training, no gradient sign)
     more_cams = {**cfg, "cams": cfg["cams"] + ["gradcampp"]}
     c = job_counts(snakemake(smoke_run, "-n", config=more_cams))
-    assert c == {"explain_clean": 2, "attack": 8, "score": 2, "sanity": 2, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    assert c == {"explain_clean": 3, "attack": 12, "score": 3, "sanity": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
     # a CAM method removed: no heatmap is recomputed; scores, summaries and galleries drop it
     fewer_cams = {**cfg, "cams": ["gradcam"]}
     c = job_counts(snakemake(smoke_run, "-n", config=fewer_cams))
-    assert c == {"score": 2, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    assert c == {"score": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
     # the chance pairing reseeded: only scoring and the summaries; the sanity threshold: only the summaries; its
     # image count: the sanity jobs and the summaries
     reseeded = {**cfg, "metrics": {"chance_seed": 3}}
-    assert job_counts(snakemake(smoke_run, "-n", config=reseeded)) == {"score": 2, "summarise": 1, "plot": 1, "all": 1}
+    assert job_counts(snakemake(smoke_run, "-n", config=reseeded)) == {"score": 3, "summarise": 1, "plot": 1, "all": 1}
     stricter = {**cfg, "sanity": {"threshold": 0.3}}
     assert job_counts(snakemake(smoke_run, "-n", config=stricter)) == {"summarise": 1, "plot": 1, "all": 1}
     more_images = {**cfg, "sanity": {"images": 8}}
-    assert job_counts(snakemake(smoke_run, "-n", config=more_images)) == {"sanity": 2, "summarise": 1, "plot": 1, "all": 1}
+    assert job_counts(snakemake(smoke_run, "-n", config=more_images)) == {"sanity": 3, "summarise": 1, "plot": 1, "all": 1}
     # an iterative attack and a targeted one added: only their own attack and score jobs (and the summaries)
     more_attacks = {**cfg, "attacks": {**cfg["attacks"], "bim": {"eps": [0.05], "steps": 2},
                                        "mifgsm": {"eps": [0.05], "steps": 2, "targeted": "next"}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_attacks))
-    assert c == {"attack": 4, "score": 2, "summarise": 1, "plot": 1, "all": 1}
+    assert c == {"attack": 6, "score": 3, "summarise": 1, "plot": 1, "all": 1}
     # a transfer pair (a model at the source's size added): only that model's own jobs and the pair's
     pair = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}},
             "transfer": [{"source": "resnet50", "target": "resnet18"}]}
     c = job_counts(snakemake(smoke_run, "-n", config=pair))
+    # resnet50 has 2 replicates, resnet18 1: replicate 0 of each is paired
     assert c["transfer"] == 2 and c["score_transfer"] == 1 and c["train"] == 1 and c["attack"] == 4
     # a scheduling priority is not provenance: nothing reruns
     prio = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "priority": 5}}}
@@ -278,7 +340,7 @@ def test_a_configfile_is_the_whole_study_from_the_repo_root(tmp_path):
         assert ("--attack noise" in out) == ("noise" in study["attacks"]), cfg
 
 
-SUMMARIES = ("mod_vid.csv", "vid.csv", "vid_per_image.csv", "nissim.csv")
+SUMMARIES = ("mod_vid.csv", "vid.csv", "vid_per_image.csv", "nissim.csv", "replicates.csv", "claims.csv")
 
 
 @pytest.mark.slow

@@ -106,9 +106,10 @@ def slurm_run(tmp_path_factory):
 def test_every_job_ran_on_slurm_and_only_model_jobs_got_the_gpu(slurm_run, smoke_run):
     wd, _, run = slurm_run
     jobs = _submitted(run)
-    # the smoke DAG: 1 synth, 2 prepare (two sizes), per model train/gradient/explain_clean/score/sanity, 2×2 ε attacks
-    assert Counter(jobs.values()) == {"synth": 1, "prepare": 2, "train": 2, "gradient": 2, "explain_clean": 2, "attack": 8,
-                                      "score": 2, "sanity": 2}
+    # the smoke DAG: 1 synth, 2 prepare (two sizes), per training run (resnet50 twice, vgg16 once)
+    # train/gradient/explain_clean/score/sanity and 2×2 ε attacks
+    assert Counter(jobs.values()) == {"synth": 1, "prepare": 2, "train": 3, "gradient": 3, "explain_clean": 3,
+                                      "attack": 12, "score": 3, "sanity": 3}
     for job_id, rule in jobs.items():
         info = _show_job(job_id)
         assert info["JobState"] == "COMPLETED", (job_id, rule, info["JobState"])
@@ -120,7 +121,7 @@ def test_every_job_ran_on_slurm_and_only_model_jobs_got_the_gpu(slurm_run, smoke
             assert "gpu" not in gres and info["JOB_GRES"] == "(null)", (job_id, rule, gres)
     # the job's own view, written by advcam into the rule log: which SLURM job, which GPU it was given
     res = wd / "results" / "logs"
-    for log in [res / "train" / "resnet50.log", res / "gradient" / "vgg16.log",
+    for log in [res / "train" / "resnet50" / "r1.log", res / "gradient" / "vgg16" / "r0.log",
                 *sorted((res / "attack").rglob("*.log"))]:
         text = log.read_text()
         assert re.search(r"SLURM job (\d+) on \S+, GPUs allocated: 0", text), (log, text[:500])
@@ -129,12 +130,13 @@ def test_every_job_ran_on_slurm_and_only_model_jobs_got_the_gpu(slurm_run, smoke
     assert "GPUs allocated: none" in score_log, score_log[:500]
     # local rules ran on the submit host, and the local run (smoke_run) never saw SLURM
     assert "localrule summarise" in run.stdout + run.stderr
-    assert "SLURM job" not in (smoke_run / "results/logs/train/resnet50.log").read_text()
+    assert "SLURM job" not in (smoke_run / "results/logs/train/resnet50/r0.log").read_text()
 
 
 def test_summary_identical_to_the_local_run(slurm_run, smoke_run):
     wd, _, run = slurm_run
-    for name in ("mod_vid.csv", "vid.csv", "vid_per_image.csv", "nissim.csv", "sanity.csv"):
+    for name in ("mod_vid.csv", "vid.csv", "vid_per_image.csv", "nissim.csv", "sanity.csv", "replicates.csv",
+                 "claims.csv"):
         here = (wd / "results/summary" / name).read_bytes()
         there = (smoke_run / "results/summary" / name).read_bytes()
         assert here == there, name

@@ -57,7 +57,7 @@ def run_gradient(model_path: str | os.PathLike, data: str | os.PathLike, out: st
     ``model_path``, written to ``out`` (sign (N,3,H,W) int8, logits (N,C), zero_grad (N,) bool, index, labels)."""
     from .attacks import gradient_sign
     from .heatmaps import require_finite
-    from .runtime import load_for_inference, provenance, test_set
+    from .runtime import load_for_inference, provenance, replicate_of, test_set
     from .store import write_h5
 
     model, info = load_for_inference(model_path, torch.device(device))
@@ -71,7 +71,7 @@ def run_gradient(model_path: str | os.PathLike, data: str | os.PathLike, out: st
         out,
         {"sign": gs.sign.numpy(), "logits": gs.logits.numpy(), "zero_grad": gs.zero_grad.numpy(), "index": idx,
          "labels": y.numpy()},
-        provenance(meta, model=info["arch"], stage="gradient", zero_grad_fraction=float(gs.zero_grad.float().mean())),
+        provenance(meta, model=info["arch"], replicate=replicate_of(info), stage="gradient", zero_grad_fraction=float(gs.zero_grad.float().mean())),
         compression="gzip",
     )
     return gs
@@ -117,7 +117,7 @@ def run_attack(
     from .explainers import explain_cams
     from .heatmaps import heatmap_attrs, require_finite, write_heatmaps
     from .models import predict
-    from .runtime import load_for_inference, provenance, test_set
+    from .runtime import load_for_inference, provenance, replicate_of, test_set
     from .store import read_attrs, read_h5, write_h5
 
     eps = check_eps(eps)
@@ -210,14 +210,14 @@ def run_attack(
         extra.update({"decay": decay} if attack == "mifgsm" else {})
     extra["success_rate"] = (float((pred == goal).float().mean()) if goal is not None
                              else float((pred != y).float().mean()))
-    attrs = provenance(meta, model=name or info["arch"], arch=info["arch"], stage="attack", attack=attack, eps=eps,
+    attrs = provenance(meta, model=name or info["arch"], replicate=replicate_of(info), arch=info["arch"], stage="attack", attack=attack, eps=eps,
                        seed=seed, acc_clean=float((clean == y).float().mean()), acc_adv=float((pred == y).float().mean()),
                        **extra)
     write_h5(out, record, attrs)
     if methods:
         write_heatmaps(dict(heatmaps), {m: CamOutput.cat(v) for m, v in cams.items()}, y.numpy(), idx, zero, model_path,
                        {**heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, target_mode,
-                                        x.shape[-1], amp, meta),
+                                        x.shape[-1], amp, meta, replicate_of(info)),
                         "targeted": targeted, "source_model": source},
                        extra={"attack_target": attack_target.numpy()})
     return attrs

@@ -105,11 +105,11 @@ def cmd_train(args) -> None:
         args.data, args.out, args.arch, report=args.report, layer=args.layer, pretrained=args.pretrained,
         pretrained_file=args.pretrained_file, amp=args.amp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing, seed=args.seed, augment_strength=args.augment,
+        label_smoothing=args.label_smoothing, seed=args.seed, replicate=args.replicate, name=args.name, augment_strength=args.augment,
         pixel_noise=args.pixel_noise, pixel_noise_from=args.pixel_noise_from, device=_setup_torch(args),
         progress=not args.no_progress, meta=_meta(args.meta),
     )
-    print(f"{args.arch}: best epoch {res.best_epoch}, val acc {res.best_val_acc:.3f}, test acc {info['test_acc']:.3f}, "
+    print(f"{args.arch} replicate {args.replicate}: best epoch {res.best_epoch}, val acc {res.best_val_acc:.3f}, test acc {info['test_acc']:.3f}, "
           f"{res.seconds:.0f}s")
 
 
@@ -196,15 +196,17 @@ def cmd_summarise(args) -> None:
     from .summary import summarise
 
     summ = summarise(args.scores, args.out, args.vid, args.vid_images, args.nissim, args.sanity, args.sanity_out,
-                     args.sanity_threshold, args.confidence, args.resamples, args.seed)
-    cols = ["model", "cam", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate"]
+                     args.sanity_threshold, args.confidence, args.resamples, args.seed, train_reports=args.train_reports,
+                     min_accuracy=args.min_accuracy, replicates_out=args.replicates, claims_out=args.claims)
+    cols = ["model", "replicate", "cam", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate"]
     print(summ[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def cmd_plot(args) -> None:
     from .plots import plot_study
 
-    files = plot_study(args.summary, args.out_dir, args.vid_images, args.nissim, args.sanity)
+    files = plot_study(args.summary, args.out_dir, args.vid_images, args.nissim, args.sanity, replicates=args.replicates,
+                       claims=args.claims)
     print(f"{len(files)} figure files written to {args.out_dir}")
 
 
@@ -283,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast for training: auto = chosen per machine (CUDA, AMX, or a probe finds it faster); "
                         "on/off force it")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--replicate", type=int, default=0,
+                   help="which training run of this model (0, 1, ...): replicate r > 0 trains with a seed derived from "
+                        "(--seed, r) on the same split; 0 trains with --seed itself")
+    s.add_argument("--name", help="the study's name for the model, recorded in the checkpoint (default: --arch)")
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--meta", action="append", metavar="KEY=VALUE")
@@ -379,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sanity", nargs="+", metavar="FILE", help="per-image sanity tables (advcam sanity): adds the sanity "
                                                               "verdict per model and method to the MOD table")
     s.add_argument("--sanity-out", help="sanity.csv: one row per model, method and number of randomised blocks")
+    s.add_argument("--train-reports", nargs="+", metavar="FILE",
+                   help="train.json of every training run (architecture and class count of each; default: the table's "
+                        "labels give the class count and the model's name its architecture)")
+    s.add_argument("--min-accuracy", type=float, default=0.0,
+                   help="clean test accuracy in [0, 1] below which a run is flagged (a run not clearly above chance "
+                        "always is); flagged runs are left out of --replicates and --claims, by name")
+    s.add_argument("--replicates", help="replicates.csv: across training runs, per model, attack, ε, with two-level "
+                                        "bootstrap CIs (replicates, then test images)")
+    s.add_argument("--claims", help="claims.csv: MOD differences of every pair of models and the paper's two claims, "
+                                    "each with its two-level CI and a verdict")
     s.add_argument("--sanity-threshold", type=float, default=0.5,
                    help="mean Spearman with the trained maps at or above which a method is flagged as ignoring the head "
                         "(head randomised) or the weights (all randomised)")
@@ -389,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vid-images", help="per-image VID CSV")
     s.add_argument("--nissim", help="all per-image NISSIM rows")
     s.add_argument("--sanity", help="sanity.csv (advcam summarise --sanity-out): a figure per model")
+    s.add_argument("--replicates", help="replicates.csv (advcam summarise --replicates): with several training runs the "
+                                        "MOD, accuracy, localisation and transfer figures show their mean and two-level CI")
+    s.add_argument("--claims", help="claims.csv (advcam summarise --claims): plots claims.png")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_plot)
 

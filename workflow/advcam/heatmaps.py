@@ -9,7 +9,7 @@ method to a study only adds files and removing one touches none. Datasets:
 * ``logits`` (N,C) float32, ``pred`` and ``target`` (N,) int64 (the explained class), ``labels``, ``index``
   (N,) (position in the prepared store), ``zero_cam`` (N,) bool, and for FGSM/noise ``zero_grad`` (N,) bool.
 
-File attributes: ``cam`` (the method), ``model``, ``arch``, ``layer``, ``attack``, ``eps``, ``seed``,
+File attributes: ``cam`` (the method), ``model``, ``replicate`` (the training run), ``arch``, ``layer``, ``attack``, ``eps``, ``seed``,
 ``target_mode``, ``input_size``, ``cam_size``, ``amp`` and provenance.
 """
 from __future__ import annotations
@@ -103,15 +103,15 @@ UPSAMPLE = "minmax(relu(bilinear(minmax(relu(raw)), align_corners=False)))"
 
 
 def heatmap_attrs(name: str, arch: str, layer: str, attack: str, eps: float, seed: int, target_mode: str,
-                  input_size: int, amp: bool, meta: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  input_size: int, amp: bool, meta: Mapping[str, str] | None = None, replicate: int = 0) -> dict[str, Any]:
     """The attributes of a heatmap file (besides ``cam`` and ``cam_size``, which :func:`write_heatmaps` adds):
     the model's name and architecture, the CAM layer, the attack, ε and seed that made the images ("clean",
     0, 0 for the clean set), the explained class (``target_mode``), the input side in pixels, bf16 autocast
-    or not, and provenance with the user's ``meta`` pairs."""
+    or not, the model's training replicate, and provenance with the user's ``meta`` pairs."""
     from .runtime import provenance
 
     return provenance(
-        meta, model=name, arch=arch, layer=layer, attack=attack, eps=eps, seed=seed, target_mode=target_mode,
+        meta, model=name, replicate=int(replicate), arch=arch, layer=layer, attack=attack, eps=eps, seed=seed, target_mode=target_mode,
         input_size=int(input_size), amp=bool(amp), upsample=UPSAMPLE, stage="explain",
     )
 
@@ -141,7 +141,7 @@ def run_explain(
     from .attacks import check_eps, perturb
     from .base_cam import CamOutput
     from .explainers import explain_cams
-    from .runtime import load_for_inference, test_set
+    from .runtime import load_for_inference, replicate_of, test_set
     from .store import read_attrs, read_h5
 
     methods = list(out)
@@ -170,7 +170,7 @@ def run_explain(
     outs = {m: CamOutput.cat(v) for m, v in cams.items()}
     write_heatmaps(out, outs, y.numpy(), idx, zero, model_path,
                    heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, target_mode, x.shape[-1],
-                                 amp, meta))
+                                 amp, meta, replicate_of(info)))
     return outs
 
 

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from .store import atomic_path  # noqa: E402
 
 __all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "plot_transfer", "plot_localisation",
-           "plot_sanity", "save", "plot_study", "gallery"]
+           "plot_sanity", "plot_claims", "save", "plot_study", "gallery"]
 
 STYLE = {"fgsm": "-", "noise": ":", "pgd": "--", "bim": "-.", "mifgsm": (0, (5, 1, 1, 1, 1, 1))}
 MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^"}
@@ -72,11 +72,15 @@ def _panels(n: int, width: float = 3.4, height: float = 2.8, max_cols: int = 3, 
     return fig, flat[:n]
 
 
-def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
+def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike, runs: pd.DataFrame | None = None) -> list[Path]:
     """MOD (mean NISSIM) against ε, one panel per model and a line per CAM method (colour) and attack
     (solid FGSM, dotted noise control), 95% bootstrap CI as a band. ε = 0 is the clean set (MOD 0). The
     chance level of each method (MOD between the clean maps of two different test images) is a dash-dotted
-    horizontal line with its CI as a band: the upper reference, as the noise control is the lower one."""
+    horizontal line with its CI as a band: the upper reference, as the noise control is the lower one.
+    With replicates, ``summary`` is the across-replicate table (:func:`advcam.summary.replicate_summary`: the
+    mean over training runs, the band its two-level CI) and ``runs`` the per-run MOD table, whose runs are
+    drawn as thin lines."""
+    n_rep = int(summary["n_replicates"].max()) if "n_replicates" in summary and len(summary) else 1
     chance = _with_cam(summary, chance=True)
     chance = chance[chance["attack"] == "chance"]
     summary = _with_cam(summary)
@@ -91,6 +95,12 @@ def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
             ax.plot(e, np.r_[0.0, g["mod"]], linestyle=STYLE.get(attack, "-."), marker=MARKER.get(attack, "o"), ms=2.5, lw=1.1, color=col[cam],
                     label=f"{cam} · {attack}")
             ax.fill_between(e, np.r_[0.0, g["mod_ci_low"]], np.r_[0.0, g["mod_ci_high"]], color=col[cam], alpha=0.12, lw=0)
+        if runs is not None and n_rep > 1:
+            own = _with_cam(runs)
+            for (cam, attack, _), g in own[own["model"] == model].groupby(["cam", "attack", "replicate"], sort=True):
+                g = g.sort_values("eps")
+                ax.plot(np.r_[0.0, g["eps"]], np.r_[0.0, g["mod"]], linestyle=STYLE.get(attack, "-."), lw=0.5,
+                        alpha=0.45, color=col[cam])
         for _, r in chance[(chance["model"] == model) & chance["cam"].isin(cams)].iterrows():
             ax.axhline(r["mod"], color=col[r["cam"]], ls="-.", lw=0.8, label=f"{r['cam']} · chance")
             ax.axhspan(r["mod_ci_low"], r["mod_ci_high"], color=col[r["cam"]], alpha=0.08, lw=0)
@@ -100,7 +110,13 @@ def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
     axes[0].set_ylabel("MOD = mean NISSIM", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: (cams.index(labels[i].split(" · ")[0]), labels[i]))
-    fig.suptitle("Explanation shift under attack per CAM method (band: 95% bootstrap CI; dash-dot: chance)", fontsize=9)
+    if n_rep > 1 and summary["mod_ci_low"].notna().any():
+        band = f"mean of {n_rep} training runs (thin: each run), band: two-level bootstrap CI over runs and images"
+    elif n_rep > 1:
+        band = f"mean of {n_rep} training runs (thin: each run); no CI: fewer than two usable runs"
+    else:
+        band = "band: 95% bootstrap CI over test images"
+    fig.suptitle(f"Explanation shift under attack per CAM method ({band}; dash-dot: chance)", fontsize=9)
     fig.tight_layout()
     fig.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, ncol=min(4, max(1, len(labels))),
                loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False)
@@ -267,6 +283,11 @@ def plot_sanity(sanity: pd.DataFrame, model: str, prefix: str | os.PathLike) -> 
     method, its chance level (two different images' trained maps) dash-dotted; the legend gives each method's
     verdict. ``sanity``: :func:`advcam.summary.sanity_summary`."""
     s = sanity[sanity["model"] == model]
+    if "replicate" in s and s["replicate"].nunique() > 1:  # the mean over training runs, each run's verdict named
+        verdicts = s.groupby("cam")["flag"].agg(lambda v: ", ".join(f"{f} ×{n}" for f, n in v.value_counts().items()))
+        keep = ["spearman_mean", "nissim_mean", "spearman_chance", "nissim_chance"]
+        s = (s.groupby(["cam", "blocks", "block"], as_index=False)[[c for c in keep if c in s]].mean()
+             .assign(flag=lambda d: d["cam"].map(verdicts)))
     cams = _cam_order(s)
     col = _colors(cams)
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), squeeze=False)
@@ -288,6 +309,63 @@ def plot_sanity(sanity: pd.DataFrame, model: str, prefix: str | os.PathLike) -> 
     axes[0, 0].set_ylim(-1.05, 1.05)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{model}: sanity check (cascading model-parameter randomisation; dash-dot: two images' maps)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, prefix)
+
+
+def _mean_over_runs(summ: pd.DataFrame) -> pd.DataFrame:
+    """The per-run MOD table averaged over training runs per (model, source_model, cam, attack, eps), for figures
+    of a study with several runs but no across-replicate table to draw from; n_replicates counts the runs."""
+    keys = [k for k in ("model", "source_model", "cam", "attack", "eps") if k in summ]
+    num = [c for c in summ.select_dtypes("number").columns if c not in keys and c != "replicate"]
+    out = summ.groupby(keys, as_index=False)[num].mean()
+    ci = [c for c in out.columns if c.endswith(("_ci_low", "_ci_high"))]  # a mean of image CIs covers no training
+    return out.assign(n_replicates=summ.groupby(keys)["replicate"].nunique().to_numpy(), **{c: np.nan for c in ci})
+
+
+def plot_claims(claims: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
+    """The claims as forest plots (:func:`advcam.summary.claims`): a panel per paper claim with a row per (CAM
+    method, attack) — the statistic, positive when the claim holds, with its two-level CI, coloured by the
+    verdict — and a panel of every pair of models' MOD difference at the largest ε for the first CAM method.
+    Skipped claims are named in their panel."""
+    colour = {"supported": "tab:green", "contradicted": "tab:red", "inconclusive": "0.45", "skipped": "0.75"}
+    panels = [("vgg16_least", "VGG16 shifts least\n(min other MOD − VGG16 MOD, largest ε)"),
+              ("wide_gt_deep", "wide shift more than deep as ε grows\n(wide − deep slope of MOD over ε)")]
+    pairs = claims[claims["claim"] == "pair"]
+    cam0 = pairs["cam"].iloc[0] if len(pairs) else None
+    if cam0 is not None:
+        pairs = pairs[pairs["cam"] == cam0]
+        top = pairs.groupby("attack")["eps"].transform("max")
+        pairs = pairs[pairs["eps"] == top]
+    n_rows = max([1, len(pairs)] + [int((claims["claim"] == c).sum()) for c, _ in panels])
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 1.2 + 0.28 * n_rows), squeeze=False)
+    for ax, (claim, title) in zip(axes[0], panels + [("pair", f"MOD(a) − MOD(b), {cam0}, largest ε")]):
+        c = pairs if claim == "pair" else claims[claims["claim"] == claim]
+        c = c.reset_index(drop=True)
+        labels = ([f"{a} − {b} · {att}" for a, b, att in zip(c["model_a"], c["model_b"], c["attack"])] if claim == "pair"
+                  else [f"{cam} · {att}" for cam, att in zip(c["cam"], c["attack"])])
+        for i, r in c.iterrows():
+            col = colour.get(r["verdict"], "0.45")
+            if np.isfinite(r["statistic"]):
+                err = np.array([[r["statistic"] - r["ci_low"]], [r["ci_high"] - r["statistic"]]])
+                ax.errorbar(r["statistic"], i, xerr=None if np.isnan(err).any() else err, fmt="o", ms=3.5, color=col,
+                            capsize=2, lw=1)
+            else:
+                ax.text(0, i, "skipped", fontsize=6, color=col, va="center", ha="center")
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_yticks(range(len(c)), labels, fontsize=6)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    for v, col in colour.items():
+        axes[0, 0].plot([], [], "o", color=col, label=v)
+    axes[0, 0].legend(fontsize=6, loc="lower right")
+    n_rep = int(claims["n_replicates"].max()) if len(claims) else 0
+    if claims.empty:
+        axes[0, 1].text(0.5, 0.5, "no claim could be tested: no usable training run (see the summarise log)",
+                        ha="center", va="center", fontsize=8, transform=axes[0, 1].transAxes)
+    fig.suptitle(f"Claims about models across training runs (up to {n_rep} replicates each; bars: two-level "
+                 "bootstrap CI; a claim needs 3 replicates a model to be more than inconclusive)", fontsize=8)
     fig.tight_layout()
     return save(fig, prefix)
 
@@ -347,21 +425,33 @@ def plot_study(
     vid_images: str | os.PathLike | None = None,
     nissim: str | os.PathLike | None = None,
     sanity: str | os.PathLike | None = None,
+    replicates: str | os.PathLike | None = None,
+    claims: str | os.PathLike | None = None,
 ) -> list[Path]:
     """The plot stage: every figure of a study into ``out_dir`` from its summaries — MOD and accuracy against
     ε (``summary``, the MOD table), localisation when the table has it, one transfer figure per target model,
     and where given the VID violins (``vid_images``), the NISSIM violins per attack (``nissim``, all per-image
-    rows) and the sanity check per model (``sanity``, the sanity summary). Returns the files written."""
+    rows, every training run pooled), the sanity check per model (``sanity``, the sanity summary) and the claims
+    (``claims``, :func:`plot_claims`). With ``replicates`` (the across-replicate table) and more than one training
+    run, the MOD, accuracy, localisation and transfer figures show the mean over runs with its two-level CI.
+    Returns the files written."""
     summ = pd.read_csv(summary)
     out = Path(out_dir)
     files: list[Path] = []
-    if "source_model" in summ:
-        for target in sorted(set(summ.loc[summ["source_model"] != summ["model"], "model"])):
-            files += plot_transfer(summ, target, out / f"transfer_{target}")
-    files += plot_mod(summ, out / "mod")
-    files += plot_accuracy(summ, out / "accuracy")
-    if "energy_adv_mean" in summ:
-        files += plot_localisation(summ, out / "localisation")
+    study = summ
+    if "replicate" in summ and summ["replicate"].nunique() > 1:
+        reps = pd.read_csv(replicates) if replicates else None
+        # the across-replicate table where two runs or more are usable, else the plain mean over runs (every run flagged)
+        study = reps if reps is not None and len(reps) and reps["n_replicates"].max() > 1 else _mean_over_runs(summ)
+    if "source_model" in study:
+        for target in sorted(set(study.loc[study["source_model"] != study["model"], "model"])):
+            files += plot_transfer(study, target, out / f"transfer_{target}")
+    files += plot_mod(study, out / "mod", runs=summ)
+    files += plot_accuracy(study, out / "accuracy")
+    if "energy_adv_mean" in study:
+        files += plot_localisation(study, out / "localisation")
+    if claims:
+        files += plot_claims(pd.read_csv(claims), out / "claims")
     if vid_images:
         files += plot_vid(pd.read_csv(vid_images), out / "vid")
     if nissim:

@@ -12,8 +12,8 @@ import torch
 
 from . import __version__
 
-__all__ = ["INFERENCE_PRECISION", "setup_torch", "runtime_line", "log_runtime", "load_for_inference", "test_set",
-           "provenance"]
+__all__ = ["INFERENCE_PRECISION", "setup_torch", "runtime_line", "log_runtime", "load_for_inference", "replicate_of",
+           "test_set", "provenance"]
 
 #: what the inference stages (gradient, attack, explain, sanity) run in: fp32 so FGSM equals torchattacks and
 #: the maps equal pytorch-grad-cam; channels_last is the faster layout on oneDNN CPUs and CUDA
@@ -65,6 +65,11 @@ def load_for_inference(path: str | os.PathLike, dev: torch.device) -> tuple[torc
     model.to(memory_format=torch.channels_last)
     log_runtime(dev, INFERENCE_PRECISION)
     return model, meta
+
+
+def replicate_of(info: Mapping) -> int:
+    """The training replicate a checkpoint's metadata records (0 for checkpoints written before replicates)."""
+    return int(info.get("replicate", 0))
 
 
 def test_set(data: str | os.PathLike):

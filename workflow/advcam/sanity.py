@@ -126,7 +126,7 @@ def run_sanity(
     """The sanity stage: ``images`` test images of the store ``data`` (a seeded draw, at most the whole test
     set) explained by the checkpoint ``model_path`` at every step of :func:`cascading_randomisation`, each
     step compared with the trained model's maps. ``out``: {CAM method: CSV path}; each method's per-image table
-    is written atomically to its path (model, cam, blocks (how many randomised), block (the last one), index,
+    is written atomically to its path (model, replicate, cam, blocks (how many randomised), block (the last one), index,
     spearman, nissim, zero_cam, and the chance level on the same images — spearman_chance and nissim_chance
     between the trained maps of the image and of its partner in a seeded derangement). Returns all of them in
     one table."""
@@ -135,7 +135,7 @@ def run_sanity(
     from .explainers import check_methods
     from .models import predict
     from .references import derangement
-    from .runtime import load_for_inference, test_set
+    from .runtime import load_for_inference, replicate_of, test_set
     from .similarity import nissim, spearman
     from .store import atomic_path
 
@@ -157,7 +157,7 @@ def run_sanity(
                           "nissim_chance": nissim(maps[m], maps[m][perm]).numpy()} for m in methods}
         for m in methods:
             rows.append(pd.DataFrame({
-                "model": name or meta.get("arch"), "cam": m, "blocks": step, "block": block, "index": idx,
+                "model": name or meta.get("arch"), "replicate": replicate_of(meta), "cam": m, "blocks": step, "block": block, "index": idx,
                 "spearman": spearman(trained[m], maps[m]).numpy(), "nissim": nissim(trained[m], maps[m]).numpy(),
                 "zero_cam": (maps[m].flatten(1).amax(1) == 0).numpy(), **chance[m],
             }))

@@ -150,7 +150,7 @@ def score(
             scores.update({"energy_clean": cl.loc["energy"], "energy_adv": la["energy"], "point_clean": cl.loc["point"],
                            "point_adv": la["point"], "mask_frac": cl.mask_frac})
         cols = {
-            "model": attrs.get("model"), "source_model": attrs.get("source_model") or attrs.get("model"), "cam": method,
+            "model": attrs.get("model"), "replicate": int(attrs.get("replicate", 0)), "source_model": attrs.get("source_model") or attrs.get("model"), "cam": method,
             "attack": attrs.get("attack"), "eps": float(attrs.get("eps")),
             "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": pred_adv, **scores,
             "zero_cam_clean": c["zero_cam"], "zero_cam_adv": zero_adv,

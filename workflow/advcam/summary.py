@@ -34,10 +34,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["REQUIRED_COLUMNS", "MEASURE_COLUMNS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci",
-           "sanity_summary", "read_scores", "summarise"]
+from .replicates import model_stream, paper_claims, pairwise_claims, percentile_ci, training_flag, two_level_bootstrap
+
+__all__ = ["REQUIRED_COLUMNS", "MEASURE_COLUMNS", "REPLICATE_COLUMNS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci",
+           "sanity_summary", "training_flags", "replicate_summary", "claims", "read_scores", "read_train_reports",
+           "summarise"]
 
 REQUIRED_COLUMNS = ("model", "attack", "eps", "index", "label", "pred_clean", "pred_adv", "nissim")
+#: one row of the MOD table per group: a training run (model, replicate) under one attack, ε and CAM method
+GROUP = ["model", "replicate", "source_model", "cam", "attack", "eps"]
+VID_GROUP = GROUP[:-1]
 #: optional per-image measures summarised beside NISSIM when the score table has them
 MEASURE_COLUMNS = ("spearman", "topk", "com_shift", "energy_clean", "energy_adv", "point_clean", "point_adv", "mask_frac")
 
@@ -54,6 +60,8 @@ def _check(table: pd.DataFrame) -> pd.DataFrame:
         table = table.assign(cam="gradcam")
     elif table["cam"].isna().any():
         table = table.assign(cam=table["cam"].fillna("gradcam"))
+    if "replicate" not in table.columns:  # tables written before replicates: one training run, replicate 0
+        table = table.assign(replicate=0)
     if "source_model" not in table.columns:
         table = table.assign(source_model=table["model"])
     elif table["source_model"].isna().any():  # rows of tables written before transfer existed: white-box
@@ -93,13 +101,14 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
     """
     table = _check(table)
     rows = []
-    for (model, source, cam, attack, eps), g in table.groupby(["model", "source_model", "cam", "attack", "eps"], sort=True):
+    for (model, rep, source, cam, attack, eps), g in table.groupby(GROUP, sort=True):
         x = g["nissim"].to_numpy(float)
         flipped = (g["pred_adv"] != g["pred_clean"]).to_numpy()
         lo, hi = bootstrap_ci(x, confidence, n_resamples, seed)
         rows.append(
             {
                 "model": model,
+                "replicate": int(rep),
                 "source_model": source,
                 "cam": cam,
                 "attack": attack,
@@ -135,10 +144,10 @@ def _with_mod_rel(summ: pd.DataFrame) -> pd.DataFrame:
     if summ.empty:
         return summ.assign(mod_rel=pd.Series(dtype=float))
     own = summ[summ["source_model"] == summ["model"]]
-    noise = own[own["attack"] == "noise"].set_index(["model", "cam", "eps"])["mod"]
-    chance = own[own["attack"] == "chance"].groupby(["model", "cam"])["mod"].first()
-    n = noise.reindex(pd.MultiIndex.from_frame(summ[["model", "cam", "eps"]])).to_numpy()
-    c = chance.reindex(pd.MultiIndex.from_frame(summ[["model", "cam"]])).to_numpy()
+    noise = own[own["attack"] == "noise"].set_index(["model", "replicate", "cam", "eps"])["mod"]
+    chance = own[own["attack"] == "chance"].groupby(["model", "replicate", "cam"])["mod"].first()
+    n = noise.reindex(pd.MultiIndex.from_frame(summ[["model", "replicate", "cam", "eps"]])).to_numpy()
+    c = chance.reindex(pd.MultiIndex.from_frame(summ[["model", "replicate", "cam"]])).to_numpy()
     rel = relative_mod(summ["mod"].to_numpy(), n, c)
     rel[(summ["attack"] == "chance").to_numpy()] = 1.0  # its own level, at any noise MOD
     at = summ.columns.get_loc("zero_grad_frac") + 1
@@ -147,11 +156,12 @@ def _with_mod_rel(summ: pd.DataFrame) -> pd.DataFrame:
 
 
 def sanity_summary(per_image: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
-    """The sanity check per (model, cam, blocks): n, block, nissim_mean, spearman_mean (over the images where
+    """The sanity check per (model, replicate, cam, blocks): n, block, nissim_mean, spearman_mean (over the images where
     it is defined), spearman_nan (maps that became constant: no ranks), and per (model, cam) the chance level
     on the same images (spearman_chance, nissim_chance: the trained maps of two different images) and the
     verdict ``flag`` (:func:`advcam.sanity.flag` at ``threshold``, NaN Spearman counted as 0) with the two
-    correlations it reads, spearman_head and spearman_all. ``per_image``: the rows of
+    correlations it reads, spearman_head and spearman_all; per training run (``replicate``, 0 where the table
+    has none). ``per_image``: the rows of
     :func:`advcam.sanity.run_sanity`."""
     from .sanity import flag
 
@@ -162,10 +172,12 @@ def sanity_summary(per_image: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
     def rank0(v) -> float:
         return float(np.nan_to_num(np.asarray(v, float), nan=0.0).mean())
 
+    if "replicate" not in per_image:
+        per_image = per_image.assign(replicate=0)
     rows = []
-    for (model, cam, blocks), g in per_image.groupby(["model", "cam", "blocks"], sort=True):
+    for (model, rep, cam, blocks), g in per_image.groupby(["model", "replicate", "cam", "blocks"], sort=True):
         r = g["spearman"].to_numpy(float)
-        rows.append({"model": model, "cam": cam, "blocks": int(blocks), "block": g["block"].iloc[0], "n": len(g),
+        rows.append({"model": model, "replicate": int(rep), "cam": cam, "blocks": int(blocks), "block": g["block"].iloc[0], "n": len(g),
                      "nissim_mean": float(g["nissim"].mean()),
                      "spearman_mean": float(np.nanmean(r)) if (~np.isnan(r)).any() else float("nan"),
                      "spearman_nan": int(np.isnan(r).sum()), "_rank0": rank0(r)})
@@ -173,17 +185,18 @@ def sanity_summary(per_image: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
     if out.empty:
         return out
     verdicts = []
-    for (model, cam), g in out.groupby(["model", "cam"], sort=False):
+    for (model, rep, cam), g in out.groupby(["model", "replicate", "cam"], sort=False):
         head = g.loc[g["blocks"] == 1, "_rank0"]
         head = float(head.iloc[0]) if len(head) else float("nan")
         full = float(g.loc[g["blocks"].idxmax(), "_rank0"])
-        trained = per_image[(per_image["model"] == model) & (per_image["cam"] == cam) & (per_image["blocks"] == 0)]
+        trained = per_image[(per_image["model"] == model) & (per_image["replicate"] == rep) & (per_image["cam"] == cam)
+                            & (per_image["blocks"] == 0)]
         has_chance = "spearman_chance" in trained
         ch = rank0(trained["spearman_chance"]) if has_chance else float("-inf")
-        verdicts.append({"model": model, "cam": cam, "spearman_chance": ch if has_chance else float("nan"),
+        verdicts.append({"model": model, "replicate": int(rep), "cam": cam, "spearman_chance": ch if has_chance else float("nan"),
                          "nissim_chance": float(trained["nissim_chance"].mean()) if has_chance else float("nan"),
                          "spearman_head": head, "spearman_all": full, "flag": flag(head, full, threshold, ch)})
-    return out.drop(columns="_rank0").merge(pd.DataFrame(verdicts), on=["model", "cam"], how="left")
+    return out.drop(columns="_rank0").merge(pd.DataFrame(verdicts), on=["model", "replicate", "cam"], how="left")
 
 
 def _success(g: pd.DataFrame) -> dict:
@@ -211,41 +224,43 @@ def _measures(g: pd.DataFrame, confidence: float, n_resamples: int, seed: int) -
 
 
 def vid_per_image(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, cam, attack, image): population std of NISSIM across the ε > 0 levels present.
+    """Per (model, replicate, cam, attack, image): population std of NISSIM across the ε > 0 levels present.
 
-    Columns: model, source_model, cam, attack, index, vid, n_eps. Images missing an ε of their (model, cam, attack) are
-    an error.
+    Columns: model, replicate, source_model, cam, attack, index, vid, n_eps. Images missing an ε of their (model,
+    replicate, cam, attack) are an error.
     """
     table = _check(table)
     t = table[table["eps"] > 0]
     out = []
-    for (model, source, cam, attack), g in t.groupby(["model", "source_model", "cam", "attack"], sort=True):
+    for (model, rep, source, cam, attack), g in t.groupby(VID_GROUP, sort=True):
         wide = g.pivot_table(index="index", columns="eps", values="nissim", aggfunc="first")
         if wide.isna().any().any():
-            raise ValueError(f"{model}/{cam}/{attack} (from {source}): some images lack NISSIM at some epsilon")
+            raise ValueError(f"{model} r{rep}/{cam}/{attack} (from {source}): some images lack NISSIM at some epsilon")
         v = wide.to_numpy().std(axis=1, ddof=0)
-        out.append(pd.DataFrame({"model": model, "source_model": source, "cam": cam, "attack": attack,
-                                 "index": wide.index.to_numpy(), "vid": v, "n_eps": wide.shape[1]}))
+        out.append(pd.DataFrame({"model": model, "replicate": int(rep), "source_model": source, "cam": cam,
+                                 "attack": attack, "index": wide.index.to_numpy(), "vid": v, "n_eps": wide.shape[1]}))
     if not out:
-        return pd.DataFrame(columns=["model", "source_model", "cam", "attack", "index", "vid", "n_eps"])
+        return pd.DataFrame(columns=["model", "replicate", "source_model", "cam", "attack", "index", "vid", "n_eps"])
     return pd.concat(out, ignore_index=True)
 
 
 def vid(table: pd.DataFrame) -> pd.DataFrame:
-    """VID per (model, cam, attack): mean (and std, median) over images of the per-image NISSIM std across ε.
+    """VID per (model, replicate, cam, attack): mean (and std, median) over images of the per-image NISSIM std
+    across ε.
 
-    Columns: model, source_model, cam, attack, n, n_eps, eps, vid, vid_std, vid_median.
+    Columns: model, replicate, source_model, cam, attack, n, n_eps, eps, vid, vid_std, vid_median.
     """
     table = _check(table)
     per = vid_per_image(table)
     rows = []
-    for (model, source, cam, attack), g in per.groupby(["model", "source_model", "cam", "attack"], sort=True):
-        sel = ((table["model"] == model) & (table["source_model"] == source) & (table["cam"] == cam)
-               & (table["attack"] == attack) & (table["eps"] > 0))
+    for (model, rep, source, cam, attack), g in per.groupby(VID_GROUP, sort=True):
+        sel = ((table["model"] == model) & (table["replicate"] == rep) & (table["source_model"] == source)
+               & (table["cam"] == cam) & (table["attack"] == attack) & (table["eps"] > 0))
         eps = sorted(table.loc[sel, "eps"].unique())
         rows.append(
             {
                 "model": model,
+                "replicate": int(rep),
                 "source_model": source,
                 "cam": cam,
                 "attack": attack,
@@ -258,6 +273,156 @@ def vid(table: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def training_flags(table: pd.DataFrame, reports: pd.DataFrame | None = None, min_accuracy: float = 0.0,
+                   confidence: float = 0.95) -> pd.DataFrame:
+    """One row per training run (model, replicate) of the score ``table``: its clean test accuracy (n, correct,
+    acc_clean from the white-box rows' clean predictions, one per test image), n_classes (from ``reports``,
+    :func:`read_train_reports`; else the labels the table holds), arch, and ``training_flag``
+    (:func:`advcam.replicates.training_flag`: ``ok``, ``at chance``, ``below min_accuracy``)."""
+    table = _check(table)
+    own = table[table["source_model"] == table["model"]]
+    rep_info = {} if reports is None else {(r.model, int(r.replicate)): r for r in reports.itertuples()}
+    rows = []
+    for (model, rep), g in own.groupby(["model", "replicate"], sort=True):
+        first = g.drop_duplicates("index")
+        n, correct = len(first), int((first["pred_clean"] == first["label"]).sum())
+        info = rep_info.get((model, int(rep)))
+        n_classes = int(info.num_classes) if info is not None else int(table.loc[table["model"] == model, "label"].nunique())
+        rows.append({"model": model, "replicate": int(rep), "arch": info.arch if info is not None else model, "n": n,
+                     "correct": correct, "acc_clean": correct / n, "n_classes": n_classes,
+                     "training_flag": training_flag(correct, n, n_classes, min_accuracy, confidence)})
+    return pd.DataFrame(rows, columns=["model", "replicate", "arch", "n", "correct", "acc_clean", "n_classes",
+                                       "training_flag"])
+
+
+def _usable(flags: pd.DataFrame) -> set[tuple[str, int]]:
+    return {(m, int(r)) for m, r, f in flags[["model", "replicate", "training_flag"]].itertuples(index=False) if f == "ok"}
+
+
+def _left_out(flags: pd.DataFrame, models=None) -> str:
+    """The flagged runs by name, e.g. ``inception_v3/r1 (at chance)``; "" when none."""
+    bad = flags[flags["training_flag"] != "ok"]
+    if models is not None:
+        bad = bad[bad["model"].isin(models)]
+    return "; ".join(f"{m}/r{r} ({f})" for m, r, f in bad[["model", "replicate", "training_flag"]].itertuples(index=False))
+
+
+#: per-run columns of the MOD table carried into the across-replicate table (mean and across-replicate std)
+REPLICATE_COLUMNS = ("mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate", "mod_rel")
+
+
+def _per_image(g: pd.DataFrame, column: str, reps: list[int]) -> np.ndarray:
+    """(R, n) of ``column``: replicate × test image (sorted by index); ValueError when a run lacks an image."""
+    wide = g.pivot_table(index="replicate", columns="index", values=column, aggfunc="first", dropna=False)
+    wide = wide.reindex(index=reps)
+    present = g.groupby("replicate")["index"].nunique().reindex(reps)
+    if present.isna().any() or (present != wide.shape[1]).any():
+        raise ValueError(f"the replicates of {g['model'].iloc[0]} ({g['cam'].iloc[0]}, {g['attack'].iloc[0]} at "
+                         f"ε={g['eps'].iloc[0]:g}) were scored on different test images; they must share the split")
+    return wide.to_numpy(float)
+
+
+def replicate_summary(table: pd.DataFrame, summ: pd.DataFrame, flags: pd.DataFrame, confidence: float = 0.95,
+                      n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Across training runs, one row per (model, source_model, cam, attack, eps) of the per-image ``table``,
+    over the runs ``flags`` (:func:`training_flags`) marks ``ok`` (for a transfer row, both the target's and
+    the source's replicate):
+
+    n_replicates, replicates (the ones used), left_out (the flagged ones, by name), n (test images); for each
+    column C of :data:`REPLICATE_COLUMNS` in ``summ`` (the per-run MOD table) C = its mean over the replicates
+    and C_rep_std their std (ddof 1); mod_ci_low/mod_ci_high, the two-level bootstrap CI of MOD
+    (:func:`advcam.replicates.two_level_bootstrap`: replicates, then the test images they share); likewise for
+    each measure M of :data:`MEASURE_COLUMNS` present: M_mean, M_mean_rep_std, M_ci_low, M_ci_high; and
+    ci_note, which says why the CIs are NaN (fewer than two usable replicates)."""
+    table = _check(table)
+    ok = _usable(flags)
+    measures = [m for m in MEASURE_COLUMNS if m in table]
+    keys = ["model", "source_model", "cam", "attack", "eps"]
+    rows = []
+    for (model, source, cam, attack, eps), g in table.groupby(keys, sort=True):
+        all_reps = sorted(int(r) for r in g["replicate"].unique())
+        reps = [r for r in all_reps if (model, r) in ok and (source, r) in ok]
+        left = [r for r in all_reps if r not in reps]
+        s = summ[(summ["model"] == model) & (summ["source_model"] == source) & (summ["cam"] == cam)
+                 & (summ["attack"] == attack) & (summ["eps"] == eps) & summ["replicate"].isin(reps)]
+        row = {"model": model, "source_model": source, "cam": cam, "attack": attack, "eps": float(eps),
+               "n_replicates": len(reps), "replicates": " ".join(map(str, reps)),
+               "left_out": _left_out(flags[flags["replicate"].isin(left)], {model, source}),
+               "n": int(g[g["replicate"].isin(reps)].groupby("replicate")["index"].nunique().max()) if reps else 0}
+        for c in REPLICATE_COLUMNS:
+            if c in s:
+                v = s[c].to_numpy(float)
+                row[c] = float(v.mean()) if v.size else float("nan")
+                row[f"{c}_rep_std"] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+        g = g[g["replicate"].isin(reps)]
+        stream = model_stream(model)
+        for col, name in [("nissim", "mod")] + [(m, m) for m in measures]:
+            lo = hi = float("nan")
+            if len(reps) >= 2:
+                lo, hi = percentile_ci(two_level_bootstrap(_per_image(g, col, reps), n_resamples, seed, stream), confidence)
+            if name == "mod":
+                row.update({"mod_ci_low": lo, "mod_ci_high": hi})
+            else:
+                per = s[f"{name}_mean"].to_numpy(float) if f"{name}_mean" in s else np.array([])
+                row.update({f"{name}_mean": float(np.nanmean(per)) if per.size else float("nan"),
+                            f"{name}_mean_rep_std": float(np.nanstd(per, ddof=1)) if per.size > 1 else float("nan"),
+                            f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+        row["ci_note"] = ("" if len(reps) >= 2 else
+                          "no usable replicate" if not reps else
+                          "one usable replicate: no interval covers training (mod_vid.csv has the image-only CI)")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+CLAIM_COLUMNS = ["claim", "cam", "attack", "eps", "model_a", "model_b", "statistic", "ci_low", "ci_high", "order_share",
+                 "n_replicates", "verdict", "definition", "note", "left_out"]
+
+
+def claims(table: pd.DataFrame, flags: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 2000,
+           seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """The model claims (:func:`advcam.replicates.pairwise_claims` and :func:`~advcam.replicates.paper_claims`)
+    from the white-box rows of the per-image ``table`` (no chance rows), over the training runs ``flags`` marks
+    ``ok``; every row names the runs left out (``left_out``). Returns (table, notes): the notes say which
+    claims were skipped and which runs were left out."""
+    table = _check(table)
+    ok = _usable(flags)
+    own = table[(table["source_model"] == table["model"]) & (table["attack"] != "chance")]
+    groups = {}
+    for (model, cam, attack, eps), g in own.groupby(["model", "cam", "attack", "eps"], sort=True):
+        reps = sorted(int(r) for r in g["replicate"].unique() if (model, int(r)) in ok)
+        if reps:
+            groups[(model, cam, attack, float(eps))] = _per_image(g[g["replicate"].isin(reps)], "nissim", reps)
+    archs = dict(zip(flags["model"], flags["arch"]))
+    if not groups:
+        return pd.DataFrame(columns=CLAIM_COLUMNS), ["no usable training run: no claim can be tested"] + (
+            [f"left out of the claims: {_left_out(flags)}"] if _left_out(flags) else [])
+    rows = pairwise_claims(groups, confidence, n_resamples, seed)
+    paper, notes = paper_claims(groups, archs, confidence, n_resamples, seed)
+    left = _left_out(flags)
+    if left:
+        notes.append(f"left out of the claims: {left}")
+    out = pd.DataFrame(paper + rows).reindex(columns=CLAIM_COLUMNS)
+    out["note"] = out["note"].fillna("")
+    out["left_out"] = left
+    return out, notes
+
+
+def read_train_reports(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """model, replicate, arch, num_classes, test_acc of each train.json at ``paths`` (the train stage's
+    reports; ``model`` is the study's name for the model, its arch where the report has none)."""
+    import json
+
+    rows = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"train report '{p}' does not exist")
+        r = json.loads(Path(p).read_text())
+        rows.append({"model": r.get("model") or r["arch"], "replicate": int(r.get("replicate", 0)), "arch": r["arch"],
+                     "num_classes": int(r["num_classes"]), "test_acc": float(r.get("test_acc", float("nan")))})
+    return pd.DataFrame(rows, columns=["model", "replicate", "arch", "num_classes", "test_acc"])
+
 
 
 def _read_table(path: str | os.PathLike, what: str) -> pd.DataFrame:
@@ -296,28 +461,52 @@ def summarise(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
+    *,
+    train_reports: Sequence[str | os.PathLike] | None = None,
+    min_accuracy: float = 0.0,
+    replicates_out: str | os.PathLike | None = None,
+    claims_out: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """The summarise stage: the score tables at ``scores`` → :func:`mod_vid` at ``out`` (with the sanity
-    verdict per model and method as column ``sanity`` when per-image ``sanity`` tables are given), and,
+    """The summarise stage: the score tables at ``scores`` → :func:`mod_vid` at ``out``, one row per training
+    run (with its ``training_flag``, :func:`training_flags` from the ``train_reports`` and ``min_accuracy``, and
+    the sanity verdict per run and method as column ``sanity`` when per-image ``sanity`` tables are given), and,
     where a path is given, :func:`vid` at ``vid_out``, :func:`vid_per_image` at ``vid_images_out``, all
-    per-image rows at ``nissim_out`` and :func:`sanity_summary` at ``sanity_out``; each written atomically.
-    Returns the MOD table."""
+    per-image rows at ``nissim_out``, :func:`sanity_summary` at ``sanity_out``, :func:`replicate_summary` at
+    ``replicates_out`` and :func:`claims` at ``claims_out``; each computed before the first is written, each
+    written atomically. The runs left out and the claims skipped are printed. Returns the MOD table."""
     from .store import atomic_path
 
-    table = read_scores(scores)
-    summ = mod_vid(table, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    if not 0 <= min_accuracy <= 1:
+        raise ValueError(f"min_accuracy {min_accuracy:g} must lie in [0, 1]")
+    table = _check(read_scores(scores))
+    reports = read_train_reports(train_reports) if train_reports else None
+    flags = training_flags(table, reports, min_accuracy, confidence)
+    flag_of = flags[["model", "replicate", "training_flag"]]
+    summ = mod_vid(table, confidence=confidence, n_resamples=n_resamples, seed=seed).merge(
+        flag_of, on=["model", "replicate"], how="left")
     sanity_table = None
     if sanity:
         per_image = pd.concat([_read_table(p, "sanity") for p in sanity], ignore_index=True)
-        sanity_table = sanity_summary(per_image, sanity_threshold)
-        flags = sanity_table.groupby(["model", "cam"], sort=False)["flag"].first().rename("sanity").reset_index()
-        summ = summ.merge(flags, on=["model", "cam"], how="left")
+        sanity_table = sanity_summary(per_image, sanity_threshold).merge(flag_of, on=["model", "replicate"], how="left")
+        flags_s = (sanity_table.groupby(["model", "replicate", "cam"], sort=False)["flag"].first().rename("sanity")
+                   .reset_index())
+        summ = summ.merge(flags_s, on=["model", "replicate", "cam"], how="left")
+    for m, r, f, a in flags[["model", "replicate", "training_flag", "acc_clean"]].itertuples(index=False):
+        if f != "ok":
+            print(f"summarise: {m}/r{r} flagged '{f}' (clean accuracy {a:.3f}): left out of replicates and claims")
     # only the tables asked for, each computed before the first is written (a failing one leaves none behind)
     outs = [(out, summ)]
-    outs += [(vid_out, vid(table))] if vid_out else []
+    outs += [(vid_out, vid(table).merge(flag_of, on=["model", "replicate"], how="left"))] if vid_out else []
     outs += [(vid_images_out, vid_per_image(table))] if vid_images_out else []
     outs += [(nissim_out, table)] if nissim_out else []
     outs += [(sanity_out, sanity_table)] if sanity_out and sanity_table is not None else []
+    if replicates_out:
+        outs.append((replicates_out, replicate_summary(table, summ, flags, confidence, n_resamples, seed)))
+    if claims_out:
+        claim_table, notes = claims(table, flags, confidence, n_resamples, seed)
+        for note in notes:
+            print(f"summarise: {note}")
+        outs.append((claims_out, claim_table))
     for path, frame in outs:
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")

@@ -21,9 +21,25 @@ from torch import nn
 from .models import model_device, predict
 from .precision import Precision, choose_precision, probe_batch_for
 
-__all__ = ["augment", "TrainResult", "TrainingDiverged", "train_model", "accuracy", "OPTIMIZERS", "run_training"]
+__all__ = ["augment", "TrainResult", "TrainingDiverged", "train_model", "accuracy", "OPTIMIZERS", "replicate_seed",
+           "run_training"]
 
 OPTIMIZERS = ("adamw", "sgd")
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The training seed of replicate ``replicate`` (0, 1, …) of a model configured with ``seed``: ``seed``
+    itself for replicate 0 (a one-replicate study trains exactly as before replicates existed), else a
+    31-bit draw of numpy's ``SeedSequence((seed, replicate))``, so replicates of one seed never share a
+    stream with another seed's (``seed + replicate`` would make seed 0's replicate 1 seed 1's replicate 0).
+    The seed drives weight initialisation, data order, augmentation and pixel-noise draws; never the split."""
+    import numpy as np
+
+    if replicate < 0 or int(replicate) != replicate:
+        raise ValueError(f"replicate must be a whole number >= 0, got {replicate}")
+    if replicate == 0:
+        return int(seed)
+    return int(np.random.SeedSequence((int(seed) & 0xFFFFFFFF, int(replicate))).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 class TrainingDiverged(ValueError):
@@ -261,6 +277,8 @@ def run_training(
     warmup_epochs: float = 1.0,
     label_smoothing: float = 0.1,
     seed: int = 0,
+    replicate: int = 0,
+    name: str | None = None,
     augment_strength: float = 1.0,
     pixel_noise: float = 0.0,
     pixel_noise_from: int = 1,
@@ -273,7 +291,10 @@ def run_training(
     checkpoint to ``out`` and the report (settings, precision, history, test accuracy) to ``report`` (default
     ``train.json`` beside it). ``layer``: the CAM layer to record (default: the paper's, else timm's last
     feature stage), checked before training. ``amp``: "auto" (chosen for the machine), "on" or "off".
-    Returns the result and the checkpoint's metadata."""
+    ``replicate``: which training run of this model it is (0, 1, …); it trains with
+    :func:`replicate_seed` (``seed``, ``replicate``) on the same split, and the checkpoint, train.json and every
+    output made from the checkpoint record it. ``name``: the study's name for the model (default ``arch``),
+    recorded as ``model``. Returns the result and the checkpoint's metadata."""
     from . import __version__
     from .datasets import load_prepared
     from .models import build_model, resolve_layer, save_checkpoint, target_layer_name, timm_name, to_tensor_images
@@ -283,7 +304,8 @@ def run_training(
     dev = torch.device(device)
     ds = load_prepared(data)
     size = int(ds.images.shape[1])
-    torch.manual_seed(seed)
+    train_seed = replicate_seed(seed, replicate)
+    torch.manual_seed(train_seed)
     model = build_model(arch, len(ds.identities), pretrained=pretrained, pretrained_file=pretrained_file)
     layer = target_layer_name(arch, model, layer)
     resolve_layer(model, layer)  # fail before training on a bad layer name
@@ -298,7 +320,7 @@ def run_training(
     # the training settings, passed to train_model and recorded as they are in train.json
     settings = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "seed": seed,
+        "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "seed": train_seed,
         "augment_strength": augment_strength, "pixel_noise": pixel_noise, "pixel_noise_from": pixel_noise_from,
     }
     res = train_model(
@@ -306,8 +328,9 @@ def run_training(
         precision=precision, progress=progress,
     )
     test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
-    info = {"arch": arch, "timm_name": timm_name(arch), "num_classes": len(ds.identities), "identities": ds.identities,
+    info = {"model": name or arch, "arch": arch, "timm_name": timm_name(arch), "num_classes": len(ds.identities), "identities": ds.identities,
             "input_size": size, "layer": layer, "pretrained": bool(pretrained or pretrained_file),
+            "replicate": int(replicate), "config_seed": int(seed), "train_seed": train_seed,
             "best_epoch": res.best_epoch, "val_acc": res.best_val_acc, "test_acc": test_acc, "data": str(data),
             "advcam_version": __version__, **dict(meta or {})}
     save_checkpoint(out, model, info)

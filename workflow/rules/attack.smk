@@ -3,17 +3,17 @@
 
 rule gradient:
     input:
-        model=f"{RESULTS}/models/{{model}}/model.pt",
+        model=f"{RESULTS}/models/{{model}}/r{{rep}}/model.pt",
         data=data_store,
     output:
-        f"{RESULTS}/attacks/{{model}}/fgsm_sign.h5",
+        f"{RESULTS}/attacks/{{model}}/r{{rep}}/fgsm_sign.h5",
     params:
         batch=config["cam"]["batch_size"],
         device=DEVICE,
     log:
-        f"{RESULTS}/logs/gradient/{{model}}.log",
+        f"{RESULTS}/logs/gradient/{{model}}/r{{rep}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/gradient/{{model}}.tsv"
+        f"{RESULTS}/benchmarks/gradient/{{model}}/r{{rep}}.tsv"
     priority: model_priority
     threads: 1
     resources:
@@ -31,11 +31,11 @@ rule attack:
     # One forward pass (and one logit→layer backward) per batch gives the adversarial predictions and every
     # CAM method's heatmaps, a file per method.
     input:
-        model=f"{RESULTS}/models/{{model}}/model.pt",
+        model=f"{RESULTS}/models/{{model}}/r{{rep}}/model.pt",
         data=data_store,
-        gradient=f"{RESULTS}/attacks/{{model}}/fgsm_sign.h5",
+        gradient=f"{RESULTS}/attacks/{{model}}/r{{rep}}/fgsm_sign.h5",
     output:
-        attack=f"{RESULTS}/attacks/{{model}}/{{attack}}/{{eps}}.h5",
+        attack=f"{RESULTS}/attacks/{{model}}/r{{rep}}/{{attack}}/{{eps}}.h5",
         heatmaps=adv_heatmap_files(),
     params:
         opts=attack_options,
@@ -45,9 +45,9 @@ rule attack:
         amp="--amp" if config["cam"]["amp"] else "",
         device=DEVICE,
     log:
-        f"{RESULTS}/logs/attack/{{model}}/{{attack}}/{{eps}}.log",
+        f"{RESULTS}/logs/attack/{{model}}/r{{rep}}/{{attack}}/{{eps}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/attack/{{model}}/{{attack}}/{{eps}}.tsv"
+        f"{RESULTS}/benchmarks/attack/{{model}}/r{{rep}}/{{attack}}/{{eps}}.tsv"
     priority: model_priority
     threads: 1
     resources:
@@ -67,13 +67,13 @@ rule transfer:
     # Black-box transfer: the source model's adversarial test images, classified and explained by this model
     # in one forward pass per batch (the same CAM methods as its white-box heatmaps).
     input:
-        model=f"{RESULTS}/models/{{model}}/model.pt",
+        model=f"{RESULTS}/models/{{model}}/r{{rep}}/model.pt",
         data=data_store,
-        gradient=f"{RESULTS}/attacks/{{model}}/fgsm_sign.h5",
-        source=f"{RESULTS}/attacks/{{source}}/{{attack}}/{{eps}}.h5",
+        gradient=f"{RESULTS}/attacks/{{model}}/r{{rep}}/fgsm_sign.h5",
+        source=f"{RESULTS}/attacks/{{source}}/r{{rep}}/{{attack}}/{{eps}}.h5",
         source_sign=transfer_sign,
     output:
-        attack=f"{RESULTS}/attacks/{{model}}/from_{{source}}/{{attack}}/{{eps}}.h5",
+        attack=f"{RESULTS}/attacks/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.h5",
         heatmaps=transfer_heatmap_files(),
     params:
         opts=attack_options,
@@ -83,9 +83,9 @@ rule transfer:
         amp="--amp" if config["cam"]["amp"] else "",
         device=DEVICE,
     log:
-        f"{RESULTS}/logs/transfer/{{model}}/from_{{source}}/{{attack}}/{{eps}}.log",
+        f"{RESULTS}/logs/transfer/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/transfer/{{model}}/from_{{source}}/{{attack}}/{{eps}}.tsv"
+        f"{RESULTS}/benchmarks/transfer/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.tsv"
     priority: model_priority
     threads: 1
     resources:

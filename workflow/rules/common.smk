@@ -16,6 +16,9 @@ RESULTS = config["results"]
 DEVICE = config["device"]
 DATASET = config["dataset"]
 MODELS = config["models"]
+# training replicates per model (the model's own `replicates`, else the study's): replicate r trains with a seed
+# derived from (seed, r) on the same split; every per-model path carries r{r}
+REPLICATES = {m: spec["replicates"] or config["replicates"] for m, spec in MODELS.items()}
 CAMS = config["cams"]  # the CAM methods of the study: a heatmap file and a score row per method
 ATTACKS = {name: spec for name, spec in config.get("attacks", {}).items() if spec.get("eps")}
 # Rules call the CLI as `python -m advcam <stage>`: the library is found whether it was pip-installed or not
@@ -101,8 +104,9 @@ def config_hash(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-#: model keys that only steer scheduling: left out of the provenance hash, so changing them retrains nothing
-SCHEDULING_KEYS = ("priority",)
+#: model keys that only steer scheduling or how many runs there are: left out of the provenance hash, so changing
+#: them retrains nothing (the replicate itself is in each training's path and command)
+SCHEDULING_KEYS = ("priority", "replicates")
 
 
 def model_hash(model):
@@ -172,7 +176,7 @@ def train_options(wildcards):
         f"--epochs {m['epochs']} --batch-size {m['batch_size']} --lr {m['lr']} --optimizer {m['optimizer']}",
         f"--weight-decay {m['weight_decay']} --warmup-epochs {m['warmup_epochs']}",
         f"--label-smoothing {m['label_smoothing']} --augment {m['augment']} --pixel-noise {m['pixel_noise']}",
-        f"--pixel-noise-from {m['pixel_noise_from']} --seed {m['seed']}",
+        f"--pixel-noise-from {m['pixel_noise_from']} --seed {m['seed']} --replicate {wildcards.rep}",
         "--amp " + {None: "auto", True: "on", False: "off"}[m["amp"]],
     ]
     if m["layer"]:
@@ -188,44 +192,72 @@ def data_store(wildcards):
     return f"{RESULTS}/data/{size(wildcards.model)}.h5"
 
 
+def runs():
+    """(model, replicate) of every training run of the study."""
+    return [(m, r) for m in MODELS for r in range(REPLICATES[m])]
+
+
+def run_dir(model="{model}", rep="{rep}"):
+    """Where everything of one training run lives below each stage's folder: <model>/r<replicate>."""
+    return f"{model}/r{rep}"
+
+
+def model_file(model="{model}", rep="{rep}"):
+    return f"{RESULTS}/models/{run_dir(model, rep)}/model.pt"
+
+
+def train_reports():
+    """Every training run's train.json (the summaries read each run's architecture and class count)."""
+    return [f"{RESULTS}/models/{run_dir(m, r)}/train.json" for m, r in runs()]
+
+
 def attack_jobs():
-    """(model, attack, eps) of every attack in the config."""
-    return [(m, a, fmt_eps(e)) for m in MODELS for a, spec in ATTACKS.items() for e in spec["eps"]]
+    """(model, replicate, attack, eps) of every attack in the config."""
+    return [(m, r, a, fmt_eps(e)) for m, r in runs() for a, spec in ATTACKS.items() for e in spec["eps"]]
 
 
 def score_files():
-    """One score table per model (every attack and ε of it)."""
-    return [f"{RESULTS}/scores/{m}/white_box.csv" for m in MODELS]
+    """One score table per training run (every attack and ε of it)."""
+    return [f"{RESULTS}/scores/{run_dir(m, r)}/white_box.csv" for m, r in runs()]
 
 
-def model_adv_heatmaps(model):
-    """Every adversarial heatmap file of ``model``: each attack, ε and CAM method."""
-    return [f for m, a, e in attack_jobs() if m == model for f in adv_heatmap_files(m, a, e)]
+def model_adv_heatmaps(model, rep):
+    """Every adversarial heatmap file of one training run: each attack, ε and CAM method."""
+    return [f for m, r, a, e in attack_jobs() if (m, str(r)) == (model, str(rep)) for f in adv_heatmap_files(m, r, a, e)]
+
+
+def transfer_runs():
+    """(target, source, replicate) of every transfer pair: replicate r of the source onto replicate r of the target,
+    for the replicates both have."""
+    return [(t, s, r) for s, t in TRANSFER for r in range(min(REPLICATES[s], REPLICATES[t]))]
 
 
 def transfer_jobs():
-    """(target, source, attack, eps) of every transfer pair and attack but the noise control."""
-    return [(t, s, a, fmt_eps(e)) for s, t in TRANSFER for a, spec in ATTACKS.items() if a != "noise" for e in spec["eps"]]
+    """(target, source, replicate, attack, eps) of every transfer pair and attack but the noise control."""
+    return [(t, s, r, a, fmt_eps(e)) for t, s, r in transfer_runs() for a, spec in ATTACKS.items() if a != "noise"
+            for e in spec["eps"]]
 
 
 def transfer_score_files():
-    """One score table per transfer pair (every attack and ε of it)."""
-    return [f"{RESULTS}/scores/{t}/from_{s}.csv" for s, t in TRANSFER]
+    """One score table per transfer pair and replicate (every attack and ε of it)."""
+    return [f"{RESULTS}/scores/{run_dir(t, r)}/from_{s}.csv" for t, s, r in transfer_runs()]
 
 
-def pair_transfer_heatmaps(target, source):
-    """Every heatmap file of the source's adversarial images explained by the target: each attack, ε and method."""
-    return [f for t, s, a, e in transfer_jobs() if (t, s) == (target, source) for f in transfer_heatmap_files(t, s, a, e)]
+def pair_transfer_heatmaps(target, source, rep):
+    """Every heatmap file of the source's adversarial images explained by the target (one replicate of each): each
+    attack, ε and method."""
+    return [f for t, s, r, a, e in transfer_jobs() if (t, s, str(r)) == (target, source, str(rep))
+            for f in transfer_heatmap_files(t, s, r, a, e)]
 
 
-def transfer_heatmap_files(model="{model}", source="{source}", attack="{attack}", eps="{eps}"):
-    return [f"{RESULTS}/heatmaps/{model}/from_{source}/{attack}/{eps}/{cam}.h5" for cam in CAMS]
+def transfer_heatmap_files(model="{model}", source="{source}", rep="{rep}", attack="{attack}", eps="{eps}"):
+    return [f"{RESULTS}/heatmaps/{run_dir(model, rep)}/from_{source}/{attack}/{eps}/{cam}.h5" for cam in CAMS]
 
 
 def transfer_sign(wildcards):
     """Untargeted FGSM's perturbation lives in the source's gradient-sign file, not in its attack file."""
     if wildcards.attack == "fgsm" and not ATTACKS["fgsm"].get("targeted"):
-        return f"{RESULTS}/attacks/{wildcards.source}/fgsm_sign.h5"
+        return f"{RESULTS}/attacks/{run_dir(wildcards.source, wildcards.rep)}/fgsm_sign.h5"
     return []
 
 
@@ -233,29 +265,30 @@ def transfer_targets():
     return sorted({t for _, t in TRANSFER})
 
 
-def clean_heatmap_files(model="{model}"):
+def clean_heatmap_files(model="{model}", rep="{rep}"):
     """One clean heatmap file per CAM method (named after it: the stages read the method from the name)."""
-    return [f"{RESULTS}/heatmaps/{model}/clean/{cam}.h5" for cam in CAMS]
+    return [f"{RESULTS}/heatmaps/{run_dir(model, rep)}/clean/{cam}.h5" for cam in CAMS]
 
 
-def adv_heatmap_files(model="{model}", attack="{attack}", eps="{eps}"):
-    return [f"{RESULTS}/heatmaps/{model}/{attack}/{eps}/{cam}.h5" for cam in CAMS]
+def adv_heatmap_files(model="{model}", rep="{rep}", attack="{attack}", eps="{eps}"):
+    return [f"{RESULTS}/heatmaps/{run_dir(model, rep)}/{attack}/{eps}/{cam}.h5" for cam in CAMS]
 
 
 def gallery_heatmaps(model, attack="fgsm"):
-    """Every method's adversarial heatmaps of ``attack`` (the first attack when absent) at each ε."""
+    """Every method's adversarial heatmaps of ``attack`` (the first attack when absent) at each ε, of the model's
+    first replicate (the gallery shows one training run)."""
     attack = attack if attack in ATTACKS else next(iter(ATTACKS))
-    return [f for e in ATTACKS[attack]["eps"] for f in adv_heatmap_files(model, attack, fmt_eps(e))]
+    return [f for e in ATTACKS[attack]["eps"] for f in adv_heatmap_files(model, 0, attack, fmt_eps(e))]
 
 
-def sanity_model_files(model="{model}"):
-    """The sanity-check tables of one model, one per CAM method (named after it, as the heatmap files are)."""
-    return [f"{RESULTS}/sanity/{model}/{cam}.csv" for cam in CAMS]
+def sanity_model_files(model="{model}", rep="{rep}"):
+    """The sanity-check tables of one training run, one per CAM method (named after it, as the heatmap files are)."""
+    return [f"{RESULTS}/sanity/{run_dir(model, rep)}/{cam}.csv" for cam in CAMS]
 
 
 def sanity_files():
-    """Every model's sanity-check tables, when the check is on."""
-    return [f for m in MODELS for f in sanity_model_files(m)] if SANITY else []
+    """Every training run's sanity-check tables, when the check is on."""
+    return [f for m, r in runs() for f in sanity_model_files(m, r)] if SANITY else []
 
 
 def summary_plots():
@@ -271,7 +304,8 @@ def final_targets():
     plots += [f"{RESULTS}/plots/nissim_{a}.png" for a in ATTACKS]
     plots += [f"{RESULTS}/plots/gallery_{m}.png" for m in MODELS]
     plots += [f"{RESULTS}/plots/transfer_{t}.png" for t in transfer_targets()]
-    tables = [f"{RESULTS}/summary/mod_vid.csv", f"{RESULTS}/summary/vid.csv"]
+    plots += [f"{RESULTS}/plots/claims.png"]
+    tables = [f"{RESULTS}/summary/{name}.csv" for name in ("mod_vid", "vid", "replicates", "claims")]
     tables += [f"{RESULTS}/summary/sanity.csv"] if SANITY else []
     return tables + plots
 
@@ -282,3 +316,4 @@ wildcard_constraints:
     attack="fgsm|noise|pgd|bim|mifgsm",
     eps=r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?",
     size=r"[0-9]+",
+    rep=r"[0-9]+",

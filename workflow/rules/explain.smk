@@ -4,7 +4,7 @@
 
 rule explain_clean:
     input:
-        model=f"{RESULTS}/models/{{model}}/model.pt",
+        model=f"{RESULTS}/models/{{model}}/r{{rep}}/model.pt",
         data=data_store,
     output:
         clean_heatmap_files(),
@@ -14,9 +14,9 @@ rule explain_clean:
         amp="--amp" if config["cam"]["amp"] else "",
         device=DEVICE,
     log:
-        f"{RESULTS}/logs/explain/{{model}}/clean.log",
+        f"{RESULTS}/logs/explain/{{model}}/r{{rep}}/clean.log",
     benchmark:
-        f"{RESULTS}/benchmarks/explain/{{model}}/clean.tsv"
+        f"{RESULTS}/benchmarks/explain/{{model}}/r{{rep}}/clean.tsv"
     priority: model_priority
     threads: 1
     resources:
@@ -42,17 +42,17 @@ rule score:
     # also holds the chance reference (attack chance); the store gives the part masks for localisation.
     input:
         clean=clean_heatmap_files(),
-        adv=lambda w: model_adv_heatmaps(w.model),
+        adv=lambda w: model_adv_heatmaps(w.model, w.rep),
         data=data_store,
     output:
-        f"{RESULTS}/scores/{{model}}/white_box.csv",
+        f"{RESULTS}/scores/{{model}}/r{{rep}}/white_box.csv",
     params:
         **SCORE_PARAMS,
         chance=f"--chance-seed {config['metrics']['chance_seed']}",
     log:
-        f"{RESULTS}/logs/score/{{model}}/white_box.log",
+        f"{RESULTS}/logs/score/{{model}}/r{{rep}}/white_box.log",
     benchmark:
-        f"{RESULTS}/benchmarks/score/{{model}}/white_box.tsv"
+        f"{RESULTS}/benchmarks/score/{{model}}/r{{rep}}/white_box.tsv"
     priority: collect_priority
     threads: 1
     resources:
@@ -69,17 +69,17 @@ rule score:
 use rule score as score_transfer with:
     input:
         clean=clean_heatmap_files(),
-        adv=lambda w: pair_transfer_heatmaps(w.model, w.source),
+        adv=lambda w: pair_transfer_heatmaps(w.model, w.source, w.rep),
         data=data_store,
     output:
-        f"{RESULTS}/scores/{{model}}/from_{{source}}.csv",
+        f"{RESULTS}/scores/{{model}}/r{{rep}}/from_{{source}}.csv",
     params:
         **SCORE_PARAMS,  # `with: params` replaces the whole block
         chance="",  # the target's chance rows are in its white-box table
     log:
-        f"{RESULTS}/logs/score/{{model}}/from_{{source}}.log",
+        f"{RESULTS}/logs/score/{{model}}/r{{rep}}/from_{{source}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/score/{{model}}/from_{{source}}.tsv"
+        f"{RESULTS}/benchmarks/score/{{model}}/r{{rep}}/from_{{source}}.tsv"
 
 
 rule sanity:
@@ -88,7 +88,7 @@ rule sanity:
     # per method would pay ~5 s of imports and model loading for ~2 s of work. The method is read from each
     # file's name: removing one reruns nothing, adding one reruns the model's check.
     input:
-        model=f"{RESULTS}/models/{{model}}/model.pt",
+        model=f"{RESULTS}/models/{{model}}/r{{rep}}/model.pt",
         data=data_store,
     output:
         sanity_model_files(),
@@ -99,9 +99,9 @@ rule sanity:
         batch=config["cam"]["batch_size"],
         device=DEVICE,
     log:
-        f"{RESULTS}/logs/sanity/{{model}}.log",
+        f"{RESULTS}/logs/sanity/{{model}}/r{{rep}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/sanity/{{model}}.tsv"
+        f"{RESULTS}/benchmarks/sanity/{{model}}/r{{rep}}.tsv"
     priority: model_priority
     threads: 1
     resources:

@@ -11,15 +11,19 @@ rule summarise:
     input:
         scores=score_files() + transfer_score_files(),
         sanity=sanity_files(),
+        reports=train_reports(),
     output:
         mod_vid=f"{RESULTS}/summary/mod_vid.csv",
         vid=f"{RESULTS}/summary/vid.csv",
         vid_images=f"{RESULTS}/summary/vid_per_image.csv",
         nissim=f"{RESULTS}/summary/nissim.csv",
+        replicates=f"{RESULTS}/summary/replicates.csv",
+        claims=f"{RESULTS}/summary/claims.csv",
         sanity=[f"{RESULTS}/summary/sanity.csv"] if SANITY else [],
     params:
         confidence=config["summary"]["confidence"],
         resamples=config["summary"]["resamples"],
+        min_accuracy=config["min_accuracy"],
         # the threshold as a plain value (snakemake records it, so changing it reruns this job), the files derived
         sanity_threshold=f"--sanity-threshold {config['sanity']['threshold']}" if SANITY else "",
         sanity=lambda w, input, output: f"--sanity {' '.join(input.sanity)} --sanity-out {output.sanity}" if input.sanity else "",
@@ -32,14 +36,17 @@ rule summarise:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam summarise {input.scores} --out {output.mod_vid} --vid {output.vid} --vid-images {output.vid_images} "
-        "--nissim {output.nissim} --confidence {params.confidence} --resamples {params.resamples} {params.sanity} "
-        "{params.sanity_threshold} "
+        "--nissim {output.nissim} --train-reports {input.reports} --min-accuracy {params.min_accuracy} "
+        "--replicates {output.replicates} --claims {output.claims} --confidence {params.confidence} "
+        "--resamples {params.resamples} {params.sanity} {params.sanity_threshold} "
         "> {log} 2>&1"
 
 
 rule plot:
     input:
         summary=f"{RESULTS}/summary/mod_vid.csv",
+        replicates=f"{RESULTS}/summary/replicates.csv",
+        claims=f"{RESULTS}/summary/claims.csv",
         vid_images=f"{RESULTS}/summary/vid_per_image.csv",
         nissim=f"{RESULTS}/summary/nissim.csv",
         sanity=[f"{RESULTS}/summary/sanity.csv"] if SANITY else [],
@@ -47,6 +54,7 @@ rule plot:
         mod=report(f"{RESULTS}/plots/mod.png", caption="../report/mod.rst", category="Summary"),
         accuracy=report(f"{RESULTS}/plots/accuracy.png", caption="../report/accuracy.rst", category="Summary"),
         vid=report(f"{RESULTS}/plots/vid.png", caption="../report/vid.rst", category="Summary"),
+        claims=report(f"{RESULTS}/plots/claims.png", caption="../report/claims.rst", category="Summary"),
         nissim=report(
             expand(f"{RESULTS}/plots/nissim_{{attack}}.png", attack=list(ATTACKS)),
             caption="../report/nissim.rst",
@@ -78,14 +86,14 @@ rule plot:
     conda:
         "../../envs/advcam.yaml"
     shell:
-        "python -m advcam plot --summary {input.summary} --vid-images {input.vid_images} --nissim {input.nissim} "
+        "python -m advcam plot --summary {input.summary} --replicates {input.replicates} --claims {input.claims} --vid-images {input.vid_images} --nissim {input.nissim} "
         "{params.sanity} --out-dir {params.outdir} > {log} 2>&1"
 
 
 rule gallery:
     input:
         data=data_store,
-        clean=clean_heatmap_files(),
+        clean=lambda w: clean_heatmap_files(w.model, 0),
         adv=lambda w: gallery_heatmaps(w.model),
     output:
         report(f"{RESULTS}/plots/gallery_{{model}}.png", caption="../report/gallery.rst", category="Galleries"),

@@ -5,17 +5,17 @@ rule train:
     input:
         data_store,
     output:
-        model=f"{RESULTS}/models/{{model}}/model.pt",
-        report=f"{RESULTS}/models/{{model}}/train.json",
+        model=f"{RESULTS}/models/{{model}}/r{{rep}}/model.pt",
+        report=f"{RESULTS}/models/{{model}}/r{{rep}}/train.json",
     params:
         arch=lambda w: arch(w.model),
         opts=train_options,
         hash=lambda w: model_hash(w.model),
         device=DEVICE,
     log:
-        f"{RESULTS}/logs/train/{{model}}.log",
+        f"{RESULTS}/logs/train/{{model}}/r{{rep}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{model}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{model}}/r{{rep}}.tsv"
     threads: config["threads"]
     priority: train_priority
     resources:
@@ -26,4 +26,4 @@ rule train:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam train --data {input} --arch {params.arch} --out {output.model} --report {output.report} "
-        "{params.opts} --device {params.device} --threads {threads} --meta config_hash={params.hash} --no-progress > {log} 2>&1"
+        "{params.opts} --name {wildcards.model} --device {params.device} --threads {threads} --meta config_hash={params.hash} --no-progress > {log} 2>&1"
