@@ -158,7 +158,7 @@ def _table(rng, runs: dict[tuple[str, int], float], n=30, accuracy=None) -> pd.D
     for (model, r), mu in runs.items():
         acc = (accuracy or {}).get((model, r), 1.0)
         pred = np.where(np.arange(n) < acc * n, labels, (labels + 1) % 3)
-        for attack, eps, scale in (("fgsm", 0.05, 0.5), ("fgsm", 0.1, 1.0), ("noise", 0.1, 0.1)):
+        for attack, eps, scale in (("fgsm", 0.05, 0.5), ("fgsm", 0.1, 1.0), ("noise", 0.1, 0.1), ("chance", 0.0, 1.5)):
             frames.append(pd.DataFrame({
                 "model": model, "replicate": r, "source_model": model, "cam": "gradcam", "attack": attack, "eps": eps,
                 "index": np.arange(n), "label": labels, "pred_clean": pred, "pred_adv": (pred + 1) % 3,
@@ -180,7 +180,10 @@ def test_replicate_summary_covers_usable_runs_and_names_the_flagged(rng):
     assert r["mod"] == pytest.approx(per_run.loc[per_run["replicate"] < 2, "mod"].mean(), abs=1e-12)
     assert r["mod_rep_std"] == pytest.approx(per_run.loc[per_run["replicate"] < 2, "mod"].std(ddof=1), abs=1e-12)
     assert r["mod_ci_low"] < r["mod"] < r["mod_ci_high"] and r["ci_note"] == ""
-    assert np.isfinite(r["spearman_ci_low"])
+    assert np.isfinite(r["spearman_ci_low"]) and r["acc_adv_ci_low"] <= r["acc_adv"] <= r["acc_adv_ci_high"]
+    assert r["mod_rel_ci_low"] < r["mod_rel"] < r["mod_rel_ci_high"]
+    noise = rep[(rep["model"] == "resnet50") & (rep["attack"] == "noise")].iloc[0]
+    assert noise["mod_rel"] == 0 and noise["mod_rel_ci_low"] == 0 == noise["mod_rel_ci_high"]
     v = rep[(rep["model"] == "vgg16") & (rep["attack"] == "fgsm") & (rep["eps"] == 0.1)].iloc[0]
     assert v["n_replicates"] == 1 and np.isnan(v["mod_ci_low"]) and "one usable replicate" in v["ci_note"]
 

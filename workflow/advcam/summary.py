@@ -332,15 +332,23 @@ def replicate_summary(table: pd.DataFrame, summ: pd.DataFrame, flags: pd.DataFra
 
     n_replicates, replicates (the ones used), left_out (the flagged ones, by name), n (test images); for each
     column C of :data:`REPLICATE_COLUMNS` in ``summ`` (the per-run MOD table) C = its mean over the replicates
-    and C_rep_std their std (ddof 1); mod_ci_low/mod_ci_high, the two-level bootstrap CI of MOD
-    (:func:`advcam.replicates.two_level_bootstrap`: replicates, then the test images they share); likewise for
-    each measure M of :data:`MEASURE_COLUMNS` present: M_mean, M_mean_rep_std, M_ci_low, M_ci_high; and
-    ci_note, which says why the CIs are NaN (fewer than two usable replicates)."""
+    and C_rep_std their std (ddof 1); two-level bootstrap CIs (:func:`advcam.replicates.two_level_bootstrap`:
+    replicates, then the test images they share) of MOD (mod_ci_low/high), of the accuracies and the flip rate
+    (acc_clean_ci_low/high, …: the per-image 0/1 outcomes resampled alike) and of mod_rel (the resamples of the
+    attack's, the noise control's and the chance rows' MOD, drawn on the same replicates and images, combined
+    resample by resample); likewise for each measure M of :data:`MEASURE_COLUMNS` present: M_mean,
+    M_mean_rep_std, M_ci_low, M_ci_high; and ci_note, which says why the CIs are NaN (fewer than two usable
+    replicates)."""
+    from .references import relative_mod
+
     table = _check(table)
     ok = _usable(flags)
     measures = [m for m in MEASURE_COLUMNS if m in table]
+    table = table.assign(_acc_clean=(table["pred_clean"] == table["label"]).astype(float),
+                         _acc_adv=(table["pred_adv"] == table["label"]).astype(float),
+                         _flip_rate=(table["pred_adv"] != table["pred_clean"]).astype(float))
     keys = ["model", "source_model", "cam", "attack", "eps"]
-    rows = []
+    rows, mod_dists = [], {}
     for (model, source, cam, attack, eps), g in table.groupby(keys, sort=True):
         all_reps = sorted(int(r) for r in g["replicate"].unique())
         reps = [r for r in all_reps if (model, r) in ok and (source, r) in ok]
@@ -358,22 +366,48 @@ def replicate_summary(table: pd.DataFrame, summ: pd.DataFrame, flags: pd.DataFra
                 row[f"{c}_rep_std"] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
         g = g[g["replicate"].isin(reps)]
         stream = model_stream(model)
-        for col, name in [("nissim", "mod")] + [(m, m) for m in measures]:
-            lo = hi = float("nan")
-            if len(reps) >= 2:
-                lo, hi = percentile_ci(two_level_bootstrap(_per_image(g, col, reps), n_resamples, seed, stream), confidence)
-            if name == "mod":
-                row.update({"mod_ci_low": lo, "mod_ci_high": hi})
-            else:
-                per = s[f"{name}_mean"].to_numpy(float) if f"{name}_mean" in s else np.array([])
-                row.update({f"{name}_mean": float(np.nanmean(per)) if per.size else float("nan"),
-                            f"{name}_mean_rep_std": float(np.nanstd(per, ddof=1)) if per.size > 1 else float("nan"),
-                            f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+
+        def ci(col):
+            """The two-level CI of the mean of ``col`` (and its resamples), NaN below two usable replicates."""
+            if len(reps) < 2:
+                return (float("nan"), float("nan")), None
+            dist = two_level_bootstrap(_per_image(g, col, reps), n_resamples, seed, stream)
+            return percentile_ci(dist, confidence), dist
+
+        (lo, hi), dist = ci("nissim")
+        row.update({"mod_ci_low": lo, "mod_ci_high": hi})
+        mod_dists[(model, source, cam, attack, float(eps))] = (tuple(reps), dist)
+        for c in ("acc_clean", "acc_adv", "flip_rate"):
+            (lo, hi), _ = ci(f"_{c}")
+            row.update({f"{c}_ci_low": lo, f"{c}_ci_high": hi})
+        for m in measures:
+            (lo, hi), _ = ci(m)
+            per = s[f"{m}_mean"].to_numpy(float) if f"{m}_mean" in s else np.array([])
+            row.update({f"{m}_mean": float(np.nanmean(per)) if per.size else float("nan"),
+                        f"{m}_mean_rep_std": float(np.nanstd(per, ddof=1)) if per.size > 1 else float("nan"),
+                        f"{m}_ci_low": lo, f"{m}_ci_high": hi})
         row["ci_note"] = ("" if len(reps) >= 2 else
                           "no usable replicate" if not reps else
                           "one usable replicate: no interval covers training (mod_vid.csv has the image-only CI)")
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    lo, hi = [], []
+    for r in rows:  # mod_rel's CI: the same resamples of the model's own noise control (same ε) and chance rows
+        reps, dist = mod_dists[(r["model"], r["source_model"], r["cam"], r["attack"], r["eps"])]
+        noise = mod_dists.get((r["model"], r["model"], r["cam"], "noise", r["eps"]))
+        chance = next((v for k, v in mod_dists.items() if k[:4] == (r["model"], r["model"], r["cam"], "chance")), None)
+        if dist is None or r["attack"] == "chance" or not noise or not chance or {noise[0], chance[0]} != {reps}:
+            lo.append(float("nan"))
+            hi.append(float("nan"))
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = percentile_ci(relative_mod(dist, noise[1], chance[1]), confidence)
+        lo.append(c[0])
+        hi.append(c[1])
+    if len(out) and "mod_rel" in out:
+        out.insert(out.columns.get_loc("mod_rel_rep_std") + 1, "mod_rel_ci_low", lo)
+        out.insert(out.columns.get_loc("mod_rel_ci_low") + 1, "mod_rel_ci_high", hi)
+    return out
 
 
 CLAIM_COLUMNS = ["claim", "cam", "attack", "eps", "model_a", "model_b", "statistic", "ci_low", "ci_high", "order_share",
