@@ -78,7 +78,8 @@ def test_each_cam_method_is_summarised_on_its_own():
     a = _table().assign(cam="gradcam")
     b = _table().assign(cam="eigencam", nissim=lambda t: t["nissim"] / 2)
     s = mod_vid(pd.concat([a, b], ignore_index=True))
-    assert list(s.columns[:5]) == ["model", "source_model", "cam", "attack", "eps"] and len(s) == 4
+    assert list(s.columns[:6]) == ["model", "replicate", "source_model", "cam", "attack", "eps"] and len(s) == 4
+    assert (s["replicate"] == 0).all()  # a table without the column: one training run, replicate 0
     g = s[(s["cam"] == "gradcam") & (s["eps"] == 0.1)].iloc[0]
     e = s[(s["cam"] == "eigencam") & (s["eps"] == 0.1)].iloc[0]
     assert g["mod"] == pytest.approx(0.2) and e["mod"] == pytest.approx(0.1)
@@ -97,6 +98,14 @@ def test_success_rate_of_targeted_and_untargeted_attacks():
     t = t.assign(targeted="next", attack_target=[1, 2, 0] * 2)
     r = mod_vid(t).query("eps == 0.1").iloc[0]
     assert r["targeted"] == "next" and r["success_rate"] == pytest.approx(1 / 3)  # only image 1 reached its target (2)
+
+
+def test_training_runs_are_summarised_apart():
+    t = pd.concat([_table(), _table().assign(replicate=1, nissim=lambda t: t["nissim"] / 2)], ignore_index=True)
+    s = mod_vid(t).query("eps == 0.1").set_index("replicate")
+    assert s.loc[0, "mod"] == pytest.approx(0.2) and s.loc[1, "mod"] == pytest.approx(0.1) and (s["n"] == 3).all()
+    v = vid(t).set_index("replicate")
+    assert v.loc[0, "vid"] == pytest.approx(0.2 / 3) and v.loc[1, "vid"] == pytest.approx(0.1 / 3)
 
 
 def test_transferred_rows_are_summarised_apart_from_white_box_ones():

@@ -62,6 +62,8 @@ def _check(table: pd.DataFrame) -> pd.DataFrame:
         table = table.assign(cam=table["cam"].fillna("gradcam"))
     if "replicate" not in table.columns:  # tables written before replicates: one training run, replicate 0
         table = table.assign(replicate=0)
+    elif table["replicate"].isna().any():
+        table = table.assign(replicate=table["replicate"].fillna(0).astype(int))
     if "source_model" not in table.columns:
         table = table.assign(source_model=table["model"])
     elif table["source_model"].isna().any():  # rows of tables written before transfer existed: white-box
