@@ -331,7 +331,9 @@ def test_a_configfile_is_the_whole_study_from_the_repo_root(tmp_path):
         out = proc.stdout + proc.stderr
         trains = [line for line in out.splitlines() if "advcam train " in line]
         archs = sorted(re.search(r"--arch (\S+)", t).group(1) for t in trains)
-        assert archs == sorted(study["models"]), (cfg, archs)
+        # one training run per replicate (top-level `replicates`, a model's own overriding it, 1 where absent)
+        runs = {m: spec.get("replicates", study.get("replicates", 1)) for m, spec in study["models"].items()}
+        assert archs == sorted(m for m, n in runs.items() for _ in range(n)), (cfg, archs)
         for t in trains:
             spec = {**defaults, **study["models"][re.search(r"--arch (\S+)", t).group(1)]}
             for key, flag in flags.items():

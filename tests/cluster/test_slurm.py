@@ -150,8 +150,10 @@ def test_adding_an_eps_reruns_only_its_jobs_on_the_cluster(slurm_run):
     cfg["attacks"]["fgsm"]["eps"] = [*cfg["attacks"]["fgsm"]["eps"], 0.2]
     run = snakemake(wd, "--profile", str(profile), config=cfg, cores=None)
     jobs = _submitted(run)
-    assert sorted(jobs.values()) == ["attack", "attack", "score", "score"], jobs
+    runs = sum(spec.get("replicates", cfg.get("replicates", 1)) for spec in cfg["models"].values())
+    assert runs == 3  # resnet50 twice, vgg16 once
+    assert sorted(jobs.values()) == ["attack"] * runs + ["score"] * runs, jobs
     for job_id, rule in jobs.items():
         assert _show_job(job_id).get("TresPerJob", "") == ("gres:gpu:1" if rule == "attack" else "")
     mod = (wd / "results/summary/mod_vid.csv").read_text()
-    assert mod.count(",fgsm,0.2,") == 2 * len(cfg["cams"]), mod  # a row per model and CAM method
+    assert mod.count(",fgsm,0.2,") == runs * len(cfg["cams"]), mod  # a row per training run and CAM method
