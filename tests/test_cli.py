@@ -39,16 +39,23 @@ def trained(tiny_store, tmp_path_factory):
     return d, model
 
 
-def test_a_replicate_trains_with_its_own_seed_on_the_same_split(tiny_store, trained, tmp_path):
+def test_a_replicate_trains_with_its_own_seed_on_the_same_split(tiny_store, trained, tmp_path, capsys):
     """Replicate 1 of the trained model: the same split and settings, a seed derived from (seed, 1), other weights;
-    the checkpoint, train.json and the heatmaps made from it record the replicate."""
+    the checkpoint, train.json and the heatmaps made from it record the replicate. The job log (stderr) gets a
+    line per finished epoch, the numbers train.json records."""
     from advcam.train import replicate_seed
 
     d, model = trained
     r1 = tmp_path / "r1" / "model.pt"
+    capsys.readouterr()
     assert run("train", "--data", tiny_store, "--arch", "resnet50", "--out", r1, "--epochs", "2", "--batch-size", "8",
                "--pixel-noise", "0.05", "--pixel-noise-from", "2", "--no-progress", "--replicate", "1",
                "--name", "resnet50") == 0
+    err = capsys.readouterr().err
+    history = json.loads((tmp_path / "r1" / "train.json").read_text())["history"]
+    for rec in history:
+        assert (f"epoch {rec['epoch']}/2: train loss {rec['train_loss']:.3f}, train acc {rec['train_acc']:.1%}, "
+                f"val acc {rec['val_acc']:.1%}") in err, err
     a, b = torch.load(model, weights_only=True), torch.load(r1, weights_only=True)
     assert a["meta"]["replicate"] == 0 and a["meta"]["train_seed"] == 0 == replicate_seed(0, 0)
     assert b["meta"]["replicate"] == 1 and b["meta"]["train_seed"] == replicate_seed(0, 1) != 0

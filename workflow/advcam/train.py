@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,8 +35,6 @@ def replicate_seed(seed: int, replicate: int) -> int:
     31-bit draw of numpy's ``SeedSequence((seed, replicate))``, so replicates of one seed never share a
     stream with another seed's (``seed + replicate`` would make seed 0's replicate 1 seed 1's replicate 0).
     The seed drives weight initialisation, data order, augmentation and pixel-noise draws; never the split."""
-    import numpy as np
-
     if replicate < 0 or int(replicate) != replicate:
         raise ValueError(f"replicate must be a whole number >= 0, got {replicate}")
     if replicate == 0:
@@ -101,6 +101,12 @@ def _diverged(value: float | str, epoch: int, step: int, steps: int, opt: torch.
     )
 
 
+def _log_epoch(rec: dict, epochs: int) -> None:
+    """One line per finished epoch on stderr (the job log), so a long training shows how far it is."""
+    print(f"epoch {rec['epoch']}/{epochs}: train loss {rec['train_loss']:.3f}, train acc {rec['train_acc']:.1%}, "
+          f"val acc {rec['val_acc']:.1%}, {rec['seconds']:.0f} s", file=sys.stderr, flush=True)
+
+
 def train_model(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -121,6 +127,7 @@ def train_model(
     amp: bool | None = None,
     progress: bool = True,
     precision: Precision | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (already on its device) and load the best-validation weights into it.
 
@@ -128,6 +135,7 @@ def train_model(
     on CPUs with AMX, and on other CPUs only where a one-off micro-benchmark of this model's step finds it
     faster; see :mod:`advcam.precision`); True → bf16 autocast; False → fp32. ``precision``: a choice made
     beforehand (e.g. to log it first), which then overrides ``amp``; the one used is ``TrainResult.precision``.
+    ``on_epoch``: called with each epoch's history record (see :class:`TrainResult`) as it ends.
     ``pixel_noise`` adds Gaussian pixel noise to every training image (on the device), its std drawn per
     image from U(0, pixel_noise), so the model is not fragile to random perturbations of that size;
     ``pixel_noise_from`` is the first epoch (1-based) that adds it. Models that learn slowly from scratch
@@ -243,6 +251,8 @@ def train_model(
             "seconds": time.perf_counter() - t0,
         }
         res.history.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
         score = val_acc if not math.isnan(val_acc) else rec["train_acc"]
         if score >= best:
             best = score
@@ -325,7 +335,7 @@ def run_training(
     }
     res = train_model(
         model, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv), **settings,
-        precision=precision, progress=progress,
+        precision=precision, progress=progress, on_epoch=lambda rec: _log_epoch(rec, epochs),
     )
     test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
     info = {"model": name or arch, "arch": arch, "timm_name": timm_name(arch), "num_classes": len(ds.identities), "identities": ds.identities,
