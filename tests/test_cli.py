@@ -137,9 +137,9 @@ def test_pipeline_in_process(tiny_store, trained, capsys):
 def test_stage_functions_write_what_their_commands_write(tiny_store, trained, tmp_path):
     """The seam: each command parses its arguments and calls one stage function; called from Python with plain
     values the functions write the same files."""
-    from advcam.adversarial import run_attack, run_gradient
-    from advcam.heatmaps import run_explain
-    from advcam.summary import summarise
+    from advcam.stages.attack import run_attack, run_gradient
+    from advcam.stages.explain import run_explain
+    from advcam.stages.summarise import summarise
 
     _, model = trained
     cli, py = tmp_path / "cli", tmp_path / "py"
@@ -174,7 +174,8 @@ def test_cam_methods_one_file_each(tiny_store, trained, tmp_path, capsys):
     score pairs them by the method each records, whatever the order; the gallery shows a row per method."""
     import advcam
     from advcam.datasets import load_prepared
-    from advcam.models import load_checkpoint, to_tensor_images
+    from advcam.io.checkpoint import load_checkpoint
+    from advcam.models import to_tensor_images
 
     d, model = trained
     methods = ["gradcam", "gradcampp", "eigencam", "layercam"]
@@ -240,7 +241,8 @@ def test_iterative_and_targeted_attacks_through_the_stages(tiny_store, trained, 
     import advcam
     from advcam.attacks import target_classes
     from advcam.datasets import load_prepared
-    from advcam.models import load_checkpoint, to_tensor_images
+    from advcam.io.checkpoint import load_checkpoint
+    from advcam.models import to_tensor_images
 
     d, model = trained
     clean = tmp_path / "clean" / "gradcam.h5"
@@ -386,7 +388,8 @@ def test_a_failing_write_names_the_path_and_leaves_nothing(tiny_store, trained, 
     temporary file left."""
     import errno
 
-    import advcam.store as store
+    import advcam.atomic as atomic
+    import advcam.io.store as store
 
     _, model = trained
     out = tmp_path / "hm" / "clean.h5"
@@ -395,7 +398,7 @@ def test_a_failing_write_names_the_path_and_leaves_nothing(tiny_store, trained, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as m:
-        m.setattr(store.os, "replace", no_space)
+        m.setattr(atomic.os, "replace", no_space)
         assert run("explain", "--model", model, "--data", tiny_store, "--out", out) == 2
     err = capsys.readouterr().err
     assert f"cannot write '{out}': No space left on device; nothing was written" in err and "Traceback" not in err
@@ -430,3 +433,46 @@ def test_summary_refuses_nan_scores(tmp_path, capsys):
     assert run("summarise", bad, "--out", tmp_path / "mod.csv") == 2
     assert f"score table '{bad}' has 1 NaN NISSIM values (test images [1])" in capsys.readouterr().err
     assert not (tmp_path / "mod.csv").exists()
+
+
+def test_a_bug_shows_its_traceback_and_input_errors_one_line(tiny_store, trained, tmp_path, capsys, monkeypatch):
+    """An AdvcamError is the user's: one line, exit 2. Anything else escaping a stage (here a ValueError raised
+    inside torch's territory, as a bug in a library would) is a bug and propagates with its traceback, not as a
+    one-line input error. ADVCAM_DEBUG=1 raises the input errors too."""
+    import advcam.stages.explain as explain_stage
+
+    _, model = trained
+
+    def broken(*a, **k):
+        raise ValueError("an internal shape mismatch")
+
+    with monkeypatch.context() as m:
+        m.setattr(explain_stage, "explain_cams", broken)
+        with pytest.raises(ValueError, match="internal shape mismatch"):
+            run("explain", "--model", model, "--data", tiny_store, "--out", tmp_path / "h.h5")
+    assert not (tmp_path / "h.h5").exists()
+    bad = ("attack", "--model", model, "--data", tiny_store, "--attack", "cw", "--eps", "0.1", "--out", tmp_path / "a.h5")
+    assert run(*bad) == 2
+    err = capsys.readouterr().err
+    assert "advcam attack: error: unknown attack 'cw'" in err and "Traceback" not in err
+    monkeypatch.setenv("ADVCAM_DEBUG", "1")
+    from advcam.errors import AdvcamError
+
+    with pytest.raises(AdvcamError, match="unknown attack 'cw'"):
+        run(*bad)
+
+
+def test_every_error_class_is_an_advcam_error():
+    """The package's error classes share one base (and stay ValueErrors, so code that caught those still works)."""
+    import inspect
+
+    from advcam import atomic, attacks, datasets, models, similarity, train
+    from advcam.errors import AdvcamError
+    from advcam.io import checkpoint, store
+
+    found = [c for mod in (atomic, attacks, datasets, models, similarity, train, checkpoint, store)
+             for _, c in inspect.getmembers(mod, inspect.isclass)
+             if issubclass(c, Exception) and c.__module__ == mod.__name__]
+    assert len(found) >= 10
+    for c in found:
+        assert issubclass(c, AdvcamError) and issubclass(c, ValueError), c

@@ -2,9 +2,10 @@ import pytest
 import timm
 import torch
 
+from advcam.io.checkpoint import load_checkpoint, save_checkpoint
 from advcam.models import (
     PAPER_MODELS, UnknownLayerError, UnknownModelError, WholeInputConv2d, build_model, gemm_whole_input_convs,
-    load_checkpoint, resolve_layer, save_checkpoint, target_layer_name,
+    resolve_layer, target_layer_name,
 )
 
 

@@ -141,7 +141,7 @@ def scored(tiny_masked_store, tmp_path_factory):
 
 
 def test_score_adds_chance_rows_against_skimage(scored, tiny_masked_store):
-    from advcam.store import read_h5
+    from advcam.io.store import read_h5
 
     d, _, clean, _, out = scored
     t = pd.read_csv(out)

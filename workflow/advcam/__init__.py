@@ -1,54 +1,40 @@
-"""advcam: how adversarial attacks move Grad-CAM explanations (MOD/VID, Chakraborty et al., CVPRW 2022)."""
+"""advcam: how adversarial attacks move Grad-CAM explanations (MOD/VID, Chakraborty et al., CVPRW 2022).
+
+The public API is read lazily (PEP 562): ``import advcam`` imports nothing heavy, and ``advcam.fgsm`` imports
+:mod:`advcam.attacks` (and torch) the first time it is used, so a stage job or ``advcam --help`` pays only for
+the modules it uses.
+"""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-from .attacks import apply_sign, bim, fgsm, gradient_sign, mifgsm, pgd, random_sign  # noqa: E402
-from .base_cam import explain, gradcam, upsample_cam  # noqa: E402
-from .explainers import CAM_METHODS, cam, cams  # noqa: E402
-from .localisation import energy_in_mask, pointing_game  # noqa: E402
-from .models import PAPER_MODELS, build_model, load_checkpoint, save_checkpoint  # noqa: E402
-from .references import derangement, relative_mod  # noqa: E402
-from .sanity import cascading_randomisation, randomisation_blocks  # noqa: E402
-from .similarity import com_shift, nissim, spearman, ssim, topk_intersection  # noqa: E402
+from ._version import __version__
 
-__all__ = [
-    "__version__",
-    "CAM_METHODS",
-    "PAPER_MODELS",
-    "apply_sign",
-    "bim",
-    "build_model",
-    "cam",
-    "cams",
-    "cascading_randomisation",
-    "com_shift",
-    "derangement",
-    "energy_in_mask",
-    "explain",
-    "fgsm",
-    "gradcam",
-    "gradient_sign",
-    "load_checkpoint",
-    "mifgsm",
-    "mod_vid",
-    "nissim",
-    "pgd",
-    "pointing_game",
-    "randomisation_blocks",
-    "random_sign",
-    "relative_mod",
-    "save_checkpoint",
-    "spearman",
-    "ssim",
-    "topk_intersection",
-    "upsample_cam",
-]
+#: public name → the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(["apply_sign", "bim", "fgsm", "gradient_sign", "mifgsm", "pgd", "random_sign"], "attacks"),
+    **dict.fromkeys(["explain", "gradcam", "upsample_cam"], "base_cam"),
+    **dict.fromkeys(["CAM_METHODS", "cam", "cams"], "explainers"),
+    **dict.fromkeys(["energy_in_mask", "pointing_game"], "localisation"),
+    **dict.fromkeys(["PAPER_MODELS", "build_model"], "models"),
+    **dict.fromkeys(["load_checkpoint", "save_checkpoint"], "io.checkpoint"),
+    **dict.fromkeys(["derangement", "relative_mod"], "references"),
+    **dict.fromkeys(["cascading_randomisation", "randomisation_blocks"], "sanity"),
+    **dict.fromkeys(["com_shift", "nissim", "spearman", "ssim", "topk_intersection"], "similarity"),
+    "mod_vid": "summary",
+    **dict.fromkeys(["AdvcamError", "InputError"], "errors"),
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-def __getattr__(name: str):  # lazy: pandas/scipy only when the summary is used
-    if name == "mod_vid":
-        from .summary import mod_vid
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'advcam' has no attribute '{name}'")
 
-        return mod_vid
-    raise AttributeError(name)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
+from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device
 
 __all__ = [
@@ -47,7 +49,7 @@ ITERATIVE = ("pgd", "bim", "mifgsm")
 TARGET_RULES = ("next", "least_likely", "random")
 
 
-class EpsilonError(ValueError):
+class EpsilonError(InputError):
     """ε outside [0, 1] (pixel scale)."""
 
 
@@ -83,15 +85,15 @@ def _labels(model: nn.Module, y, target, n: int) -> tuple[torch.Tensor, bool]:
     if t.numel() == 1 and n != 1:
         t = t.expand(n)
     if t.shape[0] != n:
-        raise ValueError(f"{'target' if target is not None else 'y'} has {t.shape[0]} entries for {n} images")
+        raise InputError(f"{'target' if target is not None else 'y'} has {t.shape[0]} entries for {n} images")
     return t, target is not None
 
 
 def _check_steps(steps: int, alpha: float) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        raise InputError(f"steps must be an integer >= 1, got {steps!r}")
     if not (float(alpha) > 0):
-        raise ValueError(f"alpha (the step size) must be > 0, got {alpha!r}")
+        raise InputError(f"alpha (the step size) must be > 0, got {alpha!r}")
 
 
 @dataclass
@@ -123,7 +125,6 @@ def gradient_sign(
     signs, logits, zero = [], [], []
     it = range(0, x.shape[0], batch_size)
     if progress:
-        from tqdm import tqdm
 
         it = tqdm(it, desc="gradient", unit="batch")
     for s in it:
@@ -133,7 +134,7 @@ def gradient_sign(
         g, lg = _input_grad(model, xb, torch.as_tensor(y[s : s + batch_size]).long().to(dev))
         bad = ~torch.isfinite(g).flatten(1).all(1)
         if bool(bad.any()):  # one check per batch: the sign of NaN would be cast to int8 as garbage
-            raise ValueError(f"the input gradient holds NaN or infinite values for test images "
+            raise InputError(f"the input gradient holds NaN or infinite values for test images "
                              f"{(bad.nonzero().flatten() + s).tolist()[:10]}")
         sg = g.sign().to(torch.int8)
         z = (sg.flatten(1) == 0).all(1)
@@ -256,7 +257,7 @@ def mifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha
     ``m ← g/mean|g| + decay·m`` (per image); as ``torchattacks.MIFGSM(model, eps, alpha, steps, decay)``
     (targeted with ``target``). x (N,3,H,W) in [0,1] → (N,3,H,W) in [0,1] on ``x``'s device."""
     if not float(decay) >= 0:
-        raise ValueError(f"decay must be >= 0, got {decay!r}")
+        raise InputError(f"decay must be >= 0, got {decay!r}")
     return _iterate(model, x, y, eps, alpha, steps, target, decay=float(decay))
 
 
@@ -271,28 +272,28 @@ def target_classes(rule: str, labels, n_classes: int, logits: torch.Tensor | Non
     rule would give the true label).
     """
     if rule not in TARGET_RULES:
-        raise ValueError(f"unknown target rule '{rule}': choose one of {', '.join(TARGET_RULES)}")
+        raise InputError(f"unknown target rule '{rule}': choose one of {', '.join(TARGET_RULES)}")
     y = torch.as_tensor(labels).long().view(-1)
     if n_classes < 2:
-        raise ValueError(f"target rule '{rule}' needs at least 2 classes; with {n_classes} it gives the true label")
+        raise InputError(f"target rule '{rule}' needs at least 2 classes; with {n_classes} it gives the true label")
     if rule == "next":
         t = (y + 1) % n_classes
     elif rule == "least_likely":
         if logits is None:
-            raise ValueError("target rule 'least_likely' needs the clean logits")
+            raise InputError("target rule 'least_likely' needs the clean logits")
         lg = torch.as_tensor(logits).float().cpu().clone()
         lg[torch.arange(len(y)), y] = float("inf")
         t = lg.argmin(1)
     else:
         if indices is None:
-            raise ValueError("target rule 'random' needs the test-set indices of the images")
+            raise InputError("target rule 'random' needs the test-set indices of the images")
         t = torch.empty(len(y), dtype=torch.long)
         g = torch.Generator()
         for i, idx in enumerate(indices):
             g.manual_seed(int(seed) * 1_000_003 + int(idx) + 7)
             t[i] = (y[i] + 1 + torch.randint(0, n_classes - 1, (1,), generator=g)) % n_classes
     if bool((t == y).any()):  # pragma: no cover - guarded above; a rule that breaks this is a bug
-        raise ValueError(f"target rule '{rule}' gave the true label for {int((t == y).sum())} images")
+        raise InputError(f"target rule '{rule}' gave the true label for {int((t == y).sum())} images")
     return t
 
 
@@ -317,12 +318,12 @@ def perturb(
         return (x + delta.to(x.device, x.dtype)).clamp_(0, 1)
     if attack == "fgsm":
         if sign is None:
-            raise ValueError("fgsm needs the gradient sign file (advcam gradient)")
+            raise InputError("fgsm needs the gradient sign file (advcam gradient)")
         return apply_sign(x, sign, eps)
     if attack == "noise":
         if indices is None:
-            raise ValueError("noise needs the test-set indices of the images")
+            raise InputError("noise needs the test-set indices of the images")
         return apply_sign(x, random_sign(tuple(x.shape[1:]), indices, seed), eps)
     if attack in ITERATIVE:
-        raise ValueError(f"{attack} needs the stored perturbation (advcam attack --attack {attack})")
-    raise ValueError(f"unknown attack '{attack}': choose one of {', '.join(ATTACKS)}")
+        raise InputError(f"{attack} needs the stored perturbation (advcam attack --attack {attack})")
+    raise InputError(f"unknown attack '{attack}': choose one of {', '.join(ATTACKS)}")

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
+from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device, resolve_layer
 
 __all__ = ["CamOutput", "LayerPass", "layer_pass", "gradcam", "gradcam_batch", "explain", "upsample_cam", "minmax"]
@@ -53,7 +55,7 @@ class CamOutput:
     def cat(outs: list["CamOutput"]) -> "CamOutput":
         """Concatenate batches along the image axis (a single batch is returned as is)."""
         if not outs:
-            raise ValueError("no images to explain")
+            raise InputError("no images to explain")
         if len(outs) == 1:
             return outs[0]
         return CamOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in _FIELDS))
@@ -85,9 +87,9 @@ def _as_target(target, logits: torch.Tensor) -> torch.Tensor:
     if t.numel() == 1 and logits.shape[0] != 1:
         t = t.expand(logits.shape[0])
     if t.shape[0] != logits.shape[0]:
-        raise ValueError(f"target has {t.shape[0]} entries for {logits.shape[0]} images")
+        raise InputError(f"target has {t.shape[0]} entries for {logits.shape[0]} images")
     if (t < 0).any() or (t >= logits.shape[1]).any():
-        raise ValueError(f"target classes must lie in [0, {logits.shape[1] - 1}]")
+        raise InputError(f"target classes must lie in [0, {logits.shape[1] - 1}]")
     return t
 
 
@@ -198,7 +200,6 @@ def explain(
     outs = []
     it = range(0, x.shape[0], batch_size)
     if progress:
-        from tqdm import tqdm
 
         it = tqdm(it, desc="grad-cam", unit="batch")
     for s in it:

@@ -1,19 +1,22 @@
 """``advcam <stage>``: the command-line seam between the workflow's rules and the library.
 
-Each command parses its arguments and calls one stage function, which lives with its stage
-(``train.run_training``, ``adversarial.run_gradient``/``run_attack``, ``heatmaps.run_explain``,
-``scores.score``, ``sanity.run_sanity``, ``summary.summarise``, ``plots.plot_study``/``gallery``): it reads
-files, calls the library and writes its outputs atomically (temporary name, then rename), so a killed job
-never leaves an output that looks complete. Known input errors end with ``advcam <stage>: error:
-<message>`` and exit status 2.
+Each command parses its arguments and calls one stage function of :mod:`advcam.stages`
+(``train.run_training``, ``attack.run_gradient``/``run_attack``, ``explain.run_explain``, ``score.score``,
+``sanity.run_sanity``, ``summarise.summarise``, ``plot.plot_study``/``gallery``): it reads files, calls the
+library and writes its outputs atomically (temporary name, then rename), so a killed job
+never leaves an output that looks complete. Input errors (:class:`~advcam.errors.AdvcamError`, and
+files that cannot be read or written) end with ``advcam <stage>: error: <message>`` and exit status 2; anything
+else is a bug and shows its traceback (``ADVCAM_DEBUG=1``: every error does).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
-from . import __version__
+from ._version import __version__
+from .errors import AdvcamError, InputError
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +41,7 @@ def _meta(pairs: list[str] | None) -> dict:
     out = {}
     for p in pairs or []:
         if "=" not in p:
-            raise ValueError(f"--meta takes KEY=VALUE, got '{p}'")
+            raise InputError(f"--meta takes KEY=VALUE, got '{p}'")
         k, v = p.split("=", 1)
         out[k] = v
     return out
@@ -68,12 +71,14 @@ def _add_cam_options(p: argparse.ArgumentParser) -> None:
 
 
 def _setup_torch(args) -> torch.device:
-    from .runtime import setup_torch
+    from .stages.runtime import setup_torch
 
     return setup_torch(args.device, getattr(args, "threads", 0))
 
 
 # ---------------------------------------------------------------- stages
+# Each command imports its own stage inside the function, and only the CLI does so: a job then pays for the
+# modules its stage needs (the score job never imports timm, ``advcam --help`` imports no stage at all).
 
 
 def cmd_synth(args) -> None:
@@ -86,7 +91,7 @@ def cmd_synth(args) -> None:
 
 def cmd_prepare(args) -> None:
     from .datasets import prepare
-    from .store import write_json
+    from .io.store import write_json
 
     rep = prepare(
         args.root, args.out, args.size, args.identities, args.min_images, tuple(args.split), args.seed,
@@ -99,7 +104,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import run_training
+    from .stages.train import run_training
 
     res, info = run_training(
         args.data, args.out, args.arch, report=args.report, layer=args.layer, pretrained=args.pretrained,
@@ -114,22 +119,22 @@ def cmd_train(args) -> None:
 
 
 def cmd_gradient(args) -> None:
-    from .adversarial import run_gradient
+    from .stages.attack import run_gradient
 
     gs = run_gradient(args.model, args.data, args.out, args.batch_size, _setup_torch(args), _meta(args.meta))
     print(f"{args.out}: {gs.sign.shape[0]} signs; zero-gradient fraction {float(gs.zero_grad.float().mean()):.4f}")
 
 
 def cmd_attack(args) -> None:
-    from .adversarial import run_attack
-    from .heatmaps import methods_for
+    from .stages.attack import run_attack
+    from .io.heatmap_file import methods_for
 
     if args.targeted != "none" and args.attack == "noise":
-        raise ValueError("--targeted: the noise control has no target class; leave it untargeted")
+        raise InputError("--targeted: the noise control has no target class; leave it untargeted")
     if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
     if not args.alpha > 0:
-        raise ValueError(f"--alpha (the step size) must be > 0, got {args.alpha:g}")
+        raise InputError(f"--alpha (the step size) must be > 0, got {args.alpha:g}")
     heatmaps = dict(zip(methods_for(args.heatmaps, args.cams), args.heatmaps)) if args.heatmaps else None
     a = run_attack(
         args.model, args.data, args.out, args.attack, args.eps, sign_file=args.sign, transfer_from=args.transfer_from,
@@ -146,7 +151,8 @@ def cmd_attack(args) -> None:
 
 
 def cmd_explain(args) -> None:
-    from .heatmaps import methods_for, run_explain
+    from .io.heatmap_file import methods_for
+    from .stages.explain import run_explain
 
     out = dict(zip(methods_for(args.out, args.cams), args.out))
     outs = run_explain(args.model, args.data, out, args.attack_file, args.sign, args.layer, args.name, args.target,
@@ -163,12 +169,12 @@ def _topk_count(k: float) -> int | float:
         return float(k)
     if k >= 1 and float(k).is_integer():
         return int(k)
-    raise ValueError(f"--k must be a fraction in (0, 1) or a whole number of pixels, got {k:g}")
+    raise InputError(f"--k must be a fraction in (0, 1) or a whole number of pixels, got {k:g}")
 
 
 def cmd_score(args) -> None:
-    from .runtime import log_runtime
-    from .scores import score
+    from .stages.runtime import log_runtime
+    from .stages.score import score
 
     k = _topk_count(args.k)
     dev = _setup_torch(args)
@@ -181,8 +187,8 @@ def cmd_score(args) -> None:
 
 
 def cmd_sanity(args) -> None:
-    from .heatmaps import methods_for
-    from .sanity import run_sanity
+    from .io.heatmap_file import methods_for
+    from .stages.sanity import run_sanity
 
     out = dict(zip(methods_for(args.out, args.cams), args.out))
     df = run_sanity(args.model, args.data, out, args.images, args.seed, args.target, args.batch_size, _setup_torch(args),
@@ -193,7 +199,7 @@ def cmd_sanity(args) -> None:
 
 
 def cmd_summarise(args) -> None:
-    from .summary import summarise
+    from .stages.summarise import summarise
 
     summ = summarise(args.scores, args.out, args.vid, args.vid_images, args.nissim, args.sanity, args.sanity_out,
                      args.sanity_threshold, args.confidence, args.resamples, args.seed, train_reports=args.train_reports,
@@ -203,7 +209,7 @@ def cmd_summarise(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from .plots import plot_study
+    from .stages.plot import plot_study
 
     files = plot_study(args.summary, args.out_dir, args.vid_images, args.nissim, args.sanity, replicates=args.replicates,
                        claims=args.claims)
@@ -211,7 +217,7 @@ def cmd_plot(args) -> None:
 
 
 def cmd_gallery(args) -> None:
-    from .plots import gallery
+    from .stages.plot import gallery
 
     gallery(args.data, args.clean, args.adv, args.out, args.n, args.seed, args.title or "")
     print(f"gallery written to {args.out}.png")
@@ -221,7 +227,7 @@ def cmd_gallery(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .scores import LOCALISATION, MEASURES as SCORE_MEASURES
+    from .measures import LOCALISATION, MEASURES as SCORE_MEASURES
 
     p = argparse.ArgumentParser(
         prog="advcam",
@@ -424,17 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one stage. An :class:`~advcam.errors.AdvcamError` (a file, key or value at fault) or an OSError (a file
+    that cannot be read or written) prints as one line, ``advcam <stage>: error: …``, and returns 2; anything else
+    is a bug and raises with its traceback. ``ADVCAM_DEBUG=1`` raises every error with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .datasets import DatasetError
-    from .store import StoreError
-
+    if os.environ.get("ADVCAM_DEBUG", "") not in ("", "0"):
+        args.func(args)
+        return 0
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, DatasetError, StoreError) as e:
+    except AdvcamError as e:
         print(f"advcam {args.stage}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a write or read the stage could not do (disk full, permissions): name the file
+    except OSError as e:  # a write or read the stage could not do (missing file, disk full, permissions): name the file
         where = f"'{e.filename}': " if e.filename else ""
         print(f"advcam {args.stage}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
-from .store import read_attrs, read_h5, write_h5
+from .errors import InputError
+from .io.store import read_attrs, read_h5, write_h5
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -46,7 +48,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """The image tree cannot give the requested dataset (missing root, too few identities or images)."""
 
 
@@ -197,7 +199,7 @@ def load_mask(
         with Image.open(path) as im:
             im.load()
             if im.mode not in ("L", "P", "1", "I", "I;16"):
-                raise ValueError(f"a part mask has one channel, this one is {im.mode}")
+                raise InputError(f"a part mask has one channel, this one is {im.mode}")
             im = im.convert("L") if im.mode != "L" else im
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"cannot read part mask '{path}': {e}") from None
@@ -256,7 +258,6 @@ def prepare(
     images, labels, codes, paths, skipped, part_masks = [], [], [], [], [], []
     it = list(enumerate(chosen))
     if progress:
-        from tqdm import tqdm
 
         it = tqdm(it, desc="prepare", unit="identity")
     for label, name in it:

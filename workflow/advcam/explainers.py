@@ -39,9 +39,12 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
+import torch.fx as fx
+from timm.layers import get_notrace_functions, get_notrace_modules
 from torch import nn
 
 from .base_cam import CamOutput, LayerPass, layer_pass, upsample_cam
+from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device, resolve_layer
 
 __all__ = [
@@ -134,9 +137,9 @@ def check_methods(methods: str | Iterable[str]) -> list[str]:
     names = [methods] if isinstance(methods, str) else list(methods)
     for m in names:
         if m not in CAM_METHODS:
-            raise ValueError(f"unknown CAM method '{m}': choose from {', '.join(CAM_METHODS)}")
+            raise InputError(f"unknown CAM method '{m}': choose from {', '.join(CAM_METHODS)}")
     if not names:
-        raise ValueError(f"no CAM method given: choose from {', '.join(CAM_METHODS)}")
+        raise InputError(f"no CAM method given: choose from {', '.join(CAM_METHODS)}")
     return list(dict.fromkeys(names))
 
 
@@ -177,14 +180,12 @@ def network_after(model: nn.Module, layer: str | nn.Module) -> nn.Module | None:
     later node reads something computed before the layer, or the model does not trace with torch.fx).
 
     Traced with timm's leaf modules and functions (those it marks as not traceable) kept whole."""
-    import torch.fx as fx
 
     module = resolve_layer(model, layer)
     qualname = next((n for n, m in model.named_modules() if m is module), None)
     if qualname is None:
         return None
     try:
-        from timm.layers import get_notrace_functions, get_notrace_modules
 
         leaves, autowrap = tuple(get_notrace_modules()), tuple(get_notrace_functions())
     except ImportError:  # pragma: no cover - timm is a dependency
@@ -364,5 +365,5 @@ def cam(
     """Maps (N,H,W) float32 in [0,1] of one ``method`` (see :data:`CAM_METHODS`) for ``x`` (N,3,H,W)
     in [0,1], on ``x``'s device; arguments as in :func:`cams`."""
     if not isinstance(method, str):
-        raise ValueError(f"method must be one name of {', '.join(CAM_METHODS)}, got {method!r}")
+        raise InputError(f"method must be one name of {', '.join(CAM_METHODS)}, got {method!r}")
     return cams(model, layer, x, [method], target, batch_size)[method]

@@ -15,11 +15,14 @@ import json
 import math
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .errors import InputError
 
 __all__ = ["Identity", "PARTS", "IDENTITY_RANGES", "POSE_RANGES", "sample_identity", "distinct_identities", "render_face", "synthesize"]
 
@@ -131,7 +134,7 @@ def render_face(
     attribute of an image stays the same.
     """
     if not 0 <= pose <= 1:
-        raise ValueError(f"pose must lie in [0, 1], got {pose}")
+        raise InputError(f"pose must lie in [0, 1], got {pose}")
 
     def jitter(name: str, n: int | None = None):
         lo, hi = POSE_RANGES[name]
@@ -249,11 +252,11 @@ def synthesize(
     arguments. Same arguments → byte-identical files. Returns ``root``.
     """
     if identities < 2:
-        raise ValueError(f"identities must be >= 2, got {identities}")
+        raise InputError(f"identities must be >= 2, got {identities}")
     if images_per_identity < 1:
-        raise ValueError(f"images_per_identity must be >= 1, got {images_per_identity}")
+        raise InputError(f"images_per_identity must be >= 1, got {images_per_identity}")
     if size < 16:
-        raise ValueError(f"size must be >= 16 pixels, got {size}")
+        raise InputError(f"size must be >= 16 pixels, got {size}")
     root = Path(root)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -266,7 +269,6 @@ def synthesize(
             jobs.append((tmp / name, ident, k, images_per_identity, size, seed, masks, pose))
         if workers > 1 and len(jobs) > 1:
             # every image has its own seeded generator: the files do not depend on the worker count
-            from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(min(workers, len(jobs))) as ex:
                 list(ex.map(_render_identity, jobs))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
+
 __all__ = ["energy_in_mask", "pointing_game", "mask_fraction"]
 
 
@@ -25,13 +27,13 @@ def _check(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch
     if maps.ndim == 2:
         maps, masks = maps[None], masks[None] if masks.ndim == 2 else masks
     if maps.ndim != 3:
-        raise ValueError(f"maps must have shape (N,H,W) or (H,W), got {tuple(maps.shape)}")
+        raise InputError(f"maps must have shape (N,H,W) or (H,W), got {tuple(maps.shape)}")
     if masks.shape != maps.shape:
-        raise ValueError(f"masks must have the maps' shape {tuple(maps.shape)}, got {tuple(masks.shape)}")
+        raise InputError(f"masks must have the maps' shape {tuple(maps.shape)}, got {tuple(masks.shape)}")
     if maps.is_floating_point() and not bool(torch.isfinite(maps).all()):
-        raise ValueError("maps hold NaN or infinite values")
+        raise InputError("maps hold NaN or infinite values")
     if bool((maps < 0).any()):
-        raise ValueError("maps must be non-negative (a share of the map's mass needs non-negative mass)")
+        raise InputError("maps must be non-negative (a share of the map's mass needs non-negative mass)")
     return maps.double(), masks != 0
 
 

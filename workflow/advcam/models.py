@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
-from .store import atomic_path
+from .errors import InputError
 
 __all__ = [
     "PaperModel",
@@ -26,11 +28,8 @@ __all__ = [
     "build_model",
     "target_layer_name",
     "resolve_layer",
-    "save_checkpoint",
-    "load_checkpoint",
     "UnknownModelError",
     "UnknownLayerError",
-    "CheckpointError",
     "frozen_parameters",
     "eval_mode",
     "model_device",
@@ -43,17 +42,12 @@ __all__ = [
 ]
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InputError):
     """The name is not a timm architecture."""
 
 
-class UnknownLayerError(ValueError):
+class UnknownLayerError(InputError):
     """The Grad-CAM target layer is not a submodule of the model."""
-
-
-class CheckpointError(ValueError):
-    """A file that is not a loadable, weights-only advcam checkpoint (foreign pickle, truncated file,
-    another program's weights, weights of another architecture)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +88,6 @@ class Normalized(nn.Module):
 
 
 def _create(arch: str, num_classes: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
-    import timm
 
     name = timm_name(arch)
     if not timm.is_model(name):
@@ -168,7 +161,6 @@ def gemm_whole_input_convs(net: nn.Module, min_kernel: int = 2) -> nn.Module:
     The class is registered as one of timm's no-trace modules, so torch.fx traces through timm's leaf list
     (timm's feature extraction, :func:`advcam.explainers.network_after`) keep it whole, as they keep
     ``nn.Conv2d``: its test of the input's shape cannot be traced."""
-    from timm.layers import register_notrace_module
 
     register_notrace_module(WholeInputConv2d)
     for m in net.modules():
@@ -233,46 +225,6 @@ def resolve_layer(model: nn.Module, name: str | nn.Module) -> nn.Module:
         raise UnknownLayerError(f"layer '{name}' does not exist in {type(net).__name__}{hint}") from None
 
 
-def save_checkpoint(path: str | os.PathLike, model: Normalized, meta: dict[str, Any]) -> None:
-    """Save the state dict and ``meta`` (arch, num_classes, input_size, layer, mean/std, accuracies, …)
-    atomically; loadable with ``torch.load(weights_only=True)``."""
-    meta = dict(meta)
-    meta.setdefault("mean", [float(v) for v in model.mean.flatten()])
-    meta.setdefault("std", [float(v) for v in model.std.flatten()])
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Normalized, dict[str, Any]]:
-    """Load a checkpoint written by :func:`save_checkpoint`; returns (model in eval mode on ``device``, meta)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    try:
-        # weights_only: a pickle that would run code (or build foreign objects) is refused, never executed
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, … by case
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint '{path}' is not a weights-only advcam checkpoint (torch.load refused it: "
-                              f"{first[:200]})") from None
-    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("meta"), dict)
-            and {"arch", "num_classes"} <= set(ckpt["meta"])):
-        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"checkpoint '{path}' is not an advcam checkpoint (expected 'state_dict' and 'meta' with "
-                              f"'arch' and 'num_classes'; found {keys})")
-    meta = ckpt["meta"]
-    # build on the meta device (no random initialisation to pay for), then take the stored tensors
-    with torch.device("meta"):
-        model = build_model(meta["arch"], int(meta["num_classes"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"], assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint '{path}': its weights do not fit {meta['arch']} with {meta['num_classes']} "
-                              f"classes ({str(e).splitlines()[0][:200]})") from None
-    return model.to(device).eval(), meta
-
-
 class frozen_parameters:
     """Context manager: parameters stop requiring grad inside (so autograd records only the paths
     through activations and inputs, and no parameter gradient is ever computed); restored on exit."""
@@ -320,7 +272,7 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but CUDA is not available on this machine")
+        raise InputError(f"device '{name}' requested but CUDA is not available on this machine")
     return dev
 
 
@@ -347,5 +299,5 @@ def to_tensor_images(images) -> torch.Tensor:
     """(N,H,W,3) uint8 array → (N,3,H,W) uint8 tensor (no copy of the pixels beyond the permute)."""
     t = torch.as_tensor(images)
     if t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(f"images must have shape (N,H,W,3), got {tuple(t.shape)}")
+        raise InputError(f"images must have shape (N,H,W,3), got {tuple(t.shape)}")
     return t.permute(0, 3, 1, 2).contiguous()

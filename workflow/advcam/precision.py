@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import atomic_path
+
 __all__ = ["Precision", "choose_precision", "cpu_has_amx", "cpu_has_native_bf16", "onednn_isa_cap", "time_training_step",
            "probe_batch_for",
            "cache_file", "cpu_model", "BF16_MARGIN"]
@@ -226,7 +228,6 @@ def _read_cache() -> dict:
 
 
 def _write_cache(key: str, entry: dict) -> None:
-    from .store import atomic_path
 
     try:
         cache = _read_cache()

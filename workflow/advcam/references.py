@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["derangement", "relative_mod"]
 
 
@@ -18,7 +20,7 @@ def derangement(n: int, seed: int = 0) -> np.ndarray:
     algorithm, a uniformly drawn cyclic permutation, so image i is compared with image π(i) and every image
     serves once as a partner. (n,) int64; ValueError for n < 2 (one image has no other to be paired with)."""
     if isinstance(n, bool) or int(n) != n or n < 2:
-        raise ValueError(f"a derangement needs n ≥ 2 items, got n={n!r}")
+        raise InputError(f"a derangement needs n ≥ 2 items, got n={n!r}")
     rng = np.random.default_rng(seed)
     p = np.arange(int(n), dtype=np.int64)
     for i in range(int(n) - 1, 0, -1):

@@ -32,6 +32,9 @@ from functools import lru_cache
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy.stats import binomtest
+
+from .errors import InputError
 
 __all__ = ["MIN_REPLICATES", "WIDE", "DEEP", "image_counts", "replicate_weights", "two_level_bootstrap",
            "percentile_ci", "model_stream", "training_flag", "order_share", "verdict", "mod_slope",
@@ -82,7 +85,7 @@ def two_level_bootstrap(values: np.ndarray, n_resamples: int = 2000, seed: int =
     two matrix products, no Python loop over resamples."""
     v = np.asarray(values, float)
     if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] < 1:
-        raise ValueError(f"values must be (replicates, images) with at least one of each, got shape {v.shape}")
+        raise InputError(f"values must be (replicates, images) with at least one of each, got shape {v.shape}")
     r, n = v.shape
     ok = ~np.isnan(v)
     ci = image_counts(n, n_resamples, seed)
@@ -112,12 +115,11 @@ def training_flag(correct: int, n: int, n_classes: int, min_accuracy: float = 0.
     classes: ``"at chance"`` when the Clopper–Pearson ``confidence`` interval of the accuracy reaches
     1/``n_classes`` (not clearly above guessing), ``"below min_accuracy"`` when the accuracy is under
     ``min_accuracy`` (in [0, 1]), else ``"ok"``."""
-    from scipy.stats import binomtest
 
     if n < 1 or n_classes < 2:
-        raise ValueError(f"a training run needs test images and at least 2 classes, got n={n}, classes={n_classes}")
+        raise InputError(f"a training run needs test images and at least 2 classes, got n={n}, classes={n_classes}")
     if not 0 <= min_accuracy <= 1:
-        raise ValueError(f"min_accuracy {min_accuracy:g} must lie in [0, 1]")
+        raise InputError(f"min_accuracy {min_accuracy:g} must lie in [0, 1]")
     low = binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="exact").low
     if low <= 1.0 / n_classes:
         return "at chance"

@@ -13,14 +13,15 @@ seeded generator, so a step is reproducible.
 """
 from __future__ import annotations
 
-import os
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["randomisation_blocks", "reinitialise", "cascading_randomisation", "flag", "run_sanity"]
+from .errors import InputError
+from .explainers import explain_cams
+
+__all__ = ["randomisation_blocks", "reinitialise", "cascading_randomisation", "flag"]
 
 
 def _own_params(m: nn.Module) -> bool:
@@ -35,7 +36,7 @@ def randomisation_blocks(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     net = getattr(model, "net", model)
     info = getattr(net, "feature_info", None)
     if not info:
-        raise ValueError(f"{type(net).__name__} has no feature_info: its stages cannot be told apart")
+        raise InputError(f"{type(net).__name__} has no feature_info: its stages cannot be told apart")
     bounds = [d["module"] for d in (info if isinstance(info, list) else info.get_dicts())]
     names = [n for n, _ in net.named_modules()]
     # where each stage ends in definition order (timm defines its modules in forward order): its module's last
@@ -44,7 +45,7 @@ def randomisation_blocks(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     for b in bounds:
         inside = [i for i, n in enumerate(names) if n == b or n.startswith(b + ".")]
         if not inside:
-            raise ValueError(f"feature_info names '{b}', which {type(net).__name__} does not have")
+            raise InputError(f"feature_info names '{b}', which {type(net).__name__} does not have")
         ends.append(max(inside))
     blocks: dict[str, list[nn.Module]] = {b: [] for b in ["head", *reversed(bounds)]}
     for i, (n, m) in enumerate(net.named_modules()):
@@ -60,7 +61,7 @@ def reinitialise(modules: Sequence[nn.Module]) -> None:
     torch generator). ValueError naming a module that holds parameters but has no such method."""
     for m in modules:
         if not hasattr(m, "reset_parameters"):
-            raise ValueError(f"cannot re-initialise {type(m).__name__}: it has no reset_parameters")
+            raise InputError(f"cannot re-initialise {type(m).__name__}: it has no reset_parameters")
         m.reset_parameters()
         if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
             m.reset_running_stats()
@@ -79,7 +80,6 @@ def cascading_randomisation(
     trained model (0, ``"none"``) and after each further block of :func:`randomisation_blocks`, from the
     output down. ``x`` (N,3,H,W) in [0,1] or uint8; ``target`` (N,) the classes explained at every step.
     Changes ``model`` in place (its weights are gone afterwards)."""
-    from .explainers import explain_cams
 
     blocks = randomisation_blocks(model)
     gen_state = torch.random.get_rng_state()
@@ -112,57 +112,3 @@ def flag(spearman_head: float, spearman_all: float, threshold: float = 0.5, spea
     return "ok"
 
 
-def run_sanity(
-    model_path: str | os.PathLike,
-    data: str | os.PathLike,
-    out: Mapping[str, str | os.PathLike],
-    images: int = 16,
-    seed: int = 0,
-    target_mode: str = "predicted",
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    name: str | None = None,
-):
-    """The sanity stage: ``images`` test images of the store ``data`` (a seeded draw, at most the whole test
-    set) explained by the checkpoint ``model_path`` at every step of :func:`cascading_randomisation`, each
-    step compared with the trained model's maps. ``out``: {CAM method: CSV path}; each method's per-image table
-    is written atomically to its path (model, replicate, cam, blocks (how many randomised), block (the last one), index,
-    spearman, nissim, zero_cam, and the chance level on the same images — spearman_chance and nissim_chance
-    between the trained maps of the image and of its partner in a seeded derangement). Returns all of them in
-    one table."""
-    import pandas as pd
-
-    from .explainers import check_methods
-    from .models import predict
-    from .references import derangement
-    from .runtime import load_for_inference, replicate_of, test_set
-    from .similarity import nissim, spearman
-    from .store import atomic_path
-
-    methods = check_methods(list(out))
-    if images < 2:
-        raise ValueError(f"images: the sanity check needs at least 2 test images, got {images}")
-    model, meta = load_for_inference(model_path, torch.device(device))
-    _, x, y, idx = test_set(data)
-    pick = np.sort(np.random.default_rng(seed).choice(len(idx), size=min(images, len(idx)), replace=False))
-    x, y, idx = x[pick], y[pick], idx[pick]
-    layer = meta["layer"]
-    target = predict(model, x, batch_size).argmax(1) if target_mode == "predicted" else y
-    perm = torch.as_tensor(derangement(len(idx), seed))
-    rows, trained, chance = [], None, {}
-    for step, block, maps in cascading_randomisation(model, layer, x, methods, target, seed, batch_size):
-        if trained is None:
-            trained = maps
-            chance = {m: {"spearman_chance": spearman(maps[m], maps[m][perm]).numpy(),
-                          "nissim_chance": nissim(maps[m], maps[m][perm]).numpy()} for m in methods}
-        for m in methods:
-            rows.append(pd.DataFrame({
-                "model": name or meta.get("arch"), "replicate": replicate_of(meta), "cam": m, "blocks": step, "block": block, "index": idx,
-                "spearman": spearman(trained[m], maps[m]).numpy(), "nissim": nissim(trained[m], maps[m]).numpy(),
-                "zero_cam": (maps[m].flatten(1).amax(1) == 0).numpy(), **chance[m],
-            }))
-    df = pd.concat(rows, ignore_index=True)
-    for m, path in out.items():
-        with atomic_path(path) as tmp:
-            df[df["cam"] == m].to_csv(tmp, index=False, float_format="%.9g")
-    return df

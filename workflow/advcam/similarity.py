@@ -10,13 +10,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 __all__ = ["ssim", "nissim", "spearman", "topk_intersection", "topk_count", "com_shift", "gaussian_window", "SSIMWindowError"]
 
 K1 = 0.01
 K2 = 0.03
 
 
-class SSIMWindowError(ValueError):
+class SSIMWindowError(InputError):
     """The images are smaller than the SSIM window."""
 
 
@@ -43,10 +45,10 @@ def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:
-        raise ValueError(f"{name} must have shape (N,H,W) or (H,W), got {tuple(x.shape)}")
+        raise InputError(f"{name} must have shape (N,H,W) or (H,W), got {tuple(x.shape)}")
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"{name} holds NaN or infinite values (images {bad[:10]}{' …' if len(bad) > 10 else ''}); "
+        raise InputError(f"{name} holds NaN or infinite values (images {bad[:10]}{' …' if len(bad) > 10 else ''}); "
                          "SSIM of such maps is undefined")
     return x
 
@@ -86,7 +88,7 @@ def ssim(
     a = _as_batch(a, "a")
     b = _as_batch(b, "b")
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if gaussian:
         w1 = gaussian_window(sigma, device=a.device)
         win = w1.numel()
@@ -94,7 +96,7 @@ def ssim(
     else:
         win = 7 if win_size is None else int(win_size)
         if win < 3 or win % 2 == 0:
-            raise ValueError(f"win_size must be odd and >= 3, got {win}")
+            raise InputError(f"win_size must be odd and >= 3, got {win}")
         np_ = win * win
         cov_norm = np_ / (np_ - 1.0)
     h, w = a.shape[-2:]
@@ -143,7 +145,7 @@ def _pair(a: torch.Tensor, b: torch.Tensor, exact_dtype: bool = False) -> tuple[
     a = _as_batch(a, "a")
     b = _as_batch(b, "b")
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if exact_dtype:
         dt = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
         return a.to(dt), b.to(a.device, dt)
@@ -186,13 +188,13 @@ def topk_count(k: int | float, h: int, w: int) -> int:
     ``k`` otherwise."""
     p = h * w
     if isinstance(k, bool) or not isinstance(k, (int, float)):
-        raise ValueError(f"k must be a pixel count or a fraction in (0, 1), got {k!r}")
+        raise InputError(f"k must be a pixel count or a fraction in (0, 1), got {k!r}")
     if isinstance(k, float):
         if not 0 < k < 1:
-            raise ValueError(f"k as a fraction must lie in (0, 1), got {k}")
+            raise InputError(f"k as a fraction must lie in (0, 1), got {k}")
         return max(1, int(round(k * p)))
     if not 1 <= k <= p:
-        raise ValueError(f"k must lie in [1, {p}] pixels for {h}x{w} maps, got {k}")
+        raise InputError(f"k must lie in [1, {p}] pixels for {h}x{w} maps, got {k}")
     return int(k)
 
 
@@ -226,7 +228,7 @@ def com_shift(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     either map sums to zero (it has no centre), to be counted, not dropped."""
     a, b = _pair(a, b)
     if bool((a < 0).any()) or bool((b < 0).any()):
-        raise ValueError("a and b must be non-negative maps (a centre of mass needs non-negative mass)")
+        raise InputError("a and b must be non-negative maps (a centre of mass needs non-negative mass)")
     h, w = a.shape[1:]
     rows = torch.arange(h, dtype=torch.float64, device=a.device)[:, None]
     cols = torch.arange(w, dtype=torch.float64, device=a.device)[None, :]

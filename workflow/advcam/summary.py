@@ -27,18 +27,17 @@ model itself, white-box, unless the row is a transfer).
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import pandas as pd
+from scipy.stats import bootstrap
 
-from .replicates import model_stream, paper_claims, pairwise_claims, percentile_ci, training_flag, two_level_bootstrap
+from .errors import InputError
+from .references import relative_mod
+from .replicates import model_stream, pairwise_claims, paper_claims, percentile_ci, training_flag, two_level_bootstrap
+from .sanity import flag
 
 __all__ = ["REQUIRED_COLUMNS", "MEASURE_COLUMNS", "REPLICATE_COLUMNS", "mod_vid", "vid", "vid_per_image", "bootstrap_ci",
-           "sanity_summary", "training_flags", "replicate_summary", "claims", "read_scores", "read_train_reports",
-           "summarise"]
+           "sanity_summary", "training_flags", "replicate_summary", "claims", "check_table"]
 
 REQUIRED_COLUMNS = ("model", "attack", "eps", "index", "label", "pred_clean", "pred_adv", "nissim")
 #: one row of the MOD table per group: a training run (model, replicate) under one attack, ε and CAM method
@@ -48,14 +47,14 @@ VID_GROUP = GROUP[:-1]
 MEASURE_COLUMNS = ("spearman", "topk", "com_shift", "energy_clean", "energy_adv", "point_clean", "point_adv", "mask_frac")
 
 
-def _check(table: pd.DataFrame) -> pd.DataFrame:
+def check_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table with ``cam`` (Grad-CAM where it has none) and ``source_model`` (the model itself: white-box)
     columns; ValueError on a missing column or value."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"NISSIM table lacks column(s) {', '.join(missing)}")
+        raise InputError(f"NISSIM table lacks column(s) {', '.join(missing)}")
     if table["nissim"].isna().any():
-        raise ValueError("NISSIM table has missing nissim values")
+        raise InputError("NISSIM table has missing nissim values")
     if "cam" not in table.columns:
         table = table.assign(cam="gradcam")
     elif table["cam"].isna().any():
@@ -74,7 +73,6 @@ def _check(table: pd.DataFrame) -> pd.DataFrame:
 def bootstrap_ci(x: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of ``x`` (scipy.stats.bootstrap); (nan, nan) for n < 2,
     (v, v) when all values equal v."""
-    from scipy.stats import bootstrap
 
     x = np.asarray(x, float)
     if x.size < 2:
@@ -101,7 +99,7 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
     Chance rows (attack ``chance``, ε 0) pair each image with another: their "adversarial" prediction and
     accuracy are the partner's.
     """
-    table = _check(table)
+    table = check_table(table)
     rows = []
     for (model, rep, source, cam, attack, eps), g in table.groupby(GROUP, sort=True):
         x = g["nissim"].to_numpy(float)
@@ -141,7 +139,6 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
 def _with_mod_rel(summ: pd.DataFrame) -> pd.DataFrame:
     """``mod_rel`` after ``zero_grad_frac``: (MOD − noise MOD) / (chance MOD − noise MOD) per row, from the
     model's own (white-box) noise rows at the row's ε and its chance rows."""
-    from .references import relative_mod
 
     if summ.empty:
         return summ.assign(mod_rel=pd.Series(dtype=float))
@@ -165,11 +162,10 @@ def sanity_summary(per_image: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
     correlations it reads, spearman_head and spearman_all; per training run (``replicate``, 0 where the table
     has none). ``per_image``: the rows of
     :func:`advcam.sanity.run_sanity`."""
-    from .sanity import flag
 
     missing = [c for c in ("model", "cam", "blocks", "block", "index", "spearman", "nissim") if c not in per_image]
     if missing:
-        raise ValueError(f"sanity table lacks column(s) {', '.join(missing)}")
+        raise InputError(f"sanity table lacks column(s) {', '.join(missing)}")
 
     def rank0(v) -> float:
         return float(np.nan_to_num(np.asarray(v, float), nan=0.0).mean())
@@ -231,13 +227,13 @@ def vid_per_image(table: pd.DataFrame) -> pd.DataFrame:
     Columns: model, replicate, source_model, cam, attack, index, vid, n_eps. Images missing an ε of their (model,
     replicate, cam, attack) are an error.
     """
-    table = _check(table)
+    table = check_table(table)
     t = table[table["eps"] > 0]
     out = []
     for (model, rep, source, cam, attack), g in t.groupby(VID_GROUP, sort=True):
         wide = g.pivot_table(index="index", columns="eps", values="nissim", aggfunc="first")
         if wide.isna().any().any():
-            raise ValueError(f"{model} r{rep}/{cam}/{attack} (from {source}): some images lack NISSIM at some epsilon")
+            raise InputError(f"{model} r{rep}/{cam}/{attack} (from {source}): some images lack NISSIM at some epsilon")
         v = wide.to_numpy().std(axis=1, ddof=0)
         out.append(pd.DataFrame({"model": model, "replicate": int(rep), "source_model": source, "cam": cam,
                                  "attack": attack, "index": wide.index.to_numpy(), "vid": v, "n_eps": wide.shape[1]}))
@@ -252,7 +248,7 @@ def vid(table: pd.DataFrame) -> pd.DataFrame:
 
     Columns: model, replicate, source_model, cam, attack, n, n_eps, eps, vid, vid_std, vid_median.
     """
-    table = _check(table)
+    table = check_table(table)
     per = vid_per_image(table)
     rows = []
     for (model, rep, source, cam, attack), g in per.groupby(VID_GROUP, sort=True):
@@ -283,7 +279,7 @@ def training_flags(table: pd.DataFrame, reports: pd.DataFrame | None = None, min
     acc_clean from the white-box rows' clean predictions, one per test image), n_classes (from ``reports``,
     :func:`read_train_reports`; else the labels the table holds), arch, and ``training_flag``
     (:func:`advcam.replicates.training_flag`: ``ok``, ``at chance``, ``below min_accuracy``)."""
-    table = _check(table)
+    table = check_table(table)
     own = table[table["source_model"] == table["model"]]
     rep_info = {} if reports is None else {(r.model, int(r.replicate)): r for r in reports.itertuples()}
     rows = []
@@ -321,7 +317,7 @@ def _per_image(g: pd.DataFrame, column: str, reps: list[int]) -> np.ndarray:
     wide = wide.reindex(index=reps)
     present = g.groupby("replicate")["index"].nunique().reindex(reps)
     if present.isna().any() or (present != wide.shape[1]).any():
-        raise ValueError(f"the replicates of {g['model'].iloc[0]} ({g['cam'].iloc[0]}, {g['attack'].iloc[0]} at "
+        raise InputError(f"the replicates of {g['model'].iloc[0]} ({g['cam'].iloc[0]}, {g['attack'].iloc[0]} at "
                          f"ε={g['eps'].iloc[0]:g}) were scored on different test images; they must share the split")
     return wide.to_numpy(float)
 
@@ -341,9 +337,8 @@ def replicate_summary(table: pd.DataFrame, summ: pd.DataFrame, flags: pd.DataFra
     resample by resample); likewise for each measure M of :data:`MEASURE_COLUMNS` present: M_mean,
     M_mean_rep_std, M_ci_low, M_ci_high; and ci_note, which says why the CIs are NaN (fewer than two usable
     replicates)."""
-    from .references import relative_mod
 
-    table = _check(table)
+    table = check_table(table)
     ok = _usable(flags)
     measures = [m for m in MEASURE_COLUMNS if m in table]
     table = table.assign(_acc_clean=(table["pred_clean"] == table["label"]).astype(float),
@@ -422,7 +417,7 @@ def claims(table: pd.DataFrame, flags: pd.DataFrame, confidence: float = 0.95, n
     from the white-box rows of the per-image ``table`` (no chance rows), over the training runs ``flags`` marks
     ``ok``; every row names the runs left out (``left_out``). Returns (table, notes): the notes say which
     claims were skipped and which runs were left out."""
-    table = _check(table)
+    table = check_table(table)
     ok = _usable(flags)
     own = table[(table["source_model"] == table["model"]) & (table["attack"] != "chance")]
     groups = {}
@@ -445,105 +440,3 @@ def claims(table: pd.DataFrame, flags: pd.DataFrame, confidence: float = 0.95, n
     return out, notes
 
 
-def read_train_reports(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """model, replicate, arch, num_classes, test_acc of each train.json at ``paths`` (the train stage's
-    reports; ``model`` is the study's name for the model, its arch where the report has none)."""
-    import json
-
-    rows = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"train report '{p}' does not exist")
-        r = json.loads(Path(p).read_text())
-        rows.append({"model": r.get("model") or r["arch"], "replicate": int(r.get("replicate", 0)), "arch": r["arch"],
-                     "num_classes": int(r["num_classes"]), "test_acc": float(r.get("test_acc", float("nan")))})
-    return pd.DataFrame(rows, columns=["model", "replicate", "arch", "num_classes", "test_acc"])
-
-
-
-def _read_table(path: str | os.PathLike, what: str) -> pd.DataFrame:
-    """The CSV at ``path``; FileNotFoundError naming it as a ``what`` table when it does not exist."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} table '{path}' does not exist")
-    return pd.read_csv(path)
-
-
-def read_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """The per-image score tables at ``paths`` (the score stage's CSVs) in one table. FileNotFoundError
-    naming a missing table, ValueError naming one with NaN NISSIM values (a broken score file: MOD and VID
-    never average over a missing value silently)."""
-    frames = []
-    for p in paths:
-        df = _read_table(p, "score")
-        if "nissim" in df and df["nissim"].isna().any():
-            bad = df.loc[df["nissim"].isna(), "index"].tolist() if "index" in df else []
-            raise ValueError(f"score table '{p}' has {int(df['nissim'].isna().sum())} NaN NISSIM values "
-                             f"(test images {bad[:10]}); rerun its score job")
-        frames.append(df)
-    if not frames:
-        raise ValueError("no score tables given")
-    return pd.concat(frames, ignore_index=True)
-
-
-def summarise(
-    scores: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    vid_out: str | os.PathLike | None = None,
-    vid_images_out: str | os.PathLike | None = None,
-    nissim_out: str | os.PathLike | None = None,
-    sanity: Sequence[str | os.PathLike] | None = None,
-    sanity_out: str | os.PathLike | None = None,
-    sanity_threshold: float = 0.5,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-    *,
-    train_reports: Sequence[str | os.PathLike] | None = None,
-    min_accuracy: float = 0.0,
-    replicates_out: str | os.PathLike | None = None,
-    claims_out: str | os.PathLike | None = None,
-) -> pd.DataFrame:
-    """The summarise stage: the score tables at ``scores`` → :func:`mod_vid` at ``out``, one row per training
-    run (with its ``training_flag``, :func:`training_flags` from the ``train_reports`` and ``min_accuracy``, and
-    the sanity verdict per run and method as column ``sanity`` when per-image ``sanity`` tables are given), and,
-    where a path is given, :func:`vid` at ``vid_out``, :func:`vid_per_image` at ``vid_images_out``, all
-    per-image rows at ``nissim_out``, :func:`sanity_summary` at ``sanity_out``, :func:`replicate_summary` at
-    ``replicates_out`` and :func:`claims` at ``claims_out``; each computed before the first is written, each
-    written atomically. The runs left out and the claims skipped are printed. Returns the MOD table."""
-    from .store import atomic_path
-
-    if not 0 <= min_accuracy <= 1:
-        raise ValueError(f"min_accuracy {min_accuracy:g} must lie in [0, 1]")
-    table = _check(read_scores(scores))
-    reports = read_train_reports(train_reports) if train_reports else None
-    flags = training_flags(table, reports, min_accuracy, confidence)
-    flag_of = flags[["model", "replicate", "training_flag"]]
-    summ = mod_vid(table, confidence=confidence, n_resamples=n_resamples, seed=seed).merge(
-        flag_of, on=["model", "replicate"], how="left")
-    sanity_table = None
-    if sanity:
-        per_image = pd.concat([_read_table(p, "sanity") for p in sanity], ignore_index=True)
-        sanity_table = sanity_summary(per_image, sanity_threshold).merge(flag_of, on=["model", "replicate"], how="left")
-        flags_s = (sanity_table.groupby(["model", "replicate", "cam"], sort=False)["flag"].first().rename("sanity")
-                   .reset_index())
-        summ = summ.merge(flags_s, on=["model", "replicate", "cam"], how="left")
-    for m, r, f, a in flags[["model", "replicate", "training_flag", "acc_clean"]].itertuples(index=False):
-        if f != "ok":
-            print(f"summarise: {m}/r{r} flagged '{f}' (clean accuracy {a:.3f}): left out of replicates and claims")
-    # only the tables asked for, each computed before the first is written (a failing one leaves none behind)
-    outs = [(out, summ)]
-    outs += [(vid_out, vid(table).merge(flag_of, on=["model", "replicate"], how="left"))] if vid_out else []
-    outs += [(vid_images_out, vid_per_image(table))] if vid_images_out else []
-    outs += [(nissim_out, table)] if nissim_out else []
-    outs += [(sanity_out, sanity_table)] if sanity_out and sanity_table is not None else []
-    if replicates_out:
-        outs.append((replicates_out, replicate_summary(table, summ, flags, confidence, n_resamples, seed)))
-    if claims_out:
-        claim_table, notes = claims(table, flags, confidence, n_resamples, seed)
-        for note in notes:
-            print(f"summarise: {note}")
-        outs.append((claims_out, claim_table))
-    for path, frame in outs:
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False, float_format="%.6g")
-    return summ

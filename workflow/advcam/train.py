@@ -8,23 +8,22 @@ else it stays in pinned host memory), so a step never waits for decoding or host
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
+from .errors import InputError
 from .models import model_device, predict
 from .precision import Precision, choose_precision, probe_batch_for
 
-__all__ = ["augment", "TrainResult", "TrainingDiverged", "train_model", "accuracy", "OPTIMIZERS", "replicate_seed",
-           "run_training"]
+__all__ = ["augment", "TrainResult", "TrainingDiverged", "train_model", "accuracy", "OPTIMIZERS", "replicate_seed", "log_epoch"]
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -36,13 +35,13 @@ def replicate_seed(seed: int, replicate: int) -> int:
     stream with another seed's (``seed + replicate`` would make seed 0's replicate 1 seed 1's replicate 0).
     The seed drives weight initialisation, data order, augmentation and pixel-noise draws; never the split."""
     if replicate < 0 or int(replicate) != replicate:
-        raise ValueError(f"replicate must be a whole number >= 0, got {replicate}")
+        raise InputError(f"replicate must be a whole number >= 0, got {replicate}")
     if replicate == 0:
         return int(seed)
     return int(np.random.SeedSequence((int(seed) & 0xFFFFFFFF, int(replicate))).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(InputError):
     """The training loss became NaN or infinite; nothing trained past that point is worth keeping."""
 
 
@@ -101,7 +100,7 @@ def _diverged(value: float | str, epoch: int, step: int, steps: int, opt: torch.
     )
 
 
-def _log_epoch(rec: dict, epochs: int) -> None:
+def log_epoch(rec: dict, epochs: int) -> None:
     """One line per finished epoch on stderr (the job log), so a long training shows how far it is."""
     print(f"epoch {rec['epoch']}/{epochs}: train loss {rec['train_loss']:.3f}, train acc {rec['train_acc']:.1%}, "
           f"val acc {rec['val_acc']:.1%}, {rec['seconds']:.0f} s", file=sys.stderr, flush=True)
@@ -146,13 +145,13 @@ def train_model(
     step; on CUDA, where a per-step check would stall the device, at the end of that epoch).
     """
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got '{optimizer}'")
+        raise InputError(f"optimizer must be one of {OPTIMIZERS}, got '{optimizer}'")
     if pixel_noise < 0 or pixel_noise_from < 1:
-        raise ValueError(f"pixel_noise must be >= 0 and pixel_noise_from >= 1, got {pixel_noise} and {pixel_noise_from}")
+        raise InputError(f"pixel_noise must be >= 0 and pixel_noise_from >= 1, got {pixel_noise} and {pixel_noise_from}")
     if pixel_noise > 0 and pixel_noise_from > epochs:
-        raise ValueError(f"pixel_noise_from {pixel_noise_from} is after the last epoch ({epochs}): the noise would never be added")
+        raise InputError(f"pixel_noise_from {pixel_noise_from} is after the last epoch ({epochs}): the noise would never be added")
     if epochs < 1 or batch_size < 2:
-        raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+        raise InputError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     dev = model_device(model)
     cuda = dev.type == "cuda"
     if precision is None:
@@ -197,7 +196,6 @@ def train_model(
     seen = 0
     bar = None
     if progress:
-        from tqdm import tqdm
 
         bar = tqdm(total=total, desc="train", unit="step")
     for epoch in range(1, epochs + 1):
@@ -269,83 +267,3 @@ def train_model(
     return res
 
 
-def run_training(
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    arch: str,
-    *,
-    report: str | os.PathLike | None = None,
-    layer: str | None = None,
-    pretrained: bool = False,
-    pretrained_file: str | None = None,
-    amp: str = "auto",
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    optimizer: str = "adamw",
-    weight_decay: float = 0.05,
-    warmup_epochs: float = 1.0,
-    label_smoothing: float = 0.1,
-    seed: int = 0,
-    replicate: int = 0,
-    name: str | None = None,
-    augment_strength: float = 1.0,
-    pixel_noise: float = 0.0,
-    pixel_noise_from: int = 1,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    meta: Mapping[str, str] | None = None,
-) -> tuple[TrainResult, dict[str, Any]]:
-    """The train stage: fine-tune ``arch`` (a paper alias or a timm name; ImageNet weights with ``pretrained``
-    or from ``pretrained_file``) on the prepared store ``data`` with :func:`train_model`, save the best epoch's
-    checkpoint to ``out`` and the report (settings, precision, history, test accuracy) to ``report`` (default
-    ``train.json`` beside it). ``layer``: the CAM layer to record (default: the paper's, else timm's last
-    feature stage), checked before training. ``amp``: "auto" (chosen for the machine), "on" or "off".
-    ``replicate``: which training run of this model it is (0, 1, …); it trains with
-    :func:`replicate_seed` (``seed``, ``replicate``) on the same split, and the checkpoint, train.json and every
-    output made from the checkpoint record it. ``name``: the study's name for the model (default ``arch``),
-    recorded as ``model``. Returns the result and the checkpoint's metadata."""
-    from . import __version__
-    from .datasets import load_prepared
-    from .models import build_model, resolve_layer, save_checkpoint, target_layer_name, timm_name, to_tensor_images
-    from .runtime import log_runtime
-    from .store import write_json
-
-    dev = torch.device(device)
-    ds = load_prepared(data)
-    size = int(ds.images.shape[1])
-    train_seed = replicate_seed(seed, replicate)
-    torch.manual_seed(train_seed)
-    model = build_model(arch, len(ds.identities), pretrained=pretrained, pretrained_file=pretrained_file)
-    layer = target_layer_name(arch, model, layer)
-    resolve_layer(model, layer)  # fail before training on a bad layer name
-    model.to(dev)
-    # the probe draws its own random images: the training's random stream is untouched
-    precision = choose_precision(model, dev, size, {"auto": None, "on": True, "off": False}[amp],
-                                 probe_batch=probe_batch_for(batch_size))
-    log_runtime(dev, precision.describe())
-    xt, yt, _ = ds.subset("train")
-    xv, yv, _ = ds.subset("val")
-    xs, ys, _ = ds.subset("test")
-    # the training settings, passed to train_model and recorded as they are in train.json
-    settings = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "seed": train_seed,
-        "augment_strength": augment_strength, "pixel_noise": pixel_noise, "pixel_noise_from": pixel_noise_from,
-    }
-    res = train_model(
-        model, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv), **settings,
-        precision=precision, progress=progress, on_epoch=lambda rec: _log_epoch(rec, epochs),
-    )
-    test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
-    info = {"model": name or arch, "arch": arch, "timm_name": timm_name(arch), "num_classes": len(ds.identities), "identities": ds.identities,
-            "input_size": size, "layer": layer, "pretrained": bool(pretrained or pretrained_file),
-            "replicate": int(replicate), "config_seed": int(seed), "train_seed": train_seed,
-            "best_epoch": res.best_epoch, "val_acc": res.best_val_acc, "test_acc": test_acc, "data": str(data),
-            "advcam_version": __version__, **dict(meta or {})}
-    save_checkpoint(out, model, info)
-    write_json(report or Path(out).with_name("train.json"), {
-        **info, "device": str(dev), **settings, "amp": amp, "precision": precision.as_dict(), "seconds": res.seconds,
-        "train_images_per_second": res.images_per_second, "history": res.history,
-    })
-    return res, info

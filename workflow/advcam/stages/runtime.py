@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Mapping
 
 import torch
 
-from . import __version__
+from ..datasets import load_prepared
+from ..errors import InputError
+from ..io.checkpoint import load_checkpoint
+from ..models import pick_device, to_tensor_images
+from ..precision import onednn_isa_cap
 
 __all__ = ["INFERENCE_PRECISION", "setup_torch", "runtime_line", "log_runtime", "load_for_inference", "replicate_of",
-           "test_set", "provenance"]
+           "test_set"]
 
 #: what the inference stages (gradient, attack, explain, sanity) run in: fp32 so FGSM equals torchattacks and
 #: the maps equal pytorch-grad-cam; channels_last is the faster layout on oneDNN CPUs and CUDA
@@ -23,7 +26,6 @@ INFERENCE_PRECISION = "fp32 channels_last (inference stages stay fp32 so results
 def setup_torch(device: str = "auto", threads: int = 0) -> torch.device:
     """Set torch's CPU threads (0: torch's default) and return the device ``device`` names ("auto": CUDA when
     present). The stage then logs :func:`runtime_line` once it knows its precision."""
-    from .models import pick_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -34,7 +36,6 @@ def runtime_line(dev: torch.device, threads: int, precision: str | None = None) 
     """Where and how this stage runs, for the job log: device, torch threads, precision and why, the oneDNN
     ISA cap if one is set and, under SLURM, the job and the GPUs it was allocated (so a cluster run shows
     which jobs got a GPU, and a GPU job that fell back to the CPU)."""
-    from .precision import onednn_isa_cap
 
     line = f"advcam: device {dev}, {threads} torch thread(s)"
     if precision:
@@ -59,7 +60,6 @@ def log_runtime(dev: torch.device, precision: str) -> None:
 def load_for_inference(path: str | os.PathLike, dev: torch.device) -> tuple[torch.nn.Module, dict]:
     """The checkpoint's model on ``dev`` in eval mode and channels_last, and its metadata; the job log's first
     line written."""
-    from .models import load_checkpoint
 
     model, meta = load_checkpoint(path, dev)
     model.to(memory_format=torch.channels_last)
@@ -75,20 +75,14 @@ def replicate_of(info: Mapping) -> int:
 def test_set(data: str | os.PathLike):
     """The test split of the prepared store ``data``: (Prepared, images (N,3,H,W) uint8, labels (N,) int64,
     store indices (N,)). ValueError naming the store when the split is empty."""
-    from .datasets import load_prepared
-    from .models import to_tensor_images
 
     ds = load_prepared(data)
     imgs, labels, idx = ds.subset("test")
     if len(idx) == 0:
-        raise ValueError(f"{data}: the test split is empty")
+        raise InputError(f"{data}: the test split is empty")
     return ds, to_tensor_images(imgs), torch.as_tensor(labels), idx
 
 
 test_set.__test__ = False  # not a pytest test, whatever imports it
 
 
-def provenance(meta: Mapping[str, str] | None = None, **extra) -> dict:
-    """Attributes every output records: advcam's version, when it was made, ``extra`` (what the stage knows),
-    then the user's ``meta`` pairs (``--meta KEY=VALUE``)."""
-    return {"advcam_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra, **dict(meta or {})}

@@ -20,19 +20,23 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
+
+from ..errors import InputError
+from ..explainers import CAM_METHODS, check_methods
+from .store import provenance, read_attrs, read_h5, write_h5
 
 __all__ = ["HeatmapPair", "methods_for", "require_finite", "heatmap_record", "heatmap_attrs", "write_heatmaps", "read_pairs",
-           "method_of", "run_explain"]
+           "method_of"]
 
 
 def require_finite(source: Any, what: str, t) -> None:
     """ValueError naming ``source`` (the model or input file) when ``t`` (N,...) holds NaN or inf."""
-    import torch
 
     bad = ~torch.isfinite(torch.as_tensor(t).float()).flatten(1).all(1)
     if bool(bad.any()):
         first = bad.nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{source}: {what} hold NaN or infinite values for {int(bad.sum())} of {len(bad)} test images "
+        raise InputError(f"{source}: {what} hold NaN or infinite values for {int(bad.sum())} of {len(bad)} test images "
                          f"(positions {first}{' …' if int(bad.sum()) > 5 else ''})")
 
 
@@ -40,13 +44,12 @@ def methods_for(paths: Sequence[str | os.PathLike], cams: Sequence[str] | None =
     """The CAM method of each output file: ``cams`` when given (one per file), else each file's stem
     (``…/gradcampp.h5`` → gradcampp); a single file whose stem names no method gets Grad-CAM, the
     paper's. ValueError naming the file or the method at fault."""
-    from .explainers import CAM_METHODS, check_methods
 
     paths = [Path(p) for p in paths]
     if cams:
         names = check_methods(cams)
         if len(names) != len(cams) or len(names) != len(paths):
-            raise ValueError(f"give one CAM method per output file, without repeats: {len(paths)} file(s), "
+            raise InputError(f"give one CAM method per output file, without repeats: {len(paths)} file(s), "
                              f"methods {' '.join(cams)}")
         return names
     if len(paths) == 1 and paths[0].stem not in CAM_METHODS:
@@ -54,11 +57,11 @@ def methods_for(paths: Sequence[str | os.PathLike], cams: Sequence[str] | None =
     names = []
     for p in paths:
         if p.stem not in CAM_METHODS:
-            raise ValueError(f"'{p}': cannot tell its CAM method from the name; name each file <method>.h5 with "
+            raise InputError(f"'{p}': cannot tell its CAM method from the name; name each file <method>.h5 with "
                              f"<method> one of {', '.join(CAM_METHODS)}, or pass --cams")
         names.append(p.stem)
     if len(set(names)) != len(names):
-        raise ValueError(f"two output files for one CAM method: {' '.join(map(str, paths))}")
+        raise InputError(f"two output files for one CAM method: {' '.join(map(str, paths))}")
     return names
 
 
@@ -91,7 +94,6 @@ def write_heatmaps(
     atomically and with ``attrs`` plus ``cam`` and ``cam_size``. All results are checked before the first
     file is written, so a NaN leaves no file of the set behind. ``extra``: more datasets for every file
     (e.g. ``attack_target``, each image's target class of a targeted attack, −1 when untargeted)."""
-    from .store import write_h5
 
     recs = {m: {**heatmap_record(outs[m], labels, index, zero_grad, source), **(extra or {})} for m in paths}
     for m, path in paths.items():
@@ -108,70 +110,11 @@ def heatmap_attrs(name: str, arch: str, layer: str, attack: str, eps: float, see
     the model's name and architecture, the CAM layer, the attack, ε and seed that made the images ("clean",
     0, 0 for the clean set), the explained class (``target_mode``), the input side in pixels, bf16 autocast
     or not, the model's training replicate, and provenance with the user's ``meta`` pairs."""
-    from .runtime import provenance
 
     return provenance(
         meta, model=name, replicate=int(replicate), arch=arch, layer=layer, attack=attack, eps=eps, seed=seed, target_mode=target_mode,
         input_size=int(input_size), amp=bool(amp), upsample=UPSAMPLE, stage="explain",
     )
-
-
-def run_explain(
-    model_path: str | os.PathLike,
-    data: str | os.PathLike,
-    out: Mapping[str, str | os.PathLike],
-    attack_file: str | os.PathLike | None = None,
-    sign_file: str | os.PathLike | None = None,
-    layer: str | None = None,
-    name: str | None = None,
-    target_mode: str = "predicted",
-    amp: bool = False,
-    batch_size: int = 64,
-    device: Any = "cpu",
-    meta: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The explain stage: CAM maps of the test images of the store ``data`` under the checkpoint
-    ``model_path``, one heatmap file per method (``out``: {CAM method: path}). Clean images, or with
-    ``attack_file`` (the attack stage's output; ``sign_file``, the gradient stage's, for untargeted FGSM) the
-    same adversarial images the attack stage classified. ``layer`` defaults to the checkpoint's,
-    ``target_mode`` is "predicted" or "label". Returns {method: CamOutput} (on the CPU)."""
-    import torch
-
-    from .adversarial import stored_perturbation
-    from .attacks import check_eps, perturb
-    from .base_cam import CamOutput
-    from .explainers import explain_cams
-    from .runtime import load_for_inference, replicate_of, test_set
-    from .store import read_attrs, read_h5
-
-    methods = list(out)
-    model, info = load_for_inference(model_path, torch.device(device))
-    layer = layer or info["layer"]
-    _, x, y, idx = test_set(data)
-    attack, eps, seed, zero = "clean", 0.0, 0, None
-    sign = delta = None
-    if attack_file:
-        a = read_attrs(attack_file)
-        attack, eps, seed = a["attack"], check_eps(a["eps"]), int(a.get("seed", 0))
-        sign, delta, zero = stored_perturbation(attack, sign_file, attack_file, len(idx))
-        stored = read_h5(attack_file, ["index"])["index"]
-        if not np.array_equal(stored, idx):
-            raise ValueError(f"{attack_file}: test indices do not match {data}; rerun the attack stage")
-    cams: dict[str, list] = {m: [] for m in methods}
-    for s in range(0, x.shape[0], batch_size):
-        sl = slice(s, s + batch_size)
-        xb = x[sl].float().div(255)
-        if attack != "clean":
-            xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
-                         None if delta is None else delta[sl], seed=seed)
-        outs = explain_cams(model, layer, xb, methods, None if target_mode == "predicted" else y[sl], batch_size, amp=amp)
-        for m, o in outs.items():
-            cams[m].append(o)
-    outs = {m: CamOutput.cat(v) for m, v in cams.items()}
-    write_heatmaps(out, outs, y.numpy(), idx, zero, model_path,
-                   heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, target_mode, x.shape[-1],
-                                 amp, meta, replicate_of(info)))
-    return outs
 
 
 def method_of(attrs: Mapping[str, Any]) -> str:
@@ -205,7 +148,6 @@ def read_pairs(
     are in memory at a time. ``names``: which datasets to read (default all). ValueError naming the files
     when a method has no partner or two files of a group hold one method, the images differ, or the two
     were explained differently (target mode or layer)."""
-    from .store import read_attrs, read_h5
 
     groups: dict[tuple, list[tuple[str, dict]]] = {}
     for p in adv:
@@ -215,13 +157,13 @@ def read_pairs(
     clean_read: dict[str, tuple[dict, dict]] = {}
     for group in groups.values():
         if len(clean) != len(group):
-            raise ValueError(f"{len(clean)} clean heatmap file(s) for {len(group)} adversarial one(s): give one of "
+            raise InputError(f"{len(clean)} clean heatmap file(s) for {len(group)} adversarial one(s): give one of "
                              "each per CAM method")
         a_by = {}
         for p, at in group:
             m = method_of(at)
             if m in a_by:
-                raise ValueError(f"'{a_by[m][0]}' and '{p}' both hold {m} maps")
+                raise InputError(f"'{a_by[m][0]}' and '{p}' both hold {m} maps")
             a_by[m] = (p, at)
         for p in clean:
             if str(p) not in clean_read:
@@ -229,11 +171,11 @@ def read_pairs(
             ca, c = clean_read[str(p)]
             m = method_of(ca)
             if m not in a_by:
-                raise ValueError(f"'{p}' holds {m} maps but no adversarial file does (they hold {', '.join(a_by)})")
+                raise InputError(f"'{p}' holds {m} maps but no adversarial file does (they hold {', '.join(a_by)})")
             q, aa = a_by[m]
             a = read_h5(q, names)
             if not np.array_equal(c["index"], a["index"]):
-                raise ValueError(f"{p} and {q} hold different test images")
+                raise InputError(f"{p} and {q} hold different test images")
             if ca.get("target_mode") != aa.get("target_mode") or ca.get("layer") != aa.get("layer"):
-                raise ValueError(f"{p} and {q} were explained differently (target mode or layer)")
+                raise InputError(f"{p} and {q} were explained differently (target mode or layer)")
             yield HeatmapPair(m, c, a, ca, aa, str(p), str(q))

@@ -10,44 +10,22 @@ import contextlib
 import io
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import h5py
 import numpy as np
 
-__all__ = ["atomic_path", "write_h5", "read_h5", "read_attrs", "write_json", "StoreError", "WriteError"]
+from .._version import __version__
+from ..atomic import atomic_path
+from ..errors import InputError
+
+__all__ = ["write_h5", "read_h5", "read_attrs", "write_json", "provenance", "StoreError"]
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store file is missing, unreadable or lacks a dataset it must have."""
-
-
-class WriteError(StoreError):
-    """An output could not be written (disk full, no permission, read-only filesystem, …); nothing of it
-    is left behind."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
-
-    On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is left
-    untouched. An OSError while writing (ENOSPC, EACCES, EROFS, …) becomes a :class:`WriteError` naming
-    ``path`` and the reason.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
-            raise WriteError(f"cannot write '{path}': {e.strerror or e}; nothing was written") from e
-        raise
 
 
 def _attr_value(v: Any) -> Any:
@@ -168,3 +146,9 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def provenance(meta: Mapping[str, str] | None = None, **extra) -> dict:
+    """Attributes every output records: advcam's version, when it was made, ``extra`` (what the stage knows),
+    then the user's ``meta`` pairs (``--meta KEY=VALUE``)."""
+    return {"advcam_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra, **dict(meta or {})}

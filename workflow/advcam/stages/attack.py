@@ -14,58 +14,42 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .attacks import GradientSign
+from ..attacks import (
+    ATTACKS,
+    ITERATIVE,
+    GradientSign,
+    bim,
+    check_eps,
+    fgsm,
+    gradient_sign,
+    mifgsm,
+    perturb,
+    pgd,
+    target_classes,
+)
+from ..base_cam import CamOutput
+from ..errors import InputError
+from ..explainers import explain_cams
+from ..io.attack_file import h5_keys, stored_perturbation
+from ..io.heatmap_file import heatmap_attrs, require_finite, write_heatmaps
+from ..io.store import provenance, read_attrs, read_h5, write_h5
+from ..models import predict
+from .runtime import load_for_inference, replicate_of, test_set
 
-__all__ = ["stored_perturbation", "run_gradient", "run_attack"]
-
-def _h5_keys(path: str | os.PathLike) -> list[str]:
-    import h5py
-
-    from .store import StoreError
-
-    try:
-        with h5py.File(path, "r") as f:
-            return list(f.keys())
-    except OSError as e:
-        raise StoreError(f"{path}: not a readable HDF5 file ({e})") from e
-
-
-def stored_perturbation(attack: str, sign_file: str | os.PathLike | None, attack_file: str | os.PathLike | None, n: int,
-                        targeted: bool = False):
-    """What :func:`advcam.attacks.perturb` needs to rebuild ``n`` test images' attack from files: (sign (N,3,H,W)
-    or None, delta (N,3,H,W) float32 or None, zero_grad (N,) bool or None). The perturbation itself when the
-    attack file has one (the iterative and the targeted attacks), else, for untargeted FGSM, the gradient
-    sign file's sign; the noise control needs neither."""
-    from .store import read_h5
-
-    if attack_file and "delta" in _h5_keys(attack_file):
-        return None, torch.as_tensor(read_h5(attack_file, ["delta"])["delta"]), None
-    sign = zero = None
-    if attack == "fgsm" and not targeted:
-        if not sign_file:
-            raise ValueError("--sign is required for --attack fgsm")
-        d = read_h5(sign_file, ["sign", "zero_grad"])
-        sign, zero = torch.as_tensor(d["sign"]), d["zero_grad"]
-        if sign.shape[0] != n:
-            raise ValueError(f"{sign_file}: has {sign.shape[0]} signs for {n} test images; rerun 'advcam gradient'")
-    return sign, None, zero
+__all__ = ["run_gradient", "run_attack"]
 
 
 def run_gradient(model_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, batch_size: int = 64,
                  device: str | torch.device = "cpu", meta: Mapping[str, str] | None = None) -> GradientSign:
     """The gradient stage: the sign of ∇ₓ CE of every test image of the store ``data`` under the checkpoint
     ``model_path``, written to ``out`` (sign (N,3,H,W) int8, logits (N,C), zero_grad (N,) bool, index, labels)."""
-    from .attacks import gradient_sign
-    from .heatmaps import require_finite
-    from .runtime import load_for_inference, provenance, replicate_of, test_set
-    from .store import write_h5
 
     model, info = load_for_inference(model_path, torch.device(device))
     _, x, y, idx = test_set(data)
     try:
         gs = gradient_sign(model, x, y, batch_size)
-    except ValueError as e:
-        raise ValueError(f"{model_path}: {e}") from None
+    except InputError as e:
+        raise InputError(f"{model_path}: {e}") from None
     require_finite(model_path, "logits", gs.logits)
     write_h5(
         out,
@@ -109,20 +93,13 @@ def run_attack(
     the gradient stage's output (untargeted FGSM). ``transfer_from``: another model's attack file of the same
     attack and ε, whose images this model classifies (and explains) instead of attacking it.
     ``clean_logits_file``: the gradient file, whose clean logits are reused. ``heatmaps``: {CAM method: path}
-    to also write the adversarial maps (:mod:`advcam.heatmaps`), made in the same forward pass as the
+    to also write the adversarial maps (:mod:`advcam.io.heatmap_file`), made in the same forward pass as the
     predictions, of ``layer`` (default: the checkpoint's), for the predicted class or the label
     (``target_mode``). Returns the attack file's attributes (acc_clean, acc_adv, success_rate, …)."""
-    from .attacks import ATTACKS, ITERATIVE, bim, check_eps, fgsm, mifgsm, pgd, perturb, target_classes
-    from .base_cam import CamOutput
-    from .explainers import explain_cams
-    from .heatmaps import heatmap_attrs, require_finite, write_heatmaps
-    from .models import predict
-    from .runtime import load_for_inference, provenance, replicate_of, test_set
-    from .store import read_attrs, read_h5, write_h5
 
     eps = check_eps(eps)
     if attack not in ATTACKS:
-        raise ValueError(f"unknown attack '{attack}': choose one of {', '.join(ATTACKS)}")
+        raise InputError(f"unknown attack '{attack}': choose one of {', '.join(ATTACKS)}")
     is_targeted = targeted != "none"
     methods = list(heatmaps or {})
     model, info = load_for_inference(model_path, torch.device(device))
@@ -133,13 +110,13 @@ def run_attack(
     if transfer_from:  # the source model's adversarial images, classified and explained by this model
         sa = read_attrs(transfer_from)
         if sa.get("attack") != attack or float(sa.get("eps", -1)) != eps:
-            raise ValueError(f"{transfer_from}: holds {sa.get('attack')} at ε={sa.get('eps')}, not {attack} at ε={eps:g}")
+            raise InputError(f"{transfer_from}: holds {sa.get('attack')} at ε={sa.get('eps')}, not {attack} at ε={eps:g}")
         if str(sa.get("targeted", "none")) != targeted:
-            raise ValueError(f"{transfer_from}: its attack was targeted '{sa.get('targeted', 'none')}', not '{targeted}'")
-        src = read_h5(transfer_from, ["index", "labels", "attack_target"] if "attack_target" in _h5_keys(transfer_from)
+            raise InputError(f"{transfer_from}: its attack was targeted '{sa.get('targeted', 'none')}', not '{targeted}'")
+        src = read_h5(transfer_from, ["index", "labels", "attack_target"] if "attack_target" in h5_keys(transfer_from)
                       else ["index", "labels"])
         if not np.array_equal(src["index"], idx):
-            raise ValueError(f"{transfer_from}: holds other test images than {data} (the source and target "
+            raise InputError(f"{transfer_from}: holds other test images than {data} (the source and target "
                              "models must share the input size)")
         source = sa.get("model")
         sign, delta, zero = stored_perturbation(attack, sign_file, transfer_from, len(idx), is_targeted)
@@ -150,7 +127,7 @@ def run_attack(
     if clean_logits_file:
         stored = read_h5(clean_logits_file, ["logits", "index"])
         if not np.array_equal(stored["index"], idx):
-            raise ValueError(f"{clean_logits_file}: test indices do not match {data}")
+            raise InputError(f"{clean_logits_file}: test indices do not match {data}")
         clean_logits = torch.as_tensor(stored["logits"])
     if is_targeted and targeted == "least_likely" and clean_logits is None:
         clean_logits = predict(model, x, batch_size)

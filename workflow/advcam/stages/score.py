@@ -1,84 +1,30 @@
-"""The score stage: a per-image table of how far each adversarial map moved from its clean one.
-
-For each clean/adversarial pair of heatmap files of one model (one CAM method, one attack and ε): SSIM and
-NISSIM = (1 − SSIM)/2 (:mod:`advcam.similarity`), the other dissimilarity measures asked for (Spearman,
-top-k intersection, centre-of-mass shift), and, when the test images have part masks, how much of each
-map lies on the face parts (:mod:`advcam.localisation`, clean and adversarial). With a chance seed the
-table also gets the upper reference, attack ``chance`` (ε 0): every measure between the clean maps of
-image i and of image π(i), π a seeded derangement of the test set (:func:`advcam.references.derangement`);
-its ``pred_adv`` is the partner's prediction and its ``adv`` localisation the partner's map on image i's
-mask.
-"""
+"""The score stage: every measure of each clean/adversarial heatmap pair, one row per test image."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
-__all__ = ["MEASURES", "LOCALISATION", "measure_fns", "score_maps", "localise", "score"]
+from ..atomic import atomic_path
+from ..errors import InputError
+from ..io.heatmap_file import method_of, read_pairs, require_finite
+from ..io.store import read_attrs, read_h5
+from ..localisation import mask_fraction
+from ..measures import MEASURES, localise, measure_fns, score_maps
+from ..references import derangement
+from ..similarity import topk_count
 
-#: measures the score stage can add beside SSIM/NISSIM (score-table column → what it is)
-MEASURES = {
-    "spearman": "Spearman rank correlation of the two maps' pixels (1 = same order)",
-    "topk": "share of the clean map's top-k pixels among the adversarial map's top-k",
-    "com_shift": "distance in pixels between the maps' centres of mass (NaN for an all-zero map)",
-}
-#: localisation columns, present when the test images have part masks
-LOCALISATION = {
-    "energy_clean": "share of the clean map's mass on the face parts (energy-based pointing game)",
-    "energy_adv": "the same for the adversarial map",
-    "point_clean": "1 when the clean map's maximum lies on a face part (pointing game), else 0",
-    "point_adv": "the same for the adversarial map",
-    "mask_frac": "share of the image the face parts cover: the energy of a uniform map",
-}
-
-
-def measure_fns(measures: Sequence[str], k: int | float) -> dict[str, Callable]:
-    """The functions of ``measures`` (keys of :data:`MEASURES`), each (N,H,W), (N,H,W) → (N,) float64."""
-    from .similarity import com_shift, spearman, topk_intersection
-
-    fns = {"spearman": spearman, "topk": lambda x, y: topk_intersection(x, y, k), "com_shift": com_shift}
-    unknown = [m for m in measures if m not in fns]
-    if unknown:
-        raise ValueError(f"unknown measure(s) {', '.join(unknown)}; known: {', '.join(fns)}")
-    return {m: fns[m] for m in dict.fromkeys(measures)}
-
-
-def score_maps(
-    clean: torch.Tensor,
-    adv: torch.Tensor,
-    fns: Mapping[str, Callable],
-    gaussian: bool = False,
-) -> dict[str, np.ndarray]:
-    """The dissimilarity of each pair of maps: ``ssim``, ``nissim`` and one column per function of ``fns``
-    (:func:`measure_fns`). clean, adv : (N,H,W) maps in [0,1]. Returns {column: (N,) float64 array}."""
-    from .similarity import ssim
-
-    s = ssim(clean, adv, gaussian=gaussian).cpu().numpy()
-    out = {"ssim": s, "nissim": (1 - s) / 2}
-    out.update({m: fn(clean, adv).cpu().numpy() for m, fn in fns.items()})
-    return out
-
-
-def localise(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, np.ndarray]:
-    """Where each map lies against its mask: ``energy`` (share of its mass inside) and ``point`` (1 where its
-    maximum is inside). maps : (N,H,W) in [0,1]; masks : (N,H,W), nonzero on the region (the face parts).
-    ValueError when their shapes differ."""
-    from .localisation import energy_in_mask, pointing_game
-
-    if tuple(masks.shape) != tuple(maps.shape):
-        raise ValueError(f"part masks are {tuple(masks.shape[1:])}, the maps {tuple(maps.shape[1:])}")
-    return {"energy": energy_in_mask(maps, masks).cpu().numpy(), "point": pointing_game(maps, masks).cpu().numpy()}
+__all__ = ["score"]
 
 
 def _store_masks(data: str | os.PathLike | None) -> np.ndarray | None:
     """The part masks (N,H,W) of the prepared store ``data``, or None when there is no store or it has none."""
     if data is None:
         return None
-    from .store import read_attrs, read_h5
 
     if not read_attrs(data).get("masks"):
         return None
@@ -114,13 +60,7 @@ def score(
 
     ``data``: the prepared store, whose part masks (when it has them) give the localisation columns.
     ``chance_seed``: add the chance rows (attack ``chance``, ε 0). Returns the table (a DataFrame)."""
-    import pandas as pd
 
-    from .heatmaps import method_of, read_pairs, require_finite
-    from .localisation import mask_fraction
-    from .references import derangement
-    from .similarity import topk_count
-    from .store import atomic_path, read_attrs, read_h5
 
     fns = measure_fns(measures, k)
     store_masks = _store_masks(data)
@@ -136,7 +76,7 @@ def score(
             masks = loc = frac = None
             if store_masks is not None:
                 if c["index"].max(initial=-1) >= len(store_masks):
-                    raise ValueError(f"{data}: the heatmaps name test images the store does not have; rerun the study on it")
+                    raise InputError(f"{data}: the heatmaps name test images the store does not have; rerun the study on it")
                 masks = torch.as_tensor(store_masks[c["index"]]).to(device)
                 loc, frac = localise(maps, masks), mask_fraction(masks).cpu().numpy()
             cleans[str(path)] = _Clean(attrs, c, maps, masks, loc, frac)

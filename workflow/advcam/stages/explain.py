@@ -1,0 +1,70 @@
+"""The explain stage: CAM heatmaps of the clean or adversarial test set, one file per method."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..attacks import check_eps, perturb
+from ..base_cam import CamOutput
+from ..errors import InputError
+from ..explainers import explain_cams
+from ..io.attack_file import stored_perturbation
+from ..io.heatmap_file import heatmap_attrs, write_heatmaps
+from ..io.store import read_attrs, read_h5
+from .runtime import load_for_inference, replicate_of, test_set
+
+__all__ = ["run_explain"]
+
+
+def run_explain(
+    model_path: str | os.PathLike,
+    data: str | os.PathLike,
+    out: Mapping[str, str | os.PathLike],
+    attack_file: str | os.PathLike | None = None,
+    sign_file: str | os.PathLike | None = None,
+    layer: str | None = None,
+    name: str | None = None,
+    target_mode: str = "predicted",
+    amp: bool = False,
+    batch_size: int = 64,
+    device: Any = "cpu",
+    meta: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The explain stage: CAM maps of the test images of the store ``data`` under the checkpoint
+    ``model_path``, one heatmap file per method (``out``: {CAM method: path}). Clean images, or with
+    ``attack_file`` (the attack stage's output; ``sign_file``, the gradient stage's, for untargeted FGSM) the
+    same adversarial images the attack stage classified. ``layer`` defaults to the checkpoint's,
+    ``target_mode`` is "predicted" or "label". Returns {method: CamOutput} (on the CPU)."""
+
+
+    methods = list(out)
+    model, info = load_for_inference(model_path, torch.device(device))
+    layer = layer or info["layer"]
+    _, x, y, idx = test_set(data)
+    attack, eps, seed, zero = "clean", 0.0, 0, None
+    sign = delta = None
+    if attack_file:
+        a = read_attrs(attack_file)
+        attack, eps, seed = a["attack"], check_eps(a["eps"]), int(a.get("seed", 0))
+        sign, delta, zero = stored_perturbation(attack, sign_file, attack_file, len(idx))
+        stored = read_h5(attack_file, ["index"])["index"]
+        if not np.array_equal(stored, idx):
+            raise InputError(f"{attack_file}: test indices do not match {data}; rerun the attack stage")
+    cams: dict[str, list] = {m: [] for m in methods}
+    for s in range(0, x.shape[0], batch_size):
+        sl = slice(s, s + batch_size)
+        xb = x[sl].float().div(255)
+        if attack != "clean":
+            xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
+                         None if delta is None else delta[sl], seed=seed)
+        outs = explain_cams(model, layer, xb, methods, None if target_mode == "predicted" else y[sl], batch_size, amp=amp)
+        for m, o in outs.items():
+            cams[m].append(o)
+    outs = {m: CamOutput.cat(v) for m, v in cams.items()}
+    write_heatmaps(out, outs, y.numpy(), idx, zero, model_path,
+                   heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, target_mode, x.shape[-1],
+                                 amp, meta, replicate_of(info)))
+    return outs
