@@ -29,6 +29,7 @@ from advcam.base_cam import explain  # noqa: E402
 from advcam.models import PAPER_MODELS, build_model, frozen_parameters  # noqa: E402
 from advcam.precision import choose_precision, cpu_model, onednn_isa_cap  # noqa: E402
 from advcam.similarity import ssim  # noqa: E402
+from advcam.settings import TrainSettings  # noqa: E402
 from advcam.train import train_model  # noqa: E402
 
 CPU_SIZES = {"resnet50": 128, "vgg16": 64, "inception_v3": 171, "xception": 112}
@@ -320,11 +321,12 @@ class Bench:
         # precision and layout as the train stage picks them on this machine (the CPU probe runs here)
         prec = choose_precision(m, self.dev, s)
         amp, fmt = prec.amp, prec.memory_format()
-        train_model(m, x8[: bs * 2], y[: bs * 2], empty, torch.empty(0, dtype=torch.long), epochs=1, batch_size=bs,
-                    warmup_epochs=0, precision=prec, progress=False)  # warm-up
+        once = TrainSettings(epochs=1, batch_size=bs, warmup_epochs=0)
+        train_model(m, x8[: bs * 2], y[: bs * 2], empty, torch.empty(0, dtype=torch.long), once, precision=prec,
+                    progress=False)  # warm-up
         # the training loop itself (without the final copy of the weights), fastest of two runs
-        t_ours = min(train_model(m, x8, y, empty, torch.empty(0, dtype=torch.long), epochs=1, batch_size=bs,
-                                 warmup_epochs=0, precision=prec, progress=False).history[0]["seconds"] for _ in range(2))
+        t_ours = min(train_model(m, x8, y, empty, torch.empty(0, dtype=torch.long), once, precision=prec,
+                                 progress=False).history[0]["seconds"] for _ in range(2))
         # the same step (same precision, layout and fused optimizer) on one batch already on the device
         m = m.to(memory_format=fmt).train()
         opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.05, fused=True)

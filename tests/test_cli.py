@@ -137,6 +137,7 @@ def test_pipeline_in_process(tiny_store, trained, capsys):
 def test_stage_functions_write_what_their_commands_write(tiny_store, trained, tmp_path):
     """The seam: each command parses its arguments and calls one stage function; called from Python with plain
     values the functions write the same files."""
+    from advcam.settings import AttackSettings
     from advcam.stages.attack import run_attack, run_gradient
     from advcam.stages.explain import run_explain
     from advcam.stages.summarise import summarise
@@ -147,7 +148,7 @@ def test_stage_functions_write_what_their_commands_write(tiny_store, trained, tm
     gs = run_gradient(model, tiny_store, py / "sign.h5")
     assert run("attack", "--model", model, "--data", tiny_store, "--attack", "fgsm", "--eps", "0.1",
                "--sign", cli / "sign.h5", "--out", cli / "fgsm.h5", "--heatmaps", cli / "adv" / "gradcam.h5") == 0
-    attrs = run_attack(model, tiny_store, py / "fgsm.h5", "fgsm", 0.1, sign_file=py / "sign.h5",
+    attrs = run_attack(model, tiny_store, py / "fgsm.h5", AttackSettings(attack="fgsm"), 0.1, sign_file=py / "sign.h5",
                        heatmaps={"gradcam": py / "adv" / "gradcam.h5"})
     assert run("explain", "--model", model, "--data", tiny_store, "--out", cli / "clean" / "gradcam.h5",
                cli / "clean" / "eigencam.h5") == 0
@@ -290,10 +291,10 @@ def test_iterative_and_targeted_attacks_through_the_stages(tiny_store, trained, 
     capsys.readouterr()
     assert run("attack", "--model", model, "--data", tiny_store, "--attack", "bim", "--eps", "0.05", "--steps", "0",
                "--out", tmp_path / "x.h5") == 2
-    assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+    assert "error: steps 0: must be >= 1" in capsys.readouterr().err
     assert run("attack", "--model", model, "--data", tiny_store, "--attack", "mifgsm", "--eps", "0.05", "--alpha", "0",
                "--out", tmp_path / "x.h5") == 2
-    assert "--alpha (the step size) must be > 0, got 0" in capsys.readouterr().err
+    assert "error: alpha 0.0: must be > 0" in capsys.readouterr().err
     assert run("attack", "--model", model, "--data", tiny_store, "--attack", "noise", "--eps", "0.05", "--targeted",
                "next", "--out", tmp_path / "x.h5") == 2
     assert "the noise control has no target class" in capsys.readouterr().err

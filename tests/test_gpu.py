@@ -63,6 +63,7 @@ def test_ssim_cuda_matches_skimage(rng):
 def test_train_bf16_channels_last_on_cuda(tiny_store):
     from advcam.datasets import load_prepared
     from advcam.models import to_tensor_images
+    from advcam.settings import TrainSettings
     from advcam.train import train_model
 
     ds = load_prepared(tiny_store)
@@ -70,7 +71,7 @@ def test_train_bf16_channels_last_on_cuda(tiny_store):
     torch.manual_seed(0)
     m = build_model("resnet50", 4).cuda()
     r = train_model(m, to_tensor_images(xt), torch.as_tensor(yt), to_tensor_images(xv), torch.as_tensor(yv),
-                    epochs=3, batch_size=8, progress=False)
+                    TrainSettings(epochs=3, batch_size=8), progress=False)
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     assert all(v.device.type == "cpu" for v in r.state_dict.values())
 

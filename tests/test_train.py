@@ -3,6 +3,7 @@ import torch
 
 from advcam.datasets import load_prepared
 from advcam.models import build_model, to_tensor_images
+from advcam.settings import TrainSettings
 from advcam.train import augment, train_model
 
 
@@ -29,7 +30,8 @@ def test_training_learns_and_is_deterministic(tiny_store):
         torch.manual_seed(0)
         m = build_model("resnet18", 4)
         # amp pinned: under amp=None the precision follows a timing probe, which a busy machine can tip
-        r = train_model(m, xt, yt, xv, yv, epochs=3, batch_size=8, lr=2e-3, seed=0, amp=False, progress=False)
+        r = train_model(m, xt, yt, xv, yv, TrainSettings(epochs=3, batch_size=8, lr=2e-3, seed=0, amp=False),
+                        progress=False)
         runs.append((r, m))
     (r1, m1), (r2, m2) = runs
     assert [h["train_loss"] for h in r1.history] == [h["train_loss"] for h in r2.history]
@@ -44,8 +46,8 @@ def test_pixel_noise_starts_at_the_given_epoch(tiny_store):
 
     def losses(**kw):
         torch.manual_seed(0)
-        r = train_model(build_model("resnet18", 4), xt, yt, xv, yv, epochs=2, batch_size=8, lr=2e-3, seed=0,
-                        augment_strength=0, amp=False, progress=False, **kw)
+        s = TrainSettings(epochs=2, batch_size=8, lr=2e-3, seed=0, augment=0, amp=False, **kw)
+        r = train_model(build_model("resnet18", 4), xt, yt, xv, yv, s, progress=False)
         return [h["train_loss"] for h in r.history]
 
     clean = losses()
@@ -54,8 +56,7 @@ def test_pixel_noise_starts_at_the_given_epoch(tiny_store):
     assert losses(pixel_noise=0.2)[0] != clean[0]
 
 
-def test_pixel_noise_rejects_bad_values(tiny_store):
-    xt, yt, xv, yv = _data(tiny_store)
+def test_pixel_noise_rejects_bad_values():
     for kw in ({"pixel_noise": -0.1}, {"pixel_noise": 0.1, "pixel_noise_from": 0}, {"pixel_noise": 0.1, "pixel_noise_from": 2}):
         with pytest.raises(ValueError, match="pixel_noise"):
-            train_model(build_model("resnet18", 4), xt, yt, xv, yv, epochs=1, batch_size=8, progress=False, **kw)
+            TrainSettings(epochs=1, batch_size=8, **kw)

@@ -15,6 +15,7 @@ on the batch it sits in, which the cached per-ε workflow relies on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device
+from .settings import ATTACKS, TARGET_RULES, AttackSettings
 
 __all__ = [
     "ATTACKS",
@@ -39,14 +41,14 @@ __all__ = [
     "perturb",
     "target_classes",
     "TARGET_RULES",
+    "ITERATIVE",
+    "Attack",
+    "REGISTRY",
+    "craft",
 ]
 
-#: Attack names understood by the CLI and the workflow.
-ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm")
 #: attacks computed per ε in the attack job, whose perturbation the attack file stores (``delta``)
 ITERATIVE = ("pgd", "bim", "mifgsm")
-#: how a targeted attack picks each image's target class
-TARGET_RULES = ("next", "least_likely", "random")
 
 
 class EpsilonError(InputError):
@@ -327,3 +329,44 @@ def perturb(
     if attack in ITERATIVE:
         raise InputError(f"{attack} needs the stored perturbation (advcam attack --attack {attack})")
     raise InputError(f"unknown attack '{attack}': choose one of {', '.join(ATTACKS)}")
+
+
+#: ``craft(model, x, y, eps, settings, generator, target)`` → adversarial (N,3,H,W) in [0,1]
+Crafter = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, AttackSettings, "torch.Generator | None",
+                    "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One attack of the registry. ``craft`` runs it on a batch (None: the attack is only ever rebuilt from what
+    the gradient stage stored, by :func:`perturb`); ``stores_delta``: its perturbation goes into the attack file
+    (the iterative attacks, and every targeted one); ``reference``: the torchattacks class it equals."""
+
+    name: str
+    craft: Crafter | None
+    stores_delta: bool
+    reference: str
+
+
+REGISTRY: dict[str, Attack] = {a.name: a for a in (
+    # untargeted FGSM is rebuilt from the gradient sign (one gradient per model, every ε a cheap step);
+    # targeted FGSM is a per-ε gradient and stores its delta
+    Attack("fgsm", lambda m, x, y, e, s, g, t: fgsm(m, x, y, e, target=t), False, "torchattacks.FGSM"),
+    Attack("noise", None, False, "(random-sign control: no reference)"),
+    Attack("pgd", lambda m, x, y, e, s, g, t: pgd(m, x, y, e, s.alpha, s.steps, s.random_start, g, target=t), True,
+           "torchattacks.PGD"),
+    Attack("bim", lambda m, x, y, e, s, g, t: bim(m, x, y, e, s.alpha, s.steps, target=t), True, "torchattacks.BIM"),
+    Attack("mifgsm", lambda m, x, y, e, s, g, t: mifgsm(m, x, y, e, s.alpha, s.steps, s.decay, target=t), True,
+           "torchattacks.MIFGSM"),
+)}
+assert tuple(REGISTRY) == ATTACKS, "advcam.settings.ATTACKS names the registry's attacks, in its order"
+
+
+def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, settings: AttackSettings,
+          generator: torch.Generator | None = None, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``settings.attack`` from :data:`REGISTRY` on a batch x (N,3,H,W) in [0,1] at L∞ radius ``eps``
+    (towards ``target`` (N,) when given). Attacks without a crafter (the noise control) raise InputError."""
+    a = REGISTRY[settings.attack]
+    if a.craft is None:
+        raise InputError(f"{a.name} is rebuilt from stored draws (advcam.attacks.perturb), not crafted")
+    return a.craft(model, x, y, eps, settings, generator, target)

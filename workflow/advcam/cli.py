@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .errors import AdvcamError, InputError
+from .settings import ATTACKS, AttackSettings, CamSettings, ScoreSettings, TrainSettings, add_arguments, from_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -70,6 +71,11 @@ def _add_cam_options(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast for the Grad-CAM on CUDA (maps moved by 9e-3 to 9e-2 vs fp32 on an H200)")
 
 
+def _cam_settings(args) -> CamSettings:
+    """The CAM settings of a command with :func:`_add_cam_options` and ``--batch-size``."""
+    return CamSettings(target=args.target, batch_size=args.batch_size, amp=args.amp)
+
+
 def _setup_torch(args) -> torch.device:
     from .stages.runtime import setup_torch
 
@@ -106,14 +112,10 @@ def cmd_prepare(args) -> None:
 def cmd_train(args) -> None:
     from .stages.train import run_training
 
-    res, info = run_training(
-        args.data, args.out, args.arch, report=args.report, layer=args.layer, pretrained=args.pretrained,
-        pretrained_file=args.pretrained_file, amp=args.amp, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing, seed=args.seed, replicate=args.replicate, name=args.name, augment_strength=args.augment,
-        pixel_noise=args.pixel_noise, pixel_noise_from=args.pixel_noise_from, device=_setup_torch(args),
-        progress=not args.no_progress, meta=_meta(args.meta),
-    )
+    settings = from_arguments(TrainSettings, args)
+    res, info = run_training(args.data, args.out, args.arch, settings, replicate=args.replicate, name=args.name,
+                             report=args.report, device=_setup_torch(args), progress=not args.no_progress,
+                             meta=_meta(args.meta))
     print(f"{args.arch} replicate {args.replicate}: best epoch {res.best_epoch}, val acc {res.best_val_acc:.3f}, test acc {info['test_acc']:.3f}, "
           f"{res.seconds:.0f}s")
 
@@ -121,30 +123,24 @@ def cmd_train(args) -> None:
 def cmd_gradient(args) -> None:
     from .stages.attack import run_gradient
 
-    gs = run_gradient(args.model, args.data, args.out, args.batch_size, _setup_torch(args), _meta(args.meta))
+    gs = run_gradient(args.model, args.data, args.out, batch_size=args.batch_size, device=_setup_torch(args),
+                      meta=_meta(args.meta))
     print(f"{args.out}: {gs.sign.shape[0]} signs; zero-gradient fraction {float(gs.zero_grad.float().mean()):.4f}")
 
 
 def cmd_attack(args) -> None:
-    from .stages.attack import run_attack
     from .io.heatmap_file import methods_for
+    from .stages.attack import run_attack
 
-    if args.targeted != "none" and args.attack == "noise":
-        raise InputError("--targeted: the noise control has no target class; leave it untargeted")
-    if args.steps < 1:
-        raise InputError(f"--steps must be >= 1, got {args.steps}")
-    if not args.alpha > 0:
-        raise InputError(f"--alpha (the step size) must be > 0, got {args.alpha:g}")
+    settings = from_arguments(AttackSettings, args)
     heatmaps = dict(zip(methods_for(args.heatmaps, args.cams), args.heatmaps)) if args.heatmaps else None
     a = run_attack(
-        args.model, args.data, args.out, args.attack, args.eps, sign_file=args.sign, transfer_from=args.transfer_from,
-        clean_logits_file=args.clean_logits, targeted=args.targeted, steps=args.steps, alpha=args.alpha,
-        decay=args.decay, random_start=not args.no_random_start, seed=args.seed, heatmaps=heatmaps, layer=args.layer,
-        name=args.name, target_mode=args.target, amp=args.amp, batch_size=args.batch_size, device=_setup_torch(args),
-        meta=_meta(args.meta),
+        args.model, args.data, args.out, settings, args.eps, cam=_cam_settings(args), sign_file=args.sign,
+        transfer_from=args.transfer_from, clean_logits_file=args.clean_logits, heatmaps=heatmaps, layer=args.layer,
+        name=args.name, device=_setup_torch(args), meta=_meta(args.meta),
     )
-    targeted = args.targeted != "none"
-    what = f"{args.attack}{'' if not targeted else f' targeted ({args.targeted})'}"
+    targeted = settings.targeted != "none"
+    what = f"{settings.attack}{'' if not targeted else f' targeted ({settings.targeted})'}"
     what += f" from {a['source_model']}" if args.transfer_from else ""
     print(f"{a['arch']} {what} ε={a['eps']:g}: accuracy {a['acc_clean']:.3f} → {a['acc_adv']:.3f}, "
           f"{'target reached' if targeted else 'prediction changed'} for {a['success_rate']:.3f}")
@@ -155,31 +151,23 @@ def cmd_explain(args) -> None:
     from .stages.explain import run_explain
 
     out = dict(zip(methods_for(args.out, args.cams), args.out))
-    outs = run_explain(args.model, args.data, out, args.attack_file, args.sign, args.layer, args.name, args.target,
-                       args.amp, args.batch_size, _setup_torch(args), _meta(args.meta))
+    outs = run_explain(args.model, args.data, out, cam=_cam_settings(args), attack_file=args.attack_file,
+                       sign_file=args.sign, layer=args.layer, name=args.name, device=_setup_torch(args),
+                       meta=_meta(args.meta))
     for m, path in out.items():
         o = outs[m]
         print(f"{path}: {o.raw.shape[0]} {m} maps of {args.attack_file or 'the clean test set'}, "
               f"CAM {tuple(o.raw.shape[1:])}, all-zero {int((o.raw.flatten(1).amax(1) == 0).sum())}")
 
 
-def _topk_count(k: float) -> int | float:
-    """--k as topk_intersection takes it: a fraction in (0, 1) stays a float, a whole number ≥ 1 is a count."""
-    if 0 < k < 1:
-        return float(k)
-    if k >= 1 and float(k).is_integer():
-        return int(k)
-    raise InputError(f"--k must be a fraction in (0, 1) or a whole number of pixels, got {k:g}")
-
-
 def cmd_score(args) -> None:
     from .stages.runtime import log_runtime
     from .stages.score import score
 
-    k = _topk_count(args.k)
+    settings = from_arguments(ScoreSettings, args)
     dev = _setup_torch(args)
-    log_runtime(dev, f"SSIM in float64 ({args.ssim})")
-    df = score(args.clean, args.adv, args.out, args.measures, k, args.ssim == "gaussian", args.data, args.chance_seed, dev)
+    log_runtime(dev, f"SSIM in float64 ({settings.ssim})")
+    df = score(args.clean, args.adv, args.out, settings, data=args.data, device=dev)
     for (attack, eps), g in df.groupby(["attack", "eps"], sort=False):
         mods = g.groupby("cam", sort=False)["nissim"].mean()
         print(f"{args.out}: {attack} ε={eps:g}, {len(g) // len(mods)} images; MOD "
@@ -191,8 +179,8 @@ def cmd_sanity(args) -> None:
     from .stages.sanity import run_sanity
 
     out = dict(zip(methods_for(args.out, args.cams), args.out))
-    df = run_sanity(args.model, args.data, out, args.images, args.seed, args.target, args.batch_size, _setup_torch(args),
-                    args.name)
+    df = run_sanity(args.model, args.data, out, images=args.images, seed=args.seed, target_mode=args.target,
+                    batch_size=args.batch_size, device=_setup_torch(args), name=args.name)
     for (cam, blocks), g in df.groupby(["cam", "blocks"], sort=False):
         print(f"{args.name or args.model}: {cam} with {blocks} block(s) randomised ({g['block'].iloc[0]}): Spearman "
               f"{g['spearman'].mean():.3f}, NISSIM {g['nissim'].mean():.3f}")
@@ -201,9 +189,11 @@ def cmd_sanity(args) -> None:
 def cmd_summarise(args) -> None:
     from .stages.summarise import summarise
 
-    summ = summarise(args.scores, args.out, args.vid, args.vid_images, args.nissim, args.sanity, args.sanity_out,
-                     args.sanity_threshold, args.confidence, args.resamples, args.seed, train_reports=args.train_reports,
-                     min_accuracy=args.min_accuracy, replicates_out=args.replicates, claims_out=args.claims)
+    summ = summarise(args.scores, args.out, vid_out=args.vid, vid_images_out=args.vid_images, nissim_out=args.nissim,
+                     sanity=args.sanity, sanity_out=args.sanity_out, sanity_threshold=args.sanity_threshold,
+                     confidence=args.confidence, n_resamples=args.resamples, seed=args.seed,
+                     train_reports=args.train_reports, min_accuracy=args.min_accuracy, replicates_out=args.replicates,
+                     claims_out=args.claims)
     cols = ["model", "replicate", "cam", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate"]
     print(summ[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
@@ -211,15 +201,15 @@ def cmd_summarise(args) -> None:
 def cmd_plot(args) -> None:
     from .stages.plot import plot_study
 
-    files = plot_study(args.summary, args.out_dir, args.vid_images, args.nissim, args.sanity, replicates=args.replicates,
-                       claims=args.claims)
+    files = plot_study(args.summary, args.out_dir, vid_images=args.vid_images, nissim=args.nissim, sanity=args.sanity,
+                       replicates=args.replicates, claims=args.claims)
     print(f"{len(files)} figure files written to {args.out_dir}")
 
 
 def cmd_gallery(args) -> None:
     from .stages.plot import gallery
 
-    gallery(args.data, args.clean, args.adv, args.out, args.n, args.seed, args.title or "")
+    gallery(args.data, args.clean, args.adv, args.out, n=args.n, seed=args.seed, title=args.title or "")
     print(f"gallery written to {args.out}.png")
 
 
@@ -227,7 +217,7 @@ def cmd_gallery(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .measures import LOCALISATION, MEASURES as SCORE_MEASURES
+    from .measures import LOCALISATION  # imports torch: only for the score help
 
     p = argparse.ArgumentParser(
         prog="advcam",
@@ -273,24 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", required=True, help="paper alias (vgg16, resnet50, resnet101, inception_v3, xception) or timm name")
     s.add_argument("--out", required=True, help="checkpoint path (model.pt)")
     s.add_argument("--report", help="train.json path (default: beside the checkpoint)")
-    s.add_argument("--layer", help="Grad-CAM target layer (default: the paper's, else timm feature_info[-1])")
-    s.add_argument("--pretrained", action="store_true", help="timm ImageNet weights (needs network or cache)")
-    s.add_argument("--pretrained-file", help="local weights file loaded through timm")
-    s.add_argument("--epochs", type=int, default=10)
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    s.add_argument("--weight-decay", type=float, default=0.05)
-    s.add_argument("--warmup-epochs", type=float, default=1.0)
-    s.add_argument("--label-smoothing", type=float, default=0.1)
-    s.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = none)")
-    s.add_argument("--pixel-noise", type=float, default=0.0, help="Gaussian training noise: per-image std drawn from U(0, this) ([0,1] scale)")
-    s.add_argument("--pixel-noise-from", type=int, default=1, metavar="EPOCH",
-                   help="first epoch (1-based) that adds --pixel-noise")
-    s.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
-                   help="bf16 autocast for training: auto = chosen per machine (CUDA, AMX, or a probe finds it faster); "
-                        "on/off force it")
-    s.add_argument("--seed", type=int, default=0)
+    add_arguments(s, TrainSettings)
     s.add_argument("--replicate", type=int, default=0,
                    help="which training run of this model (0, 1, ...): replicate r > 0 trains with a seed derived from "
                         "(--seed, r) on the same split; 0 trains with --seed itself")
@@ -311,17 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("attack", help=STAGES["attack"], description=STAGES["attack"], formatter_class=fmt)
     s.add_argument("--model", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--attack", required=True, help="fgsm, noise (random-sign control), pgd, bim or mifgsm")
+    s.add_argument("--attack", required=True, choices=ATTACKS, help="fgsm, noise (random-sign control), pgd, bim or mifgsm")
     s.add_argument("--eps", type=float, required=True, help="L∞ radius on the [0,1] pixel scale")
     s.add_argument("--sign", help="gradient sign file (untargeted fgsm)")
-    s.add_argument("--seed", type=int, default=0, help="noise signs / PGD random start / random targets")
-    s.add_argument("--steps", "--pgd-steps", type=int, default=10, help="iterations of pgd, bim, mifgsm (≥ 1)")
-    s.add_argument("--alpha", "--pgd-alpha", type=float, default=2 / 255, help="step size of pgd, bim, mifgsm (> 0)")
-    s.add_argument("--decay", type=float, default=1.0, help="mifgsm's momentum decay")
-    s.add_argument("--no-random-start", action="store_true", help="pgd starts at the image, not in the ε-ball")
-    s.add_argument("--targeted", choices=["none", "next", "least_likely", "random"], default="none",
-                   help="step towards a target class per image: the next identity, the least likely one (clean "
-                        "logits), or one drawn at random (seeded); never the true label")
+    add_arguments(s, AttackSettings, skip=("attack",))
     s.add_argument("--out", required=True, help="attack file: predictions (and PGD's perturbation)")
     s.add_argument("--clean-logits", help="file with the clean test logits ('advcam gradient' output) to reuse")
     s.add_argument("--transfer-from", metavar="ATTACK_FILE",
@@ -350,18 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adversarial heatmap files of the same model, one per CAM method for each attack and ε (grouped by the "
                         "attack, ε and source model each records and paired with --clean by its method)")
     s.add_argument("--out", required=True, help="per-image CSV")
-    s.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
-                   help="uniform 7×7 with sample covariance, or Gaussian σ=1.5 with population covariance")
-    s.add_argument("--measures", nargs="*", choices=list(SCORE_MEASURES), default=list(SCORE_MEASURES),
-                   help="dissimilarity measures besides SSIM/NISSIM, one column each (default: all): "
-                        + "; ".join(f"{m}: {what}" for m, what in SCORE_MEASURES.items()))
-    s.add_argument("--k", type=float, default=0.1,
-                   help="top-k intersection: a fraction of the pixels in (0, 1) or a whole number of pixels")
+    add_arguments(s, ScoreSettings)
     s.add_argument("--data", help="the prepared store of the test images: with part masks it adds the localisation "
                                   "columns (" + ", ".join(LOCALISATION) + ")")
-    s.add_argument("--chance-seed", type=int,
-                   help="add the chance reference (attack 'chance', ε 0): each clean map against the clean map of another "
-                        "test image, paired by a derangement drawn with this seed")
     _add_common(s, device=True)
     s.set_defaults(func=cmd_score)
 

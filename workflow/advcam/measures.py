@@ -18,6 +18,7 @@ import torch
 
 from .errors import InputError
 from .localisation import energy_in_mask, pointing_game
+from .settings import SCORE_MEASURES
 from .similarity import com_shift, spearman, ssim, topk_intersection
 
 __all__ = ["MEASURES", "LOCALISATION", "measure_fns", "score_maps", "localise"]
@@ -28,6 +29,7 @@ MEASURES = {
     "topk": "share of the clean map's top-k pixels among the adversarial map's top-k",
     "com_shift": "distance in pixels between the maps' centres of mass (NaN for an all-zero map)",
 }
+assert tuple(MEASURES) == SCORE_MEASURES, "advcam.settings.SCORE_MEASURES names these measures, in this order"
 #: localisation columns, present when the test images have part masks
 LOCALISATION = {
     "energy_clean": "share of the clean map's mass on the face parts (energy-based pointing game)",

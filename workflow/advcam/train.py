@@ -22,10 +22,9 @@ from tqdm import tqdm
 from .errors import InputError
 from .models import model_device, predict
 from .precision import Precision, choose_precision, probe_batch_for
+from .settings import OPTIMIZERS, TrainSettings
 
 __all__ = ["augment", "TrainResult", "TrainingDiverged", "train_model", "accuracy", "OPTIMIZERS", "replicate_seed", "log_epoch"]
-
-OPTIMIZERS = ("adamw", "sgd")
 
 
 def replicate_seed(seed: int, replicate: int) -> int:
@@ -112,30 +111,22 @@ def train_model(
     y_train: torch.Tensor,
     x_val: torch.Tensor,
     y_val: torch.Tensor,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    optimizer: str = "adamw",
-    weight_decay: float = 0.05,
-    warmup_epochs: float = 1.0,
-    label_smoothing: float = 0.1,
-    seed: int = 0,
-    augment_strength: float = 1.0,
-    pixel_noise: float = 0.0,
-    pixel_noise_from: int = 1,
-    amp: bool | None = None,
+    settings: TrainSettings = TrainSettings(),
+    *,
     progress: bool = True,
     precision: Precision | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (already on its device) and load the best-validation weights into it.
 
-    x_* : (N,3,H,W) uint8 tensors; y_* : (N,) int64. ``amp``: None → decided from the machine (bf16 on CUDA,
+    x_* : (N,3,H,W) uint8 tensors; y_* : (N,) int64. ``settings``: the recipe (:class:`~advcam.settings.TrainSettings`,
+    whose own checks ran when it was built; its ``seed`` seeds this run's draws as it is: :func:`run_training`
+    passes the replicate's seed). ``settings.amp``: None → decided from the machine (bf16 on CUDA,
     on CPUs with AMX, and on other CPUs only where a one-off micro-benchmark of this model's step finds it
     faster; see :mod:`advcam.precision`); True → bf16 autocast; False → fp32. ``precision``: a choice made
     beforehand (e.g. to log it first), which then overrides ``amp``; the one used is ``TrainResult.precision``.
     ``on_epoch``: called with each epoch's history record (see :class:`TrainResult`) as it ends.
-    ``pixel_noise`` adds Gaussian pixel noise to every training image (on the device), its std drawn per
+    ``settings.pixel_noise`` adds Gaussian pixel noise to every training image (on the device), its std drawn per
     image from U(0, pixel_noise), so the model is not fragile to random perturbations of that size;
     ``pixel_noise_from`` is the first epoch (1-based) that adds it. Models that learn slowly from scratch
     (Inception-v3 here) lose accuracy when noise comes from the start, and keep it when the noise
@@ -144,18 +135,12 @@ def train_model(
     A NaN or infinite loss raises :class:`TrainingDiverged` naming the epoch and step (on the CPU at that
     step; on CUDA, where a per-step check would stall the device, at the end of that epoch).
     """
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"optimizer must be one of {OPTIMIZERS}, got '{optimizer}'")
-    if pixel_noise < 0 or pixel_noise_from < 1:
-        raise InputError(f"pixel_noise must be >= 0 and pixel_noise_from >= 1, got {pixel_noise} and {pixel_noise_from}")
-    if pixel_noise > 0 and pixel_noise_from > epochs:
-        raise InputError(f"pixel_noise_from {pixel_noise_from} is after the last epoch ({epochs}): the noise would never be added")
-    if epochs < 1 or batch_size < 2:
-        raise InputError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+    c = settings
+    epochs, batch_size, seed = c.epochs, c.batch_size, c.seed
     dev = model_device(model)
     cuda = dev.type == "cuda"
     if precision is None:
-        precision = choose_precision(model, dev, tuple(x_train.shape[-2:]), amp, probe_batch=probe_batch_for(batch_size))
+        precision = choose_precision(model, dev, tuple(x_train.shape[-2:]), c.amp, probe_batch=probe_batch_for(batch_size))
     amp, fmt = precision.amp, precision.memory_format()
     model = model.to(memory_format=fmt)
     if cuda:
@@ -170,16 +155,16 @@ def train_model(
     n = xs.shape[0]
     steps_per_epoch = max(1, n // batch_size)
     total = epochs * steps_per_epoch
-    warm = int(warmup_epochs * steps_per_epoch)
+    warm = int(c.warmup_epochs * steps_per_epoch)
 
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel over all parameters; on the CPU it cut VGG16's AdamW step from 520 to 316 ms
     # (134 M parameters, 1 thread, this project's 2-core machine)
     fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
-    if optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if c.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, fused=fused)
     else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True, fused=fused)
+        opt = torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay, nesterov=True, fused=fused)
 
     def lr_at(step: int) -> float:
         if step < warm:
@@ -211,16 +196,16 @@ def train_model(
             idx = perm[i * batch_size : (i + 1) * batch_size]
             xb = xs[idx.to(data_dev)].to(dev, non_blocking=True).float().div_(255)
             yb = ys[idx.to(dev)]
-            if augment_strength > 0:
-                xb = augment(xb, gen, augment_strength)
-            if pixel_noise > 0 and epoch >= pixel_noise_from:
-                sigma = torch.rand(xb.shape[0], 1, 1, 1, device=dev, generator=gen) * pixel_noise
+            if c.augment > 0:
+                xb = augment(xb, gen, c.augment)
+            if c.pixel_noise > 0 and epoch >= c.pixel_noise_from:
+                sigma = torch.rand(xb.shape[0], 1, 1, 1, device=dev, generator=gen) * c.pixel_noise
                 noise = torch.randn(xb.shape, device=dev, generator=gen, dtype=xb.dtype)
                 xb = (xb + sigma * noise).clamp_(0, 1)
             xb = xb.contiguous(memory_format=fmt)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=c.label_smoothing)
             if cuda:
                 first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), i + 1, first_bad)
             elif not math.isfinite(loss.item()):

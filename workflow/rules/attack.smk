@@ -8,7 +8,7 @@ rule gradient:
     output:
         f"{RESULTS}/attacks/{{model}}/r{{rep}}/fgsm_sign.h5",
     params:
-        batch=config["cam"]["batch_size"],
+        batch=CAM_SETTINGS.batch_size,
         device=DEVICE,
     log:
         f"{RESULTS}/logs/gradient/{{model}}/r{{rep}}.log",
@@ -17,14 +17,12 @@ rule gradient:
     priority: model_priority
     threads: 1
     resources:
-        gpu=1,
-        runtime=60,
-        mem_mb=8000,
+        **GPU_JOB,
     conda:
         "../../envs/advcam.yaml"
     shell:
-        "python -m advcam gradient --model {input.model} --data {input.data} --out {output} --batch-size {params.batch} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        "python -m advcam gradient --model {input.model} --data {input.data} --out {output} "
+        "--batch-size {params.batch} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule attack:
@@ -38,12 +36,10 @@ rule attack:
         attack=f"{RESULTS}/attacks/{{model}}/r{{rep}}/{{attack}}/{{eps}}.h5",
         heatmaps=adv_heatmap_files(),
     params:
-        opts=attack_options,
+        **CAM_PARAMS,
+        settings=attack_settings,
         sign=lambda w, input: f"--sign {input.gradient}" if w.attack == "fgsm" else "",
-        target=config["cam"]["target"],
-        batch=config["cam"]["batch_size"],
-        amp="--amp" if config["cam"]["amp"] else "",
-        device=DEVICE,
+        transfer="",
     log:
         f"{RESULTS}/logs/attack/{{model}}/r{{rep}}/{{attack}}/{{eps}}.log",
     benchmark:
@@ -51,19 +47,18 @@ rule attack:
     priority: model_priority
     threads: 1
     resources:
-        gpu=1,
-        runtime=60,
-        mem_mb=8000,
+        **GPU_JOB,
     conda:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam attack --model {input.model} --data {input.data} --attack {wildcards.attack} "
-        "--eps {wildcards.eps} {params.sign} --clean-logits {input.gradient} {params.opts} --out {output.attack} --heatmaps {output.heatmaps} "
+        "--eps {wildcards.eps} --settings {params.settings:q} {params.transfer} {params.sign} "
+        "--clean-logits {input.gradient} --out {output.attack} --heatmaps {output.heatmaps} "
         "--name {wildcards.model} --target {params.target} {params.amp} --batch-size {params.batch} "
         "--device {params.device} --threads {threads} > {log} 2>&1"
 
 
-rule transfer:
+use rule attack as transfer with:
     # Black-box transfer: the source model's adversarial test images, classified and explained by this model
     # in one forward pass per batch (the same CAM methods as its white-box heatmaps).
     input:
@@ -76,26 +71,11 @@ rule transfer:
         attack=f"{RESULTS}/attacks/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.h5",
         heatmaps=transfer_heatmap_files(),
     params:
-        opts=attack_options,
+        **CAM_PARAMS,  # `with: params` replaces the whole block
+        settings=attack_settings,
         sign=lambda w, input: f"--sign {input.source_sign}" if input.source_sign else "",
-        target=config["cam"]["target"],
-        batch=config["cam"]["batch_size"],
-        amp="--amp" if config["cam"]["amp"] else "",
-        device=DEVICE,
+        transfer=lambda w, input: f"--transfer-from {input.source}",
     log:
         f"{RESULTS}/logs/transfer/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/transfer/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.tsv"
-    priority: model_priority
-    threads: 1
-    resources:
-        gpu=1,
-        runtime=60,
-        mem_mb=8000,
-    conda:
-        "../../envs/advcam.yaml"
-    shell:
-        "python -m advcam attack --model {input.model} --data {input.data} --attack {wildcards.attack} "
-        "--eps {wildcards.eps} --transfer-from {input.source} {params.sign} --clean-logits {input.gradient} {params.opts} "
-        "--out {output.attack} --heatmaps {output.heatmaps} --name {wildcards.model} --target {params.target} {params.amp} "
-        "--batch-size {params.batch} --device {params.device} --threads {threads} > {log} 2>&1"

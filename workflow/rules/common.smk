@@ -1,4 +1,5 @@
 # Config validation (defaults filled in), derived names, and the input functions the rules share.
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +25,11 @@ ATTACKS = {name: spec for name, spec in config.get("attacks", {}).items() if spe
 # Rules call the CLI as `python -m advcam <stage>`: the library is found whether it was pip-installed or not
 # (e.g. inside a --use-conda environment that holds only the dependencies).
 shell.prefix(f"export PYTHONPATH={workflow.basedir}/workflow${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# the settings dataclasses check each family's entries here, at parse time (advcam.settings imports no torch)
+if f"{workflow.basedir}/workflow" not in sys.path:
+    sys.path.insert(0, f"{workflow.basedir}/workflow")
+from advcam.settings import ATTACKS as ATTACK_NAMES
+from advcam.settings import WORKFLOW_ONLY, AttackSettings, CamSettings, ScoreSettings, SettingsError, TrainSettings
 
 if not ATTACKS:
     raise ValueError("config: attacks: give at least one attack with a non-empty eps list")
@@ -52,24 +58,41 @@ for _src, _tgt in TRANSFER:
                          f"({_src} {MODELS[_src]['size']}, {_tgt} {MODELS[_tgt]['size']})")
 if len(set(TRANSFER)) != len(TRANSFER):
     raise ValueError("config: transfer: a (source, target) pair is listed twice")
-_k = config["metrics"]["k"]
-if _k >= 1 and not float(_k).is_integer():
-    raise ValueError(f"config: metrics: k {_k:g} must be a fraction of the pixels in (0, 1) or a whole number of pixels")
 if abs(sum(DATASET["split"]) - 1) > 1e-6:
     raise ValueError(f"config: dataset: split {DATASET['split']} must sum to 1")
-for _name, _spec in MODELS.items():
-    if _spec["pixel_noise"] > 0 and _spec["pixel_noise_from"] > _spec["epochs"]:
-        raise ValueError(f"config: models: {_name}: pixel_noise_from {_spec['pixel_noise_from']} is after the last "
-                         f"epoch ({_spec['epochs']}), so pixel_noise would never be added")
+
+
+def _settings(cls, where, spec, family):
+    """One family's settings from its validated config entry: their own checks run here, before any job starts."""
+    try:
+        return cls.from_mapping(spec, ignore=WORKFLOW_ONLY[family])
+    except SettingsError as e:
+        raise ValueError(f"config: {where}: {e}") from None
+
+
+TRAIN_SETTINGS = {m: _settings(TrainSettings, f"models: {m}", spec, "train") for m, spec in MODELS.items()}
+ATTACK_SETTINGS = {a: _settings(AttackSettings, f"attacks: {a}", {"attack": a, **spec}, "attack")
+                   for a, spec in ATTACKS.items()}
+CAM_SETTINGS = _settings(CamSettings, "cam", config["cam"], "cam")
+# the white-box tables carry the chance reference; a transfer table's would repeat its target's
+SCORE_SETTINGS = _settings(ScoreSettings, "metrics", {**config["metrics"], "ssim": config["ssim"]}, "score")
+TRANSFER_SCORE_SETTINGS = dataclasses.replace(SCORE_SETTINGS, chance_seed=None)
+
+# what every job that loads a model asks of a cluster node (the GPU and the limits of one attack or CAM job)
+GPU_JOB = dict(gpu=1, runtime=60, mem_mb=8000)
+
+# the CAM settings of every job that writes heatmaps (a plain dict: snakemake reruns a job when a value changes)
+CAM_PARAMS = dict(
+    target=CAM_SETTINGS.target,
+    batch=CAM_SETTINGS.batch_size,
+    amp="--amp" if CAM_SETTINGS.amp else "",
+    device=DEVICE,
+)
 
 
 def _check_models():
     """Unknown architectures and missing weight files fail here, before any job starts."""
     import timm
-
-    library = f"{workflow.basedir}/workflow"
-    if library not in sys.path:
-        sys.path.insert(0, library)
     from advcam.models import timm_name
 
     for key, spec in MODELS.items():
@@ -156,36 +179,14 @@ def synthetic_dir():
     return f"{RESULTS}/data/synthetic"
 
 
-def attack_options(wildcards):
-    spec = ATTACKS[wildcards.attack]
-    opts = f"--seed {spec.get('seed', 0)}"
-    if spec.get("targeted"):
-        opts += f" --targeted {spec['targeted']}"
-    if "steps" in spec:
-        opts += f" --steps {spec['steps']} --alpha {spec['alpha']}"
-    if wildcards.attack == "pgd" and not spec["random_start"]:
-        opts += " --no-random-start"
-    if wildcards.attack == "mifgsm":
-        opts += f" --decay {spec['decay']}"
-    return opts
+def attack_settings(wildcards):
+    """The attack's settings as one JSON argument (advcam.settings.AttackSettings; checked at parse time)."""
+    return ATTACK_SETTINGS[wildcards.attack].to_json()
 
 
-def train_options(wildcards):
-    m = MODELS[wildcards.model]
-    opts = [
-        f"--epochs {m['epochs']} --batch-size {m['batch_size']} --lr {m['lr']} --optimizer {m['optimizer']}",
-        f"--weight-decay {m['weight_decay']} --warmup-epochs {m['warmup_epochs']}",
-        f"--label-smoothing {m['label_smoothing']} --augment {m['augment']} --pixel-noise {m['pixel_noise']}",
-        f"--pixel-noise-from {m['pixel_noise_from']} --seed {m['seed']} --replicate {wildcards.rep}",
-        "--amp " + {None: "auto", True: "on", False: "off"}[m["amp"]],
-    ]
-    if m["layer"]:
-        opts.append(f"--layer {m['layer']}")
-    if m["pretrained"]:
-        opts.append("--pretrained")
-    if m["pretrained_file"]:
-        opts.append(f"--pretrained-file {m['pretrained_file']}")
-    return " ".join(opts)
+def train_settings(wildcards):
+    """The model's recipe as one JSON argument (advcam.settings.TrainSettings; checked at parse time)."""
+    return TRAIN_SETTINGS[wildcards.model].to_json()
 
 
 def data_store(wildcards):
@@ -256,7 +257,7 @@ def transfer_heatmap_files(model="{model}", source="{source}", rep="{rep}", atta
 
 def transfer_sign(wildcards):
     """Untargeted FGSM's perturbation lives in the source's gradient-sign file, not in its attack file."""
-    if wildcards.attack == "fgsm" and not ATTACKS["fgsm"].get("targeted"):
+    if wildcards.attack == "fgsm" and ATTACK_SETTINGS["fgsm"].targeted == "none":
         return f"{RESULTS}/attacks/{run_dir(wildcards.source, wildcards.rep)}/fgsm_sign.h5"
     return []
 
@@ -313,7 +314,7 @@ def final_targets():
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)) if MODELS else "(?!)",
     source="|".join(map(re.escape, MODELS)) if MODELS else "(?!)",
-    attack="fgsm|noise|pgd|bim|mifgsm",
+    attack="|".join(ATTACK_NAMES),  # the attack registry's names (advcam.attacks.REGISTRY)
     eps=r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?",
     size=r"[0-9]+",
     rep=r"[0-9]+",

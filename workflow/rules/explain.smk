@@ -9,10 +9,7 @@ rule explain_clean:
     output:
         clean_heatmap_files(),
     params:
-        target=config["cam"]["target"],
-        batch=config["cam"]["batch_size"],
-        amp="--amp" if config["cam"]["amp"] else "",
-        device=DEVICE,
+        **CAM_PARAMS,
     log:
         f"{RESULTS}/logs/explain/{{model}}/r{{rep}}/clean.log",
     benchmark:
@@ -20,9 +17,7 @@ rule explain_clean:
     priority: model_priority
     threads: 1
     resources:
-        gpu=1,
-        runtime=60,
-        mem_mb=8000,
+        **GPU_JOB,
     conda:
         "../../envs/advcam.yaml"
     shell:
@@ -31,8 +26,6 @@ rule explain_clean:
         "> {log} 2>&1"
 
 
-# the score settings both score rules pass on (a plain dict: snakemake reruns a job when a value changes)
-SCORE_PARAMS = dict(ssim=config["ssim"], measures=" ".join(config["metrics"]["measures"]), k=config["metrics"]["k"])
 
 
 rule score:
@@ -47,8 +40,7 @@ rule score:
     output:
         f"{RESULTS}/scores/{{model}}/r{{rep}}/white_box.csv",
     params:
-        **SCORE_PARAMS,
-        chance=f"--chance-seed {config['metrics']['chance_seed']}",
+        settings=SCORE_SETTINGS.to_json(),
     log:
         f"{RESULTS}/logs/score/{{model}}/r{{rep}}/white_box.log",
     benchmark:
@@ -62,7 +54,7 @@ rule score:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam score --clean {input.clean} --adv {input.adv} --data {input.data} --out {output} "
-        "--ssim {params.ssim} --measures {params.measures} --k {params.k} {params.chance} --device cpu "
+        "--settings {params.settings:q} --device cpu "
         "--threads {threads} > {log} 2>&1"
 
 
@@ -74,8 +66,7 @@ use rule score as score_transfer with:
     output:
         f"{RESULTS}/scores/{{model}}/r{{rep}}/from_{{source}}.csv",
     params:
-        **SCORE_PARAMS,  # `with: params` replaces the whole block
-        chance="",  # the target's chance rows are in its white-box table
+        settings=TRANSFER_SCORE_SETTINGS.to_json(),  # no chance rows: they are in the target's white-box table
     log:
         f"{RESULTS}/logs/score/{{model}}/r{{rep}}/from_{{source}}.log",
     benchmark:
@@ -95,8 +86,8 @@ rule sanity:
     params:
         images=config["sanity"]["images"],
         seed=config["sanity"]["seed"],
-        target=config["cam"]["target"],
-        batch=config["cam"]["batch_size"],
+        target=CAM_SETTINGS.target,
+        batch=CAM_SETTINGS.batch_size,
         device=DEVICE,
     log:
         f"{RESULTS}/logs/sanity/{{model}}/r{{rep}}.log",
@@ -105,9 +96,7 @@ rule sanity:
     priority: model_priority
     threads: 1
     resources:
-        gpu=1,
-        runtime=60,
-        mem_mb=8000,
+        **GPU_JOB,
     conda:
         "../../envs/advcam.yaml"
     shell:

@@ -9,7 +9,7 @@ rule train:
         report=f"{RESULTS}/models/{{model}}/r{{rep}}/train.json",
     params:
         arch=lambda w: arch(w.model),
-        opts=train_options,
+        settings=train_settings,
         hash=lambda w: model_hash(w.model),
         device=DEVICE,
     log:
@@ -26,4 +26,4 @@ rule train:
         "../../envs/advcam.yaml"
     shell:
         "python -m advcam train --data {input} --arch {params.arch} --out {output.model} --report {output.report} "
-        "{params.opts} --name {wildcards.model} --device {params.device} --threads {threads} --meta config_hash={params.hash} --no-progress > {log} 2>&1"
+        "--settings {params.settings:q} --replicate {wildcards.rep} --name {wildcards.model} --device {params.device} --threads {threads} --meta config_hash={params.hash} --no-progress > {log} 2>&1"

@@ -14,19 +14,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..attacks import (
-    ATTACKS,
-    ITERATIVE,
-    GradientSign,
-    bim,
-    check_eps,
-    fgsm,
-    gradient_sign,
-    mifgsm,
-    perturb,
-    pgd,
-    target_classes,
-)
+from ..attacks import REGISTRY, GradientSign, check_eps, craft, gradient_sign, perturb, target_classes
 from ..base_cam import CamOutput
 from ..errors import InputError
 from ..explainers import explain_cams
@@ -34,12 +22,13 @@ from ..io.attack_file import h5_keys, stored_perturbation
 from ..io.heatmap_file import heatmap_attrs, require_finite, write_heatmaps
 from ..io.store import provenance, read_attrs, read_h5, write_h5
 from ..models import predict
+from ..settings import AttackSettings, CamSettings
 from .runtime import load_for_inference, replicate_of, test_set
 
 __all__ = ["run_gradient", "run_attack"]
 
 
-def run_gradient(model_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, batch_size: int = 64,
+def run_gradient(model_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *, batch_size: int = 64,
                  device: str | torch.device = "cpu", meta: Mapping[str, str] | None = None) -> GradientSign:
     """The gradient stage: the sign of ∇ₓ CE of every test image of the store ``data`` under the checkpoint
     ``model_path``, written to ``out`` (sign (N,3,H,W) int8, logits (N,C), zero_grad (N,) bool, index, labels)."""
@@ -65,41 +54,33 @@ def run_attack(
     model_path: str | os.PathLike,
     data: str | os.PathLike,
     out: str | os.PathLike,
-    attack: str,
+    settings: AttackSettings,
     eps: float,
     *,
+    cam: CamSettings = CamSettings(),
     sign_file: str | os.PathLike | None = None,
     transfer_from: str | os.PathLike | None = None,
     clean_logits_file: str | os.PathLike | None = None,
-    targeted: str = "none",
-    steps: int = 10,
-    alpha: float = 2 / 255,
-    decay: float = 1.0,
-    random_start: bool = True,
-    seed: int = 0,
     heatmaps: Mapping[str, str | os.PathLike] | None = None,
     layer: str | None = None,
     name: str | None = None,
-    target_mode: str = "predicted",
-    amp: bool = False,
-    batch_size: int = 64,
     device: str | torch.device = "cpu",
     meta: Mapping[str, str] | None = None,
 ) -> dict:
-    """The attack stage: ``attack`` at L∞ radius ``eps`` ([0,1] pixel scale) on the test images of ``data``,
-    classified by the checkpoint ``model_path``; the attack file ``out`` gets index, labels, pred_clean,
+    """The attack stage: ``settings.attack`` at L∞ radius ``eps`` ([0,1] pixel scale) on the test images of
+    ``data``, classified by the checkpoint ``model_path``; the attack file ``out`` gets index, labels, pred_clean,
     pred_adv, attack_target (-1 when untargeted), zero_grad (FGSM, noise) and delta (the iterative and the
-    targeted attacks). ``targeted``: "none" or a rule of :data:`advcam.attacks.TARGET_RULES`. ``sign_file``:
-    the gradient stage's output (untargeted FGSM). ``transfer_from``: another model's attack file of the same
-    attack and ε, whose images this model classifies (and explains) instead of attacking it.
-    ``clean_logits_file``: the gradient file, whose clean logits are reused. ``heatmaps``: {CAM method: path}
-    to also write the adversarial maps (:mod:`advcam.io.heatmap_file`), made in the same forward pass as the
-    predictions, of ``layer`` (default: the checkpoint's), for the predicted class or the label
-    (``target_mode``). Returns the attack file's attributes (acc_clean, acc_adv, success_rate, …)."""
+    targeted attacks). ``settings``: the attack's steps, alpha, decay, random start, target rule and seed
+    (:class:`advcam.settings.AttackSettings`). ``sign_file``: the gradient stage's output (untargeted FGSM).
+    ``transfer_from``: another model's attack file of the same attack and ε, whose images this model classifies
+    (and explains) instead of attacking it. ``clean_logits_file``: the gradient file, whose clean logits are
+    reused. ``heatmaps``: {CAM method: path} to also write the adversarial maps (:mod:`advcam.io.heatmap_file`),
+    made in the same forward pass as the predictions, of ``layer`` (default: the checkpoint's), for the class
+    and with the batch size and precision of ``cam``. Returns the attack file's attributes (acc_clean, acc_adv,
+    success_rate, …)."""
 
     eps = check_eps(eps)
-    if attack not in ATTACKS:
-        raise InputError(f"unknown attack '{attack}': choose one of {', '.join(ATTACKS)}")
+    attack, targeted, seed, batch_size = settings.attack, settings.targeted, settings.seed, cam.batch_size
     is_targeted = targeted != "none"
     methods = list(heatmaps or {})
     model, info = load_for_inference(model_path, torch.device(device))
@@ -148,23 +129,15 @@ def run_attack(
             sg, dl = transferred[0], transferred[1]
             xa = perturb(xb, attack, eps, idx[sl], None if sg is None else sg[sl], None if dl is None else dl[sl],
                          seed=seed)
-        elif attack in ITERATIVE or is_targeted:
-            if attack == "pgd":
-                xa = pgd(model, xb, y[sl], eps, alpha, steps, random_start, gen, target=tb)
-            elif attack == "bim":
-                xa = bim(model, xb, y[sl], eps, alpha, steps, target=tb)
-            elif attack == "mifgsm":
-                xa = mifgsm(model, xb, y[sl], eps, alpha, steps, decay, target=tb)
-            else:
-                xa = fgsm(model, xb, y[sl], eps, target=tb)
-            xa = xa.cpu()
+        elif REGISTRY[attack].stores_delta or is_targeted:
+            xa = craft(model, xb, y[sl], eps, settings, gen, tb).cpu()
             deltas.append((xa - xb).numpy())
         else:
             xa = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl], seed=seed)
         if methods:
             # one forward (and one logit→layer backward) gives the adversarial prediction and every method's map
-            outs = explain_cams(model, layer, xa, methods, None if target_mode == "predicted" else y[sl], batch_size,
-                                amp=amp)
+            outs = explain_cams(model, layer, xa, methods, None if cam.target == "predicted" else y[sl], batch_size,
+                                amp=cam.amp)
             for m, o in outs.items():
                 cams[m].append(o)
             preds.append(outs[methods[0]].pred)
@@ -181,10 +154,10 @@ def run_attack(
         record["zero_grad"] = zero
     if deltas:
         record["delta"] = np.concatenate(deltas).astype(np.float32)
-    if attack in ITERATIVE:
-        extra.update(steps=steps, alpha=alpha)
-        extra.update({"random_start": random_start} if attack == "pgd" else {})
-        extra.update({"decay": decay} if attack == "mifgsm" else {})
+    if REGISTRY[attack].stores_delta:
+        extra.update(steps=settings.steps, alpha=settings.alpha)
+        extra.update({"random_start": settings.random_start} if attack == "pgd" else {})
+        extra.update({"decay": settings.decay} if attack == "mifgsm" else {})
     extra["success_rate"] = (float((pred == goal).float().mean()) if goal is not None
                              else float((pred != y).float().mean()))
     attrs = provenance(meta, model=name or info["arch"], replicate=replicate_of(info), arch=info["arch"], stage="attack", attack=attack, eps=eps,
@@ -193,8 +166,8 @@ def run_attack(
     write_h5(out, record, attrs)
     if methods:
         write_heatmaps(dict(heatmaps), {m: CamOutput.cat(v) for m, v in cams.items()}, y.numpy(), idx, zero, model_path,
-                       {**heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, target_mode,
-                                        x.shape[-1], amp, meta, replicate_of(info)),
+                       {**heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, cam.target,
+                                        x.shape[-1], cam.amp, meta, replicate_of(info)),
                         "targeted": targeted, "source_model": source},
                        extra={"attack_target": attack_target.numpy()})
     return attrs

@@ -14,6 +14,7 @@ from ..explainers import explain_cams
 from ..io.attack_file import stored_perturbation
 from ..io.heatmap_file import heatmap_attrs, write_heatmaps
 from ..io.store import read_attrs, read_h5
+from ..settings import CamSettings
 from .runtime import load_for_inference, replicate_of, test_set
 
 __all__ = ["run_explain"]
@@ -23,23 +24,21 @@ def run_explain(
     model_path: str | os.PathLike,
     data: str | os.PathLike,
     out: Mapping[str, str | os.PathLike],
+    *,
+    cam: CamSettings = CamSettings(),
     attack_file: str | os.PathLike | None = None,
     sign_file: str | os.PathLike | None = None,
     layer: str | None = None,
     name: str | None = None,
-    target_mode: str = "predicted",
-    amp: bool = False,
-    batch_size: int = 64,
     device: Any = "cpu",
     meta: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The explain stage: CAM maps of the test images of the store ``data`` under the checkpoint
     ``model_path``, one heatmap file per method (``out``: {CAM method: path}). Clean images, or with
     ``attack_file`` (the attack stage's output; ``sign_file``, the gradient stage's, for untargeted FGSM) the
-    same adversarial images the attack stage classified. ``layer`` defaults to the checkpoint's,
-    ``target_mode`` is "predicted" or "label". Returns {method: CamOutput} (on the CPU)."""
-
-
+    same adversarial images the attack stage classified. ``layer`` defaults to the checkpoint's;
+    ``cam``: the class each map explains, images per batch, bf16 autocast on CUDA. Returns {method: CamOutput} (on the CPU)."""
+    target_mode, amp, batch_size = cam.target, cam.amp, cam.batch_size
     methods = list(out)
     model, info = load_for_inference(model_path, torch.device(device))
     layer = layer or info["layer"]

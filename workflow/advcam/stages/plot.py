@@ -30,6 +30,7 @@ __all__ = ["plot_study", "gallery"]
 def plot_study(
     summary: str | os.PathLike,
     out_dir: str | os.PathLike,
+    *,
     vid_images: str | os.PathLike | None = None,
     nissim: str | os.PathLike | None = None,
     sanity: str | os.PathLike | None = None,
@@ -78,6 +79,7 @@ def gallery(
     clean: list[str | os.PathLike],
     adv: list[str | os.PathLike],
     prefix: str | os.PathLike,
+    *,
     n: int = 6,
     seed: int = 0,
     title: str = "",

@@ -24,6 +24,7 @@ def run_sanity(
     model_path: str | os.PathLike,
     data: str | os.PathLike,
     out: Mapping[str, str | os.PathLike],
+    *,
     images: int = 16,
     seed: int = 0,
     target_mode: str = "predicted",

@@ -14,8 +14,9 @@ from ..errors import InputError
 from ..io.heatmap_file import method_of, read_pairs, require_finite
 from ..io.store import read_attrs, read_h5
 from ..localisation import mask_fraction
-from ..measures import MEASURES, localise, measure_fns, score_maps
+from ..measures import localise, measure_fns, score_maps
 from ..references import derangement
+from ..settings import ScoreSettings
 from ..similarity import topk_count
 
 __all__ = ["score"]
@@ -48,20 +49,18 @@ def score(
     clean: Sequence[str | os.PathLike],
     adv: Sequence[str | os.PathLike],
     out: str | os.PathLike,
-    measures: Sequence[str] = tuple(MEASURES),
-    k: int | float = 0.1,
-    gaussian: bool = False,
+    settings: ScoreSettings = ScoreSettings(),
+    *,
     data: str | os.PathLike | None = None,
-    chance_seed: int | None = None,
     device: str | torch.device = "cpu",
 ):
     """Read the heatmap files of one model (``clean``: one per CAM method; ``adv``: one per method for each
     attack and ε, or transfer source), score every pair and write the per-image CSV ``out`` atomically.
 
-    ``data``: the prepared store, whose part masks (when it has them) give the localisation columns.
-    ``chance_seed``: add the chance rows (attack ``chance``, ε 0). Returns the table (a DataFrame)."""
-
-
+    ``settings``: the measures besides SSIM/NISSIM, top-k's k, the SSIM window and ``chance_seed`` (add the
+    chance rows, attack ``chance``, ε 0, when not None). ``data``: the prepared store, whose part masks (when it
+    has them) give the localisation columns. Returns the table (a DataFrame)."""
+    measures, k, gaussian, chance_seed = settings.measures, settings.topk, settings.ssim == "gaussian", settings.chance_seed
     fns = measure_fns(measures, k)
     store_masks = _store_masks(data)
     cleans: dict[str, _Clean] = {}

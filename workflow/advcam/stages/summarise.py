@@ -65,6 +65,7 @@ def read_train_reports(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
 def summarise(
     scores: Sequence[str | os.PathLike],
     out: str | os.PathLike,
+    *,
     vid_out: str | os.PathLike | None = None,
     vid_images_out: str | os.PathLike | None = None,
     nissim_out: str | os.PathLike | None = None,
@@ -74,7 +75,6 @@ def summarise(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
-    *,
     train_reports: Sequence[str | os.PathLike] | None = None,
     min_accuracy: float = 0.0,
     replicates_out: str | os.PathLike | None = None,

@@ -1,0 +1,300 @@
+"""Typed settings: one frozen, keyword-only dataclass per stage family, built once at the edge.
+
+The workflow validates the config against its schema, then builds these from each model's and each attack's
+entry (``from_mapping``): their checks run there, at parse time, before any job starts, and nowhere else. A rule
+passes one entry to its job as one JSON argument (``--settings``); the CLI rebuilds the same dataclass (its flags,
+generated from the fields, override single values), and the stage and the library take the dataclass.
+
+Adding a setting touches the schema, its field here and the code that uses it: the CLI flag, the rule's argument
+and the record in train.json follow from the field. ``tests/test_settings.py`` checks that each schema family's
+keys are the fields plus :data:`WORKFLOW_ONLY` of that family.
+
+No torch here: the workflow imports this module at parse time.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+from .errors import InputError
+
+__all__ = [
+    "TrainSettings",
+    "AttackSettings",
+    "CamSettings",
+    "ScoreSettings",
+    "SettingsError",
+    "OPTIMIZERS",
+    "ATTACKS",
+    "TARGET_RULES",
+    "CAM_TARGETS",
+    "SCORE_MEASURES",
+    "SSIM_WINDOWS",
+    "WORKFLOW_ONLY",
+    "add_arguments",
+    "from_arguments",
+]
+
+#: optimisers of the training loop
+OPTIMIZERS = ("adamw", "sgd")
+#: the attacks (the workflow's attack wildcard; :data:`advcam.attacks.REGISTRY` holds each one's function)
+ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm")
+#: how a targeted attack picks each image's target class
+TARGET_RULES = ("next", "least_likely", "random")
+#: CAM classes a map can explain
+CAM_TARGETS = ("predicted", "label")
+#: measures of the scoring stage besides SSIM/NISSIM (:data:`advcam.measures.MEASURES` describes each)
+SCORE_MEASURES = ("spearman", "topk", "com_shift")
+#: SSIM windows of the scoring stage
+SSIM_WINDOWS = ("uniform", "gaussian")
+
+
+class SettingsError(InputError):
+    """A setting out of range, of the wrong type, or unknown (named, with its value)."""
+
+
+S = TypeVar("S", bound="_Settings")
+
+
+def _opt(default: Any, help: str = "", **cli: Any) -> Any:
+    """A field with its CLI help (``cli``: argparse keywords such as ``choices``, ``aliases``, ``metavar``)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Settings:
+    @classmethod
+    def from_mapping(cls: type[S], values: Mapping[str, Any], *, ignore: tuple[str, ...] = ()) -> S:
+        """Build from a config entry or a JSON object; keys in ``ignore`` are skipped, any other unknown key is a
+        :class:`SettingsError` naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names - set(ignore))
+        if unknown:
+            raise SettingsError(f"unknown setting{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
+                                f"(known: {', '.join(sorted(names))})")
+        try:
+            return cls(**{k: v for k, v in values.items() if k in names})
+        except TypeError as e:  # a required field is missing
+            raise SettingsError(str(e)) from None
+
+    @classmethod
+    def from_json(cls: type[S], text: str) -> S:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SettingsError(f"--settings is not a JSON object: {e}") from None
+        if not isinstance(values, dict):
+            raise SettingsError(f"--settings must be a JSON object, got {text!r}")
+        return cls.from_mapping(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """One line of JSON, keys sorted (what a rule passes as ``--settings``)."""
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+
+    def _check(self, ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise SettingsError(f"{name} {getattr(self, name)!r}: {what}")
+
+    def _number(self, name: str, kind: type, lo: float | None = None, hi: float | None = None, *,
+                open_lo: bool = False) -> None:
+        v = getattr(self, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
+            raise SettingsError(f"{name} {v!r}: must be {'a whole number' if kind is int else 'a number'}")
+        object.__setattr__(self, name, kind(v))
+        if lo is not None:
+            self._check(v > lo if open_lo else v >= lo, name, f"must be {'>' if open_lo else '>='} {lo:g}")
+        if hi is not None:
+            self._check(v <= hi, name, f"must be <= {hi:g}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings(_Settings):
+    """How one model is built and fine-tuned: a model entry of the config, less :data:`WORKFLOW_ONLY` ``["train"]``.
+
+    Units: ``lr`` per step at the peak of the schedule; ``warmup_epochs`` in epochs (may be fractional);
+    ``augment`` a strength ≥ 0 (0 = none); ``pixel_noise`` the largest per-image std of the Gaussian training
+    noise on the [0, 1] pixel scale, added from epoch ``pixel_noise_from`` (1-based). ``amp``: None = chosen for
+    the machine, True/False = bf16 autocast on/off. ``seed``: the model's configured seed (replicate r trains with
+    :func:`advcam.train.replicate_seed` (seed, r))."""
+
+    epochs: int = _opt(10, "training epochs (>= 1)")
+    batch_size: int = _opt(32, "images per step (>= 2)")
+    lr: float = _opt(1e-3, "peak learning rate (> 0)")
+    optimizer: str = _opt("adamw", "optimiser", choices=OPTIMIZERS)
+    weight_decay: float = _opt(0.05, "decoupled weight decay (>= 0)")
+    warmup_epochs: float = _opt(1.0, "linear warm-up, in epochs, before the cosine decay")
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy, in [0, 1]")
+    augment: float = _opt(1.0, "augmentation strength (0 = none)")
+    pixel_noise: float = _opt(0.0, "Gaussian training noise: per-image std drawn from U(0, this) ([0,1] scale)")
+    pixel_noise_from: int = _opt(1, "first epoch (1-based) that adds pixel_noise", metavar="EPOCH")
+    seed: int = _opt(0, "the model's seed (weight init, data order, noise draws; replicate r > 0 derives its own)")
+    amp: bool | None = _opt(None, "bf16 autocast for training: auto = chosen per machine (CUDA, AMX, or a probe finds "
+                                  "it faster); on/off force it", tristate=True)
+    layer: str | None = _opt(None, "Grad-CAM target layer (default: the paper's, else timm feature_info[-1])")
+    pretrained: bool = _opt(False, "timm ImageNet weights (needs network or a warm cache)")
+    pretrained_file: str | None = _opt(None, "local weights file loaded through timm")
+
+    def __post_init__(self) -> None:
+        self._number("epochs", int, 1)
+        self._number("batch_size", int, 2)
+        self._number("lr", float, 0, open_lo=True)
+        self._check(self.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
+        self._number("weight_decay", float, 0)
+        self._number("warmup_epochs", float, 0)
+        self._number("label_smoothing", float, 0, 1)
+        self._number("augment", float, 0)
+        self._number("pixel_noise", float, 0, 1)
+        self._number("pixel_noise_from", int, 1)
+        self._number("seed", int)
+        self._check(self.amp in (None, True, False), "amp", "must be null (auto), true or false")
+        self._check(isinstance(self.pretrained, bool), "pretrained", "must be true or false")
+        self._check(not (self.pixel_noise > 0 and self.pixel_noise_from > self.epochs), "pixel_noise_from",
+                    f"is after the last epoch ({self.epochs}), so pixel_noise would never be added")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackSettings(_Settings):
+    """How one attack runs at every ε: an attack entry of the config (less ``eps``, which each job gets) and its name.
+
+    ``alpha``: the step of the iterative attacks on the [0, 1] pixel scale; ``steps`` their iterations;
+    ``decay`` MI-FGSM's momentum decay; ``random_start`` PGD's start in the ε-ball; ``targeted``: "none" (the
+    config's false) or a rule of :data:`TARGET_RULES`; ``seed``: noise signs, PGD's start, random targets.
+    The defaults are PGD's; each attack's own defaults are in the schema."""
+
+    attack: str = _opt("fgsm", "fgsm, noise (random-sign control), pgd, bim or mifgsm", choices=ATTACKS)
+    targeted: str = _opt("none", "step towards a target class per image: the next identity, the least likely one "
+                                 "(clean logits), or one drawn at random (seeded); never the true label",
+                         choices=("none",) + TARGET_RULES)
+    steps: int = _opt(10, "iterations of pgd, bim, mifgsm (>= 1)", aliases=("--pgd-steps",))
+    alpha: float = _opt(2 / 255, "step size of pgd, bim, mifgsm (> 0)", aliases=("--pgd-alpha",))
+    decay: float = _opt(1.0, "mifgsm's momentum decay (>= 0)")
+    random_start: bool = _opt(True, "pgd starts in the ε-ball (--no-random-start: at the image)")
+    seed: int = _opt(0, "noise signs / PGD random start / random targets")
+
+    def __post_init__(self) -> None:
+        if self.targeted is False or self.targeted is None:
+            object.__setattr__(self, "targeted", "none")
+        self._check(self.attack in ATTACKS, "attack", f"unknown attack: choose one of {', '.join(ATTACKS)}")
+        self._check(self.targeted in ("none",) + TARGET_RULES, "targeted",
+                    f"choose false/none or one of {', '.join(TARGET_RULES)}")
+        self._check(not (self.attack == "noise" and self.targeted != "none"), "targeted",
+                    "the noise control has no target class; leave it untargeted")
+        self._number("steps", int, 1)
+        self._number("alpha", float, 0, open_lo=True)
+        self._number("decay", float, 0)
+        self._check(isinstance(self.random_start, bool), "random_start", "must be true or false")
+        self._number("seed", int)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CamSettings(_Settings):
+    """How the heatmaps are made: the config's ``cam`` entry. ``target``: the class each map explains;
+    ``batch_size``: images per forward; ``amp``: bf16 autocast on CUDA."""
+
+    target: str = _opt("predicted", "class each map explains: the predicted one or the true label", choices=CAM_TARGETS)
+    batch_size: int = _opt(64, "images per batch (>= 1)")
+    amp: bool = _opt(False, "bf16 autocast for the CAMs on CUDA (maps moved by 9e-3 to 9e-2 vs fp32 on an H200)")
+
+    def __post_init__(self) -> None:
+        self._check(self.target in CAM_TARGETS, "target", f"choose one of {', '.join(CAM_TARGETS)}")
+        self._number("batch_size", int, 1)
+        self._check(isinstance(self.amp, bool), "amp", "must be true or false")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreSettings(_Settings):
+    """How each clean/adversarial pair of maps is compared: the config's ``metrics`` entry and ``ssim``.
+
+    ``k``: the top-k intersection's size, a fraction of the pixels in (0, 1) or a whole number of pixels;
+    ``chance_seed``: the derangement of the chance reference (None: no chance rows)."""
+
+    measures: tuple[str, ...] = _opt(SCORE_MEASURES, "dissimilarity measures besides SSIM/NISSIM, a column each: "
+                                     "spearman (rank correlation), topk (top-k intersection), com_shift (centre-of-"
+                                     "mass distance, pixels)", choices=SCORE_MEASURES)
+    k: float = _opt(0.1, "top-k intersection: a fraction of the pixels in (0, 1) or a whole number of pixels")
+    chance_seed: int | None = _opt(None, "add the chance reference (attack 'chance', ε 0): each clean map against "
+                                         "another test image's, paired by a derangement drawn with this seed "
+                                         "(omit: no chance rows)")
+    ssim: str = _opt("uniform", "uniform 7x7 with sample covariance, or Gaussian sigma=1.5", choices=SSIM_WINDOWS)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "measures", tuple(self.measures))
+        unknown = [m for m in self.measures if m not in SCORE_MEASURES]
+        self._check(not unknown, "measures", f"unknown {', '.join(map(repr, unknown))}: choose from "
+                                             f"{', '.join(SCORE_MEASURES)}")
+        self._number("k", float, 0, open_lo=True)
+        self._check(self.k < 1 or float(self.k).is_integer(), "k",
+                    "must be a fraction of the pixels in (0, 1) or a whole number of pixels")
+        if self.chance_seed is not None:
+            self._number("chance_seed", int, 0)
+        self._check(self.ssim in SSIM_WINDOWS, "ssim", f"choose one of {', '.join(SSIM_WINDOWS)}")
+
+    @property
+    def topk(self) -> int | float:
+        """``k`` as :func:`advcam.similarity.topk_intersection` takes it: a fraction stays a float, a count an int."""
+        return float(self.k) if self.k < 1 else int(self.k)
+
+
+#: config keys of each family that steer the workflow, not the stage (the schema's keys are the fields plus these)
+WORKFLOW_ONLY: dict[str, tuple[str, ...]] = {
+    "train": ("arch", "size", "replicates", "priority"),  # the rule's --arch, the store, the runs, the scheduling
+    "attack": ("eps",),  # each ε is its own job
+    "cam": (),
+    "score": (),  # the config's metrics entry and its top-level ssim
+}
+
+
+# ---------------------------------------------------------------- the CLI's flags, generated from the fields
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[_Settings], *, skip: tuple[str, ...] = ()) -> None:
+    """``--settings JSON`` and one flag per field of ``cls`` (``--batch-size`` for ``batch_size``; booleans as
+    ``--x/--no-x``; a tri-state as auto/on/off). An absent flag leaves the JSON's value, or the field's default."""
+    parser.add_argument("--settings", metavar="JSON",
+                        help=f"every {cls.__name__} field as one JSON object (what the workflow passes); a flag "
+                             "below overrides one value")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        meta = dict(f.metadata)
+        flags = [f"--{f.name.replace('_', '-')}", *meta.pop("aliases", ())]
+        text = meta.pop("help", "")
+        tristate = meta.pop("tristate", False)
+        shown = "auto" if tristate else _show(f.default)
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              "help": text if "default" in text else f"{text} (default: {shown})"}
+        if tristate:
+            kw.update(choices=["auto", "on", "off"], type=str)
+        elif isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(f.default, tuple):
+            kw["nargs"] = "*"
+        elif f.default is not None:
+            kw["type"] = type(f.default)
+        elif "int" in str(f.type):
+            kw["type"] = int
+        kw.update(meta)
+        parser.add_argument(*flags, **kw)
+
+
+def _show(v: Any) -> str:
+    return {None: "none", True: "true", False: "false"}.get(v, str(v)) if not isinstance(v, (int, float)) or \
+        isinstance(v, bool) else f"{v:g}"
+
+
+def from_arguments(cls: type[S], args: argparse.Namespace) -> S:
+    """The settings of a parsed command line: ``--settings`` (if given), then every flag given, over the defaults."""
+    values: dict[str, Any] = {}
+    if getattr(args, "settings", None):
+        values.update(cls.from_json(args.settings).as_dict())
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name):
+            v = getattr(args, f.name)
+            values[f.name] = {"auto": None, "on": True, "off": False}[v] if f.metadata.get("tristate") else v
+    return cls.from_mapping(values)
