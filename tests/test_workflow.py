@@ -34,6 +34,14 @@ def test_lint_is_clean(tmp_path):
     assert "Lints for" not in proc.stdout + proc.stderr
 
 
+def test_rules_are_snakefmt_clean():
+    """The Snakefile and every rule file as snakefmt writes them (line length from pyproject.toml)."""
+    files = [str(SNAKEFILE), *map(str, sorted((REPO / "workflow/rules").glob("*.smk")))]
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def train_priorities(proc, rule: str = "train", wildcard: str = "model") -> dict[str, int]:
     """wildcard value → priority of that rule's job in a dry run (snakemake prints 'priority: N' when it is
     not 0); by default model → priority of its train job."""

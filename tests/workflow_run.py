@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "Snakefile"
+SNAKEFILE = REPO / "workflow/Snakefile"
 # Wall-clock bound of one snakemake call in the tests (seconds); the process group is killed past it.
 TIMEOUT_S = int(os.environ.get("ADVCAM_TEST_TIMEOUT_S", 1200))
 

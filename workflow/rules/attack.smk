@@ -7,19 +7,19 @@ rule gradient:
         data=data_store,
     output:
         f"{RESULTS}/attacks/{{model}}/r{{rep}}/fgsm_sign.h5",
-    params:
-        batch=CAM_SETTINGS.batch_size,
-        device=DEVICE,
     log:
         f"{RESULTS}/logs/gradient/{{model}}/r{{rep}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/gradient/{{model}}/r{{rep}}.tsv"
     priority: model_priority
+    conda:
+        "../../envs/advcam.yaml"
     threads: 1
     resources:
         **GPU_JOB,
-    conda:
-        "../../envs/advcam.yaml"
+    params:
+        batch=CAM_SETTINGS.batch_size,
+        device=DEVICE,
     shell:
         "python -m advcam gradient --model {input.model} --data {input.data} --out {output} "
         "--batch-size {params.batch} --device {params.device} --threads {threads} > {log} 2>&1"
@@ -35,21 +35,21 @@ rule attack:
     output:
         attack=f"{RESULTS}/attacks/{{model}}/r{{rep}}/{{attack}}/{{eps}}.h5",
         heatmaps=adv_heatmap_files(),
-    params:
-        **CAM_PARAMS,
-        settings=attack_settings,
-        sign=lambda w, input: f"--sign {input.gradient}" if w.attack == "fgsm" else "",
-        transfer="",
     log:
         f"{RESULTS}/logs/attack/{{model}}/r{{rep}}/{{attack}}/{{eps}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/attack/{{model}}/r{{rep}}/{{attack}}/{{eps}}.tsv"
     priority: model_priority
+    conda:
+        "../../envs/advcam.yaml"
     threads: 1
     resources:
         **GPU_JOB,
-    conda:
-        "../../envs/advcam.yaml"
+    params:
+        **CAM_PARAMS,
+        settings=attack_settings,
+        sign=lambda w, input: f"--sign {input.gradient}" if w.attack == "fgsm" else "",
+        transfer="",
     shell:
         "python -m advcam attack --model {input.model} --data {input.data} --attack {wildcards.attack} "
         "--eps {wildcards.eps} --settings {params.settings:q} {params.transfer} {params.sign} "
@@ -70,12 +70,12 @@ use rule attack as transfer with:
     output:
         attack=f"{RESULTS}/attacks/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.h5",
         heatmaps=transfer_heatmap_files(),
+    log:
+        f"{RESULTS}/logs/transfer/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/transfer/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.tsv"
     params:
         **CAM_PARAMS,  # `with: params` replaces the whole block
         settings=attack_settings,
         sign=lambda w, input: f"--sign {input.source_sign}" if input.source_sign else "",
         transfer=lambda w, input: f"--transfer-from {input.source}",
-    log:
-        f"{RESULTS}/logs/transfer/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/transfer/{{model}}/r{{rep}}/from_{{source}}/{{attack}}/{{eps}}.tsv"

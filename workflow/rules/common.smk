@@ -10,7 +10,6 @@ from pathlib import Path
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import ExecMode
 
-
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 RESULTS = config["results"]
@@ -24,10 +23,13 @@ CAMS = config["cams"]  # the CAM methods of the study: a heatmap file and a scor
 ATTACKS = {name: spec for name, spec in config.get("attacks", {}).items() if spec.get("eps")}
 # Rules call the CLI as `python -m advcam <stage>`: the library is found whether it was pip-installed or not
 # (e.g. inside a --use-conda environment that holds only the dependencies).
-shell.prefix(f"export PYTHONPATH={workflow.basedir}/workflow${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# The package's folder, workflow/, found from this file whichever Snakefile (the repo root's, or workflow/Snakefile
+# as the catalog runs it) is the main one.
+ADVCAM_PATH = str(Path(str(workflow.current_basedir)).resolve().parent)
+shell.prefix(f"export PYTHONPATH={ADVCAM_PATH}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 # the settings dataclasses check each family's entries here, at parse time (advcam.settings imports no torch)
-if f"{workflow.basedir}/workflow" not in sys.path:
-    sys.path.insert(0, f"{workflow.basedir}/workflow")
+if ADVCAM_PATH not in sys.path:
+    sys.path.insert(0, ADVCAM_PATH)
 from advcam.settings import ATTACKS as ATTACK_NAMES
 from advcam.settings import WORKFLOW_ONLY, AttackSettings, CamSettings, ScoreSettings, SettingsError, TrainSettings
 
@@ -50,12 +52,16 @@ TRANSFER = [(t["source"], t["target"]) for t in config["transfer"]]
 for _src, _tgt in TRANSFER:
     for _m in (_src, _tgt):
         if _m not in MODELS:
-            raise ValueError(f"config: transfer: {_src} -> {_tgt}: '{_m}' is not a model of this study ({', '.join(MODELS)})")
+            raise ValueError(
+                f"config: transfer: {_src} -> {_tgt}: '{_m}' is not a model of this study ({', '.join(MODELS)})"
+            )
     if _src == _tgt:
         raise ValueError(f"config: transfer: {_src} -> {_tgt}: a model's own attacks are already its white-box rows")
     if MODELS[_src]["size"] != MODELS[_tgt]["size"]:
-        raise ValueError(f"config: transfer: {_src} -> {_tgt}: the two must share the input size "
-                         f"({_src} {MODELS[_src]['size']}, {_tgt} {MODELS[_tgt]['size']})")
+        raise ValueError(
+            f"config: transfer: {_src} -> {_tgt}: the two must share the input size "
+            f"({_src} {MODELS[_src]['size']}, {_tgt} {MODELS[_tgt]['size']})"
+        )
 if len(set(TRANSFER)) != len(TRANSFER):
     raise ValueError("config: transfer: a (source, target) pair is listed twice")
 if abs(sum(DATASET["split"]) - 1) > 1e-6:
@@ -71,8 +77,9 @@ def _settings(cls, where, spec, family):
 
 
 TRAIN_SETTINGS = {m: _settings(TrainSettings, f"models: {m}", spec, "train") for m, spec in MODELS.items()}
-ATTACK_SETTINGS = {a: _settings(AttackSettings, f"attacks: {a}", {"attack": a, **spec}, "attack")
-                   for a, spec in ATTACKS.items()}
+ATTACK_SETTINGS = {
+    a: _settings(AttackSettings, f"attacks: {a}", {"attack": a, **spec}, "attack") for a, spec in ATTACKS.items()
+}
 CAM_SETTINGS = _settings(CamSettings, "cam", config["cam"], "cam")
 # the white-box tables carry the chance reference; a transfer table's would repeat its target's
 SCORE_SETTINGS = _settings(ScoreSettings, "metrics", {**config["metrics"], "ssim": config["ssim"]}, "score")
@@ -156,8 +163,9 @@ def train_priority(wildcards):
 def prepare_priority(wildcards):
     """A store inherits the highest priority of the trainings on it, so the first model's data is ready first
     (else its training waits behind the others')."""
-    return max((len(_RANK) + 1 + _rank(k) for k, m in MODELS.items() if str(m["size"]) == str(wildcards.size)),
-               default=0)
+    return max(
+        (len(_RANK) + 1 + _rank(k) for k, m in MODELS.items() if str(m["size"]) == str(wildcards.size)), default=0
+    )
 
 
 def collect_priority(wildcards):
@@ -224,7 +232,9 @@ def score_files():
 
 def model_adv_heatmaps(model, rep):
     """Every adversarial heatmap file of one training run: each attack, ε and CAM method."""
-    return [f for m, r, a, e in attack_jobs() if (m, str(r)) == (model, str(rep)) for f in adv_heatmap_files(m, r, a, e)]
+    return [
+        f for m, r, a, e in attack_jobs() if (m, str(r)) == (model, str(rep)) for f in adv_heatmap_files(m, r, a, e)
+    ]
 
 
 def transfer_runs():
@@ -235,8 +245,13 @@ def transfer_runs():
 
 def transfer_jobs():
     """(target, source, replicate, attack, eps) of every transfer pair and attack but the noise control."""
-    return [(t, s, r, a, fmt_eps(e)) for t, s, r in transfer_runs() for a, spec in ATTACKS.items() if a != "noise"
-            for e in spec["eps"]]
+    return [
+        (t, s, r, a, fmt_eps(e))
+        for t, s, r in transfer_runs()
+        for a, spec in ATTACKS.items()
+        if a != "noise"
+        for e in spec["eps"]
+    ]
 
 
 def transfer_score_files():
@@ -247,8 +262,12 @@ def transfer_score_files():
 def pair_transfer_heatmaps(target, source, rep):
     """Every heatmap file of the source's adversarial images explained by the target (one replicate of each): each
     attack, ε and method."""
-    return [f for t, s, r, a, e in transfer_jobs() if (t, s, str(r)) == (target, source, str(rep))
-            for f in transfer_heatmap_files(t, s, r, a, e)]
+    return [
+        f
+        for t, s, r, a, e in transfer_jobs()
+        if (t, s, str(r)) == (target, source, str(rep))
+        for f in transfer_heatmap_files(t, s, r, a, e)
+    ]
 
 
 def transfer_heatmap_files(model="{model}", source="{source}", rep="{rep}", attack="{attack}", eps="{eps}"):

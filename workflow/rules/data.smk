@@ -4,22 +4,22 @@
 rule synth:
     output:
         directory(synthetic_dir()),
+    log:
+        f"{RESULTS}/logs/synth.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synth.tsv"
+    conda:
+        "../../envs/advcam.yaml"
+    threads: 2
+    resources:
+        runtime=30,
+        mem_mb=2000,
     params:
         identities=DATASET["identities"],
         images=DATASET["images_per_identity"],
         size=DATASET["synthetic_size"],
         seed=DATASET["seed"],
         pose=DATASET["pose_jitter"],
-    log:
-        f"{RESULTS}/logs/synth.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/synth.tsv"
-    threads: 2
-    resources:
-        runtime=30,
-        mem_mb=2000,
-    conda:
-        "../../envs/advcam.yaml"
     shell:
         "python -m advcam synth --out {output} --identities {params.identities} --images {params.images} "
         "--size {params.size} --seed {params.seed} --pose {params.pose} --workers {threads} --masks > {log} 2>&1"
@@ -31,6 +31,17 @@ rule prepare:
     output:
         store=f"{RESULTS}/data/{{size}}.h5",
         report=f"{RESULTS}/data/{{size}}.json",
+    log:
+        f"{RESULTS}/logs/prepare/{{size}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare/{{size}}.tsv"
+    priority: prepare_priority
+    conda:
+        "../../envs/advcam.yaml"
+    threads: 1
+    resources:
+        runtime=120,
+        mem_mb=16000,
     params:
         root=synthetic_dir() if DATASET["source"] == "synthetic" else DATASET["root"],
         identities="" if DATASET["identities"] is None else f"--identities {DATASET['identities']}",
@@ -40,17 +51,6 @@ rule prepare:
         margin=DATASET["margin"],
         skip="--skip-broken" if DATASET["skip_broken"] else "",
         masks="--masks" if LOCALISE else "",
-    log:
-        f"{RESULTS}/logs/prepare/{{size}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/prepare/{{size}}.tsv"
-    priority: prepare_priority
-    threads: 1
-    resources:
-        runtime=120,
-        mem_mb=16000,
-    conda:
-        "../../envs/advcam.yaml"
     shell:
         "python -m advcam prepare --root {params.root} --out {output.store} --size {wildcards.size} {params.identities} "
         "--min-images {params.min_images} --split {params.split} --seed {params.seed} --margin {params.margin} "

@@ -8,24 +8,22 @@ rule explain_clean:
         data=data_store,
     output:
         clean_heatmap_files(),
-    params:
-        **CAM_PARAMS,
     log:
         f"{RESULTS}/logs/explain/{{model}}/r{{rep}}/clean.log",
     benchmark:
         f"{RESULTS}/benchmarks/explain/{{model}}/r{{rep}}/clean.tsv"
     priority: model_priority
+    conda:
+        "../../envs/advcam.yaml"
     threads: 1
     resources:
         **GPU_JOB,
-    conda:
-        "../../envs/advcam.yaml"
+    params:
+        **CAM_PARAMS,
     shell:
         "python -m advcam explain --model {input.model} --data {input.data} --out {output} --name {wildcards.model} "
         "--target {params.target} --batch-size {params.batch} {params.amp} --device {params.device} --threads {threads} "
         "> {log} 2>&1"
-
-
 
 
 rule score:
@@ -39,19 +37,19 @@ rule score:
         data=data_store,
     output:
         f"{RESULTS}/scores/{{model}}/r{{rep}}/white_box.csv",
-    params:
-        settings=SCORE_SETTINGS.to_json(),
     log:
         f"{RESULTS}/logs/score/{{model}}/r{{rep}}/white_box.log",
     benchmark:
         f"{RESULTS}/benchmarks/score/{{model}}/r{{rep}}/white_box.tsv"
     priority: collect_priority
+    conda:
+        "../../envs/advcam.yaml"
     threads: 1
     resources:
         runtime=30,
         mem_mb=4000,
-    conda:
-        "../../envs/advcam.yaml"
+    params:
+        settings=SCORE_SETTINGS.to_json(),
     shell:
         "python -m advcam score --clean {input.clean} --adv {input.adv} --data {input.data} --out {output} "
         "--settings {params.settings:q} --device cpu "
@@ -65,12 +63,12 @@ use rule score as score_transfer with:
         data=data_store,
     output:
         f"{RESULTS}/scores/{{model}}/r{{rep}}/from_{{source}}.csv",
-    params:
-        settings=TRANSFER_SCORE_SETTINGS.to_json(),  # no chance rows: they are in the target's white-box table
     log:
         f"{RESULTS}/logs/score/{{model}}/r{{rep}}/from_{{source}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score/{{model}}/r{{rep}}/from_{{source}}.tsv"
+    params:
+        settings=TRANSFER_SCORE_SETTINGS.to_json(),  # no chance rows: they are in the target's white-box table
 
 
 rule sanity:
@@ -83,22 +81,22 @@ rule sanity:
         data=data_store,
     output:
         sanity_model_files(),
+    log:
+        f"{RESULTS}/logs/sanity/{{model}}/r{{rep}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sanity/{{model}}/r{{rep}}.tsv"
+    priority: model_priority
+    conda:
+        "../../envs/advcam.yaml"
+    threads: 1
+    resources:
+        **GPU_JOB,
     params:
         images=config["sanity"]["images"],
         seed=config["sanity"]["seed"],
         target=CAM_SETTINGS.target,
         batch=CAM_SETTINGS.batch_size,
         device=DEVICE,
-    log:
-        f"{RESULTS}/logs/sanity/{{model}}/r{{rep}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/sanity/{{model}}/r{{rep}}.tsv"
-    priority: model_priority
-    threads: 1
-    resources:
-        **GPU_JOB,
-    conda:
-        "../../envs/advcam.yaml"
     shell:
         "python -m advcam sanity --model {input.model} --data {input.data} --out {output} --name {wildcards.model} "
         "--images {params.images} --seed {params.seed} --target {params.target} "

@@ -20,20 +20,22 @@ rule summarise:
         replicates=f"{RESULTS}/summary/replicates.csv",
         claims=f"{RESULTS}/summary/claims.csv",
         sanity=[f"{RESULTS}/summary/sanity.csv"] if SANITY else [],
+    log:
+        f"{RESULTS}/logs/summarise.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summarise.tsv"
+    conda:
+        "../../envs/advcam.yaml"
+    threads: 1
     params:
         confidence=config["summary"]["confidence"],
         resamples=config["summary"]["resamples"],
         min_accuracy=config["min_accuracy"],
         # the threshold as a plain value (snakemake records it, so changing it reruns this job), the files derived
         sanity_threshold=f"--sanity-threshold {config['sanity']['threshold']}" if SANITY else "",
-        sanity=lambda w, input, output: f"--sanity {' '.join(input.sanity)} --sanity-out {output.sanity}" if input.sanity else "",
-    log:
-        f"{RESULTS}/logs/summarise.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/summarise.tsv"
-    threads: 1
-    conda:
-        "../../envs/advcam.yaml"
+        sanity=lambda w, input, output: (
+            f"--sanity {' '.join(input.sanity)} --sanity-out {output.sanity}" if input.sanity else ""
+        ),
     shell:
         "python -m advcam summarise {input.scores} --out {output.mod_vid} --vid {output.vid} --vid-images {output.vid_images} "
         "--nissim {output.nissim} --train-reports {input.reports} --min-accuracy {params.min_accuracy} "
@@ -75,16 +77,16 @@ rule plot:
             caption="../report/sanity.rst",
             category="Sanity check",
         ),
-    params:
-        outdir=lambda w, output: os.path.dirname(output.mod),
-        sanity=lambda w, input: f"--sanity {input.sanity}" if input.sanity else "",
     log:
         f"{RESULTS}/logs/plot.log",
     benchmark:
         f"{RESULTS}/benchmarks/plot.tsv"
-    threads: 1
     conda:
         "../../envs/advcam.yaml"
+    threads: 1
+    params:
+        outdir=lambda w, output: os.path.dirname(output.mod),
+        sanity=lambda w, input: f"--sanity {input.sanity}" if input.sanity else "",
     shell:
         "python -m advcam plot --summary {input.summary} --replicates {input.replicates} --claims {input.claims} --vid-images {input.vid_images} --nissim {input.nissim} "
         "{params.sanity} --out-dir {params.outdir} > {log} 2>&1"
@@ -97,17 +99,17 @@ rule gallery:
         adv=lambda w: gallery_heatmaps(w.model),
     output:
         report(f"{RESULTS}/plots/gallery_{{model}}.png", caption="../report/gallery.rst", category="Galleries"),
-    params:
-        prefix=lambda w, output: os.path.splitext(output[0])[0],
-        n=config["gallery_images"],
     log:
         f"{RESULTS}/logs/gallery/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/gallery/{{model}}.tsv"
     priority: collect_priority
-    threads: 1
     conda:
         "../../envs/advcam.yaml"
+    threads: 1
+    params:
+        prefix=lambda w, output: os.path.splitext(output[0])[0],
+        n=config["gallery_images"],
     shell:
         "python -m advcam gallery --data {input.data} --clean {input.clean} --adv {input.adv} --out {params.prefix} "
         "--n {params.n} --title '{wildcards.model}: clean and FGSM CAMs' > {log} 2>&1"

@@ -7,23 +7,23 @@ rule train:
     output:
         model=f"{RESULTS}/models/{{model}}/r{{rep}}/model.pt",
         report=f"{RESULTS}/models/{{model}}/r{{rep}}/train.json",
+    log:
+        f"{RESULTS}/logs/train/{{model}}/r{{rep}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}/r{{rep}}.tsv"
+    priority: train_priority
+    conda:
+        "../../envs/advcam.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        runtime=240,
+        mem_mb=24000,
     params:
         arch=lambda w: arch(w.model),
         settings=train_settings,
         hash=lambda w: model_hash(w.model),
         device=DEVICE,
-    log:
-        f"{RESULTS}/logs/train/{{model}}/r{{rep}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/{{model}}/r{{rep}}.tsv"
-    threads: config["threads"]
-    priority: train_priority
-    resources:
-        gpu=1,
-        runtime=240,
-        mem_mb=24000,
-    conda:
-        "../../envs/advcam.yaml"
     shell:
         "python -m advcam train --data {input} --arch {params.arch} --out {output.model} --report {output.report} "
         "--settings {params.settings:q} --replicate {wildcards.rep} --name {wildcards.model} --device {params.device} --threads {threads} --meta config_hash={params.hash} --no-progress > {log} 2>&1"
