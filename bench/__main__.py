@@ -25,12 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 import advcam  # noqa: E402
 from advcam.attacks import apply_sign, gradient_sign  # noqa: E402
-from advcam.base_cam import explain  # noqa: E402
+from advcam.explainers import explain_cams  # noqa: E402
 from advcam.models import PAPER_MODELS, build_model, frozen_parameters  # noqa: E402
 from advcam.precision import choose_precision, cpu_model, onednn_isa_cap  # noqa: E402
 from advcam.similarity import ssim  # noqa: E402
 from advcam.settings import TrainSettings  # noqa: E402
 from advcam.train import train_model  # noqa: E402
+
+
+def explain(model, layer, x, **kw):
+    """Grad-CAM as the workflow's explain and attack stages run it: explain_cams with the one method."""
+    return explain_cams(model, layer, x, ["gradcam"], **kw)["gradcam"]
 
 CPU_SIZES = {"resnet50": 128, "vgg16": 64, "inception_v3": 171, "xception": 112}
 GPU_SIZES = {"resnet50": 224, "vgg16": 224, "inception_v3": 299, "xception": 299}

@@ -5,11 +5,17 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import advcam
-from advcam.base_cam import explain, gradcam_batch, upsample_cam
+from advcam.base_cam import upsample_cam
+from advcam.explainers import explain_cams
 from advcam.models import PAPER_MODELS, UnknownLayerError, build_model
 
 SIZES = {"vgg16": 64, "resnet50": 64, "resnet101": 64, "inception_v3": 107, "xception": 96}
 _cache: dict = {}
+
+
+def explain(model, layer, x, **kw):
+    """Grad-CAM through the workflow's path: :func:`explain_cams` with the one method."""
+    return explain_cams(model, layer, x, ["gradcam"], **kw)["gradcam"]
 
 
 def model_for(arch):
@@ -45,7 +51,7 @@ def test_only_logit_to_layer_backward_and_hooks_removed(seed):
         p.grad = None
     flags = [p.requires_grad for p in model.parameters()]
     x = torch.rand(2, 3, 64, 64)
-    out = gradcam_batch(model, "layer4", x)
+    out = explain(model, "layer4", x, out_device=None)
     assert all(p.grad is None for p in model.parameters())
     assert [p.requires_grad for p in model.parameters()] == flags
     assert not model.net.layer4._forward_hooks
@@ -56,7 +62,7 @@ def test_only_logit_to_layer_backward_and_hooks_removed(seed):
 def test_hook_removed_on_error():
     model = model_for("resnet50")
     with pytest.raises(ValueError):
-        gradcam_batch(model, "layer4", torch.rand(2, 3, 64, 64), target=torch.tensor([0, 99]))
+        explain(model, "layer4", torch.rand(2, 3, 64, 64), target=torch.tensor([0, 99]))
     assert not model.net.layer4._forward_hooks
 
 

@@ -137,12 +137,11 @@ def test_perturbation_methods_match_pytorch_grad_cam(arch, seed):
     _compare(arch, ["scorecam", "ablationcam"], 1)
 
 
-def test_cam_is_cams_and_gradcam(seed):
+def test_cam_is_cams(seed):
     model = model_for("resnet50")
     x = torch.rand(2, 3, 67, 67)
     one = advcam.cam(model, "layer4", x, method="layercam")
     assert torch.equal(one, advcam.cams(model, "layer4", x, ["layercam", "gradcam"])["layercam"])
-    assert torch.equal(advcam.cam(model, "layer4", x), advcam.gradcam(model, "layer4", x))
 
 
 def test_every_gradient_method_from_one_forward_and_one_backward(seed, monkeypatch):

@@ -5,7 +5,7 @@ import torch
 
 import advcam
 from advcam.attacks import apply_sign, gradient_sign
-from advcam.base_cam import explain
+from advcam.explainers import explain_cams
 from advcam.models import PAPER_MODELS, build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -27,11 +27,11 @@ def test_gradcam_cuda_matches_pytorch_grad_cam(arch, size, seed):
     m = build_model(arch, 10).cuda().eval()
     layer = PAPER_MODELS[arch].layer
     x = torch.rand(8, 3, size, size, device="cuda")
-    ours = explain(m, layer, x).maps.numpy()
+    ours = explain_cams(m, layer, x, ["gradcam"])["gradcam"].maps.numpy()
     with GradCAM(model=m, target_layers=[m.net.get_submodule(layer)]) as cam:
         ref = cam(input_tensor=x, targets=None)
     assert np.abs(ours - ref).max() < 1e-4
-    cpu = explain(m.cpu(), layer, x.cpu()).maps.numpy()
+    cpu = explain_cams(m.cpu(), layer, x.cpu(), ["gradcam"])["gradcam"].maps.numpy()
     assert np.abs(ours - cpu).max() < 1e-3
 
 

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "workflow" / "advcam"
 
 #: each module's layer; a module may import only modules of its own layer or below
-UTILITIES = {"_version", "errors", "atomic", "settings"}
+UTILITIES = {"_version", "errors", "atomic", "settings", "batching"}
 FORMATS_OUTSIDE_IO = {"datasets"}  # the prepared store: reads image trees, writes and reads the store
 TOP = {"cli", "__main__", "__init__"}
 

@@ -13,8 +13,8 @@ from ._version import __version__
 #: public name → the module that defines it
 _EXPORTS = {
     **dict.fromkeys(["apply_sign", "bim", "fgsm", "gradient_sign", "mifgsm", "pgd", "random_sign"], "attacks"),
-    **dict.fromkeys(["explain", "gradcam", "upsample_cam"], "base_cam"),
-    **dict.fromkeys(["CAM_METHODS", "cam", "cams"], "explainers"),
+    "upsample_cam": "base_cam",
+    **dict.fromkeys(["CAM_METHODS", "cam", "cams", "explain_cams", "gradcam"], "explainers"),
     **dict.fromkeys(["energy_in_mask", "pointing_game"], "localisation"),
     **dict.fromkeys(["PAPER_MODELS", "build_model"], "models"),
     **dict.fromkeys(["load_checkpoint", "save_checkpoint"], "io.checkpoint"),

@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from .batching import batches
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device
 from .settings import ATTACKS, TARGET_RULES, AttackSettings
@@ -125,15 +125,9 @@ def gradient_sign(
     """
     dev = model_device(model)
     signs, logits, zero = [], [], []
-    it = range(0, x.shape[0], batch_size)
-    if progress:
-
-        it = tqdm(it, desc="gradient", unit="batch")
-    for s in it:
-        xb = x[s : s + batch_size].to(dev)
-        if xb.dtype == torch.uint8:
-            xb = xb.float().div_(255)
-        g, lg = _input_grad(model, xb, torch.as_tensor(y[s : s + batch_size]).long().to(dev))
+    for sl, xb in batches(x, batch_size, dev, progress="gradient" if progress else None):
+        s = sl.start
+        g, lg = _input_grad(model, xb, torch.as_tensor(y[sl]).long().to(dev))
         bad = ~torch.isfinite(g).flatten(1).all(1)
         if bool(bad.any()):  # one check per batch: the sign of NaN would be cast to int8 as garbage
             raise InputError(f"the input gradient holds NaN or infinite values for test images "

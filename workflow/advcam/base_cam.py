@@ -1,9 +1,12 @@
-"""Batched Grad-CAM on the model's device, the form pytorch-grad-cam 1.5.x computes.
+"""What every CAM method shares: the layer pass, the result type and the map's upsampling (pytorch-grad-cam 1.5.x).
 
-For activations A (N,K,h,w) of the target layer and the logit y_c of the explained class c:
-``w = mean_{h,w} ∂y_c/∂A``, ``raw = ReLU(Σ_k w_k A_k)`` (N,h,w); the map is
-``minmax(ReLU(upsample(minmax(raw))))`` with ``minmax(z) = (z - min z) / (max(z - min z) + 1e-7)`` per
-image and bilinear upsampling (``align_corners=False``) to the input size.
+:func:`layer_pass` gives the activations A (N,K,h,w) of the target layer and, when asked, ∂y_c/∂A for the
+logit y_c of the explained class c; each method of :mod:`advcam.explainers` makes its raw map (N,h,w) from them
+(Grad-CAM: ``w = mean_{h,w} ∂y_c/∂A``, ``raw = ReLU(Σ_k w_k A_k)``), and :func:`upsample_cam` turns it into the
+map ``minmax(ReLU(upsample(minmax(raw))))`` with ``minmax(z) = (z - min z) / (max(z - min z) + 1e-7)`` per
+image and bilinear upsampling (``align_corners=False``) to the input size. There is one CAM path:
+:func:`advcam.explainers.explain_cams` (what the workflow's stages run), and ``advcam.gradcam`` is
+``advcam.cam(method="gradcam")``.
 
 Only the backward from the logit to the target layer runs: parameters are frozen during the call and
 the activation is detached at the layer, so nothing before the layer is recorded by autograd and no
@@ -17,12 +20,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .errors import InputError
-from .models import eval_mode, frozen_parameters, model_device, resolve_layer
+from .models import eval_mode, frozen_parameters, resolve_layer
 
-__all__ = ["CamOutput", "LayerPass", "layer_pass", "gradcam", "gradcam_batch", "explain", "upsample_cam", "minmax"]
+__all__ = ["CamOutput", "LayerPass", "layer_pass", "upsample_cam", "minmax"]
 
 EPS = 1e-7
 
@@ -157,72 +159,3 @@ def layer_pass(
     finally:
         handle.remove()
     return LayerPass(acts=store["A"].detach().float(), grads=grad, logits=logits.detach(), target=tgt)
-
-
-def gradcam_batch(
-    model: nn.Module,
-    layer: str | nn.Module,
-    x: torch.Tensor,
-    target: torch.Tensor | None = None,
-    amp: bool = False,
-) -> CamOutput:
-    """Grad-CAM of one batch, computed where ``x`` lives (move ``x`` to the model's device first).
-
-    x : (N,3,H,W) float in [0,1]. target : None → each image's predicted class; else (N,) or scalar class
-    indices (e.g. the true labels). amp : bfloat16 autocast for the forward (CUDA only; maps stay within
-    about 1e-2 of fp32). Returns a :class:`CamOutput` on ``x``'s device.
-    """
-    lp = layer_pass(model, layer, x, target, need_grad=True, amp=amp)
-    w = lp.grads.mean(dim=(2, 3))  # (N,K)
-    raw = torch.einsum("nk,nkhw->nhw", w, lp.acts).clamp_min(0)
-    maps = upsample_cam(raw, x.shape[-2:])
-    return CamOutput(maps=maps, raw=raw, logits=lp.logits, target=lp.target)
-
-
-def explain(
-    model: nn.Module,
-    layer: str | nn.Module,
-    x: torch.Tensor,
-    target: torch.Tensor | None = None,
-    batch_size: int = 64,
-    amp: bool = False,
-    progress: bool = False,
-    out_device: str | torch.device | None = "cpu",
-) -> CamOutput:
-    """Grad-CAM of many images in batches on the model's device.
-
-    x : (N,3,H,W) float in [0,1] or uint8 in [0,255] (converted per batch), on any device.
-    target : None (predicted class) or (N,) class indices.
-    out_device : where the results go ("cpu" by default, for writing to disk); None keeps them on the
-    model's device (no host transfer, no synchronisation).
-    """
-    dev = model_device(model)
-    outs = []
-    it = range(0, x.shape[0], batch_size)
-    if progress:
-
-        it = tqdm(it, desc="grad-cam", unit="batch")
-    for s in it:
-        xb = x[s : s + batch_size].to(dev, non_blocking=True)
-        if xb.dtype == torch.uint8:
-            xb = xb.float().div_(255)
-        tb = None if target is None else torch.as_tensor(target)[s : s + batch_size].to(dev)
-        o = gradcam_batch(model, layer, xb, tb, amp=amp)
-        outs.append(o if out_device is None else o.to(out_device))
-    return CamOutput.cat(outs)
-
-
-def gradcam(
-    model: nn.Module,
-    layer: str | nn.Module,
-    x: torch.Tensor,
-    target: torch.Tensor | None = None,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Grad-CAM maps (N,H,W) float32 in [0,1] for images ``x`` (N,3,H,W) in [0,1].
-
-    ``layer`` is a module or its name inside the model (e.g. ``"layer4"``); ``target`` None explains
-    each image's predicted class, else give (N,) class indices. Computed in batches on the model's
-    device; returned on ``x``'s device.
-    """
-    return explain(model, layer, x, target, batch_size=batch_size).maps.to(x.device)

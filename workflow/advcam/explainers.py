@@ -44,12 +44,13 @@ from timm.layers import get_notrace_functions, get_notrace_modules
 from torch import nn
 
 from .base_cam import CamOutput, LayerPass, layer_pass, upsample_cam
+from .batching import batches
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device, resolve_layer
 
 __all__ = [
     "CAM_METHODS", "GRADIENT_METHODS", "cam", "cams", "cams_batch", "explain_cams", "network_after", "raw_cams",
-    "principal_projection",
+    "principal_projection", "gradcam",
 ]
 
 
@@ -341,11 +342,8 @@ def explain_cams(
     names = check_methods(methods)
     dev = model_device(model)
     parts: dict[str, list[CamOutput]] = {m: [] for m in names}
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(dev, non_blocking=True)
-        if xb.dtype == torch.uint8:
-            xb = xb.float().div_(255)
-        tb = None if target is None else torch.as_tensor(target)[s : s + batch_size].to(dev)
+    for sl, xb in batches(x, batch_size, dev):
+        tb = None if target is None else torch.as_tensor(target)[sl].to(dev)
         maps, raw, lp = cams_batch(model, layer, xb, names, tb, batch_size, amp)
         logits, tgt = (lp.logits, lp.target) if out_device is None else (lp.logits.to(out_device), lp.target.to(out_device))
         for m in names:  # the shared logits and targets moved once, not once per method
@@ -367,3 +365,15 @@ def cam(
     if not isinstance(method, str):
         raise InputError(f"method must be one name of {', '.join(CAM_METHODS)}, got {method!r}")
     return cams(model, layer, x, [method], target, batch_size)[method]
+
+
+def gradcam(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Grad-CAM maps (N,H,W) float32 in [0,1] of ``x`` (N,3,H,W) in [0,1] (or uint8), on ``x``'s device:
+    ``cam(method="gradcam")``, the path the workflow runs. Equals pytorch-grad-cam 1.5's GradCAM to 1e-5."""
+    return cam(model, layer, x, "gradcam", target, batch_size)

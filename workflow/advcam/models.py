@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import nn
 
+from .batching import batches
 from .errors import InputError
 
 __all__ = [
@@ -283,10 +284,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128, amp: bool 
     model.eval()
     dev = model_device(model)
     out = []
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(dev, non_blocking=True)
-        if xb.dtype == torch.uint8:
-            xb = xb.float().div_(255)
+    for _, xb in batches(x, batch_size, dev):
         if amp:
             with torch.autocast(dev.type, dtype=torch.bfloat16):
                 out.append(model(xb).float().cpu())

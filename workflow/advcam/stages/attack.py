@@ -16,6 +16,7 @@ import torch
 
 from ..attacks import REGISTRY, GradientSign, check_eps, craft, gradient_sign, perturb, target_classes
 from ..base_cam import CamOutput
+from ..batching import batches
 from ..errors import InputError
 from ..explainers import explain_cams
 from ..io.attack_file import h5_keys, stored_perturbation
@@ -121,9 +122,7 @@ def run_attack(
     preds, deltas = [], []
     cams: dict[str, list] = {m: [] for m in methods}
     gen = torch.Generator().manual_seed(seed)
-    for s in range(0, x.shape[0], batch_size):
-        sl = slice(s, s + batch_size)
-        xb = x[sl].float().div(255)
+    for sl, xb in batches(x, batch_size):  # on the CPU: each attack and the CAMs move their batch
         tb = None if goal is None else goal[sl]
         if transferred is not None:
             sg, dl = transferred[0], transferred[1]

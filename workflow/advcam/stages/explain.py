@@ -9,6 +9,7 @@ import torch
 
 from ..attacks import check_eps, perturb
 from ..base_cam import CamOutput
+from ..batching import batches
 from ..errors import InputError
 from ..explainers import explain_cams
 from ..io.attack_file import stored_perturbation
@@ -53,9 +54,7 @@ def run_explain(
         if not np.array_equal(stored, idx):
             raise InputError(f"{attack_file}: test indices do not match {data}; rerun the attack stage")
     cams: dict[str, list] = {m: [] for m in methods}
-    for s in range(0, x.shape[0], batch_size):
-        sl = slice(s, s + batch_size)
-        xb = x[sl].float().div(255)
+    for sl, xb in batches(x, batch_size):  # on the CPU: explain_cams moves each batch
         if attack != "clean":
             xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
                          None if delta is None else delta[sl], seed=seed)
