@@ -23,8 +23,8 @@ CAMS = config["cams"]  # the CAM methods of the study: a heatmap file and a scor
 ATTACKS = {name: spec for name, spec in config.get("attacks", {}).items() if spec.get("eps")}
 # Rules call the CLI as `python -m advcam <stage>`: the library is found whether it was pip-installed or not
 # (e.g. inside a --use-conda environment that holds only the dependencies).
-# The package's folder, workflow/, found from this file whichever Snakefile (the repo root's, or workflow/Snakefile
-# as the catalog runs it) is the main one.
+# The package's folder, workflow/, found from this file (not from the main Snakefile's folder, which is another
+# one when this workflow is used as a module or through a Snakefile elsewhere).
 ADVCAM_PATH = str(Path(str(workflow.current_basedir)).resolve().parent)
 shell.prefix(f"export PYTHONPATH={ADVCAM_PATH}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 # the settings dataclasses check each family's entries here, at parse time (advcam.settings imports no torch)
