@@ -1,3 +1,5 @@
+"""Grad-CAM through the one CAM path (advcam.gradcam = cam(method="gradcam")) against pytorch-grad-cam 1.5, and
+what advcam.base_cam shares with every method: the logit-to-layer pass, its hooks, the map's upsampling."""
 import numpy as np
 import pytest
 import torch

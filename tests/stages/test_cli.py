@@ -1,3 +1,5 @@
+"""The stages through their commands and their functions: each command writes what its stage function writes,
+bad inputs exit 2 with one line naming the file or value, a bug shows its traceback, nothing half-written stays."""
 import json
 import re
 import subprocess
