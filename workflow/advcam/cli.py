@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("attack", help=STAGES["attack"], description=STAGES["attack"], formatter_class=fmt)
     s.add_argument("--model", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--attack", required=True, choices=ATTACKS, help="fgsm, noise (random-sign control), pgd, bim or mifgsm")
+    s.add_argument("--attack", required=True, metavar="ATTACK", help=f"one of {', '.join(ATTACKS)} (noise: the random-sign "
+                                                                     "control)")
     s.add_argument("--eps", type=float, required=True, help="L∞ radius on the [0,1] pixel scale")
     s.add_argument("--sign", help="gradient sign file (untargeted fgsm)")
     add_arguments(s, AttackSettings, skip=("attack",))

@@ -180,7 +180,8 @@ class AttackSettings(_Settings):
     def __post_init__(self) -> None:
         if self.targeted is False or self.targeted is None:
             object.__setattr__(self, "targeted", "none")
-        self._check(self.attack in ATTACKS, "attack", f"unknown attack: choose one of {', '.join(ATTACKS)}")
+        if self.attack not in ATTACKS:
+            raise SettingsError(f"unknown attack {self.attack!r}: choose one of {', '.join(ATTACKS)}")
         self._check(self.targeted in ("none",) + TARGET_RULES, "targeted",
                     f"choose false/none or one of {', '.join(TARGET_RULES)}")
         self._check(not (self.attack == "noise" and self.targeted != "none"), "targeted",
