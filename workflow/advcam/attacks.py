@@ -47,9 +47,6 @@ __all__ = [
     "craft",
 ]
 
-#: attacks computed per ε in the attack job, whose perturbation the attack file stores (``delta``)
-ITERATIVE = ("pgd", "bim", "mifgsm")
-
 
 class EpsilonError(InputError):
     """ε outside [0, 1] (pixel scale)."""
@@ -354,6 +351,9 @@ REGISTRY: dict[str, Attack] = {a.name: a for a in (
            "torchattacks.MIFGSM"),
 )}
 assert tuple(REGISTRY) == ATTACKS, "advcam.settings.ATTACKS names the registry's attacks, in its order"
+#: attacks computed per ε in the attack job, whose perturbation the attack file stores (``delta``): the registry's
+#: ``stores_delta`` entries, named here for :func:`perturb` and the attack file's reader
+ITERATIVE = tuple(a.name for a in REGISTRY.values() if a.stores_delta)
 
 
 def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, settings: AttackSettings,

@@ -222,7 +222,7 @@ class ScoreSettings(_Settings):
     chance_seed: int | None = _opt(None, "add the chance reference (attack 'chance', ε 0): each clean map against "
                                          "another test image's, paired by a derangement drawn with this seed "
                                          "(omit: no chance rows)")
-    ssim: str = _opt("uniform", "uniform 7x7 with sample covariance, or Gaussian sigma=1.5", choices=SSIM_WINDOWS)
+    ssim: str = _opt("uniform", "uniform 7x7 with sample covariance, or Gaussian sigma=1.5 with population covariance", choices=SSIM_WINDOWS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "measures", tuple(self.measures))
