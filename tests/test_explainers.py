@@ -252,3 +252,105 @@ def test_a_model_in_train_mode_is_explained_in_eval_mode_and_left_in_train_mode(
     for k, v in model.state_dict().items():
         if "running" in k:
             assert torch.equal(v, stats[k]), k
+
+
+# ---------------------------------------------------------------- the differentiable form (create_graph=True)
+
+DIFF_METHODS = list(advcam.explainers.DIFFERENTIABLE_METHODS)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet50"])
+def test_differentiable_maps_equal_the_plain_ones(arch, seed):
+    torch.manual_seed(seed)
+    model = model_for(arch)
+    layer = PAPER_MODELS[arch].layer
+    x = torch.rand(3, 3, SIZES[arch], SIZES[arch])
+    plain = advcam.cams(model, layer, x, DIFF_METHODS)
+    xg = x.clone().requires_grad_(True)
+    diff = advcam.cams(model, layer, xg, DIFF_METHODS, create_graph=True)
+    for m in DIFF_METHODS:
+        assert diff[m].requires_grad, m
+        torch.testing.assert_close(diff[m], plain[m], atol=1e-6, rtol=0, msg=m)
+    (g,) = torch.autograd.grad(sum(v.sum() for v in diff.values()), xg)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())  # no parameter gradient
+
+
+class _SmallNet(torch.nn.Module):
+    """conv → ReLU → conv → ReLU (the CAM layer) → pool → linear: small enough for gradcheck in float64."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.a1 = torch.nn.ReLU()
+        self.c2 = torch.nn.Conv2d(4, 5, 3, stride=2, padding=1)
+        self.a2 = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        a = self.a2(self.c2(self.a1(self.c1(x))))
+        return self.fc(a.mean((2, 3)) + a.amax((2, 3)))  # a head that makes ∂y/∂A depend on A
+
+
+@pytest.mark.parametrize("method", DIFF_METHODS)
+def test_input_gradients_pass_gradcheck_in_float64(method, seed):
+    torch.manual_seed(seed)
+    net = advcam.models.relu_beta(_SmallNet(), 5.0).double().eval()  # smooth: finite differences see no kink
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1])
+
+    def f(inp):
+        return advcam.cams(net, "a2", inp, [method], target, create_graph=True)[method]
+
+    assert f(x).dtype == torch.float64
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_relu_beta_is_a_smooth_copy_that_tends_to_the_relu_model(seed):
+    torch.manual_seed(seed)
+    model = model_for("resnet50")
+    layer = PAPER_MODELS["resnet50"].layer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    smooth = advcam.models.relu_beta(model, 1e5)  # maps move ~30/β: 3e-3 at 1e4, 3e-4 at 1e5
+    assert not any(isinstance(m, torch.nn.ReLU) for m in smooth.modules())
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) > 0  # the original keeps its ReLUs
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.rand(2, 3, SIZES["resnet50"], SIZES["resnet50"])
+    ours, theirs = advcam.cams(smooth, layer, x, DIFF_METHODS), advcam.cams(model, layer, x, DIFF_METHODS)
+    for m in DIFF_METHODS:
+        torch.testing.assert_close(ours[m], theirs[m], atol=1e-3, rtol=0, msg=m)
+    with pytest.raises(advcam.InputError, match="beta"):
+        advcam.models.relu_beta(model, 0)
+
+
+def test_methods_without_a_differentiable_form_are_named():
+    model = model_for("resnet50")
+    x = torch.rand(1, 3, SIZES["resnet50"], SIZES["resnet50"])
+    for m in ("scorecam", "ablationcam"):
+        with pytest.raises(advcam.InputError, match=f"'{m}' has no differentiable form"):
+            advcam.cams(model, "layer4", x, [m], create_graph=True)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="reads /proc")
+def test_memory_stays_flat_over_a_thousand_calls(seed):
+    """pytorch-grad-cam's most reported defect (its issues #88, #132, #195, #483): memory that grows per call."""
+    torch.manual_seed(seed)
+    net = _SmallNet().eval()
+    x = torch.rand(2, 3, 16, 16)
+    for create_graph in (False, True):
+        def call():
+            xg = x.clone().requires_grad_(create_graph)
+            maps = advcam.cams(net, "a2", xg, ["gradcam", "eigencam"], create_graph=create_graph)
+            if create_graph:
+                torch.autograd.grad(maps["gradcam"].sum() + maps["eigencam"].sum(), xg)
+        for _ in range(50):  # warm the allocator
+            call()
+        start = _rss()
+        for _ in range(1000):
+            call()
+        assert _rss() < 1.05 * start, f"create_graph={create_graph}: RSS {start} → {_rss()} bytes"

@@ -24,7 +24,7 @@ from torch import nn
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, resolve_layer
 
-__all__ = ["CamOutput", "LayerPass", "layer_pass", "upsample_cam", "minmax"]
+__all__ = ["CamOutput", "LayerPass", "layer_pass", "upsample_cam", "minmax", "real"]
 
 EPS = 1e-7
 
@@ -72,12 +72,18 @@ def minmax(z: torch.Tensor) -> torch.Tensor:
     return z / (z.amax(dim=(-2, -1), keepdim=True) + EPS)
 
 
+def real(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float32, or as it is when it is float64 (the differentiable path's gradient checks run in float64)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def upsample_cam(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Rebuild the normalised map (N,H,W) in [0,1] from the raw CAM (N,h,w); ``size`` = (H, W).
 
-    Deterministic: the stored raw CAM and this function give back the stored map exactly.
+    Deterministic: the stored raw CAM and this function give back the stored map exactly. Differentiable (made of
+    clamp, min-max and bilinear interpolation): a raw map that carries a graph gives a map that carries it.
     """
-    c = minmax(raw.float().clamp_min(0))
+    c = minmax(real(raw).clamp_min(0))
     c = F.interpolate(c[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     return minmax(c.clamp_min(0))
 
@@ -117,6 +123,7 @@ def layer_pass(
     target: torch.Tensor | None = None,
     need_grad: bool = True,
     amp: bool = False,
+    create_graph: bool = False,
 ) -> LayerPass:
     """One forward of ``x`` (N,3,H,W) in [0,1] through ``model``, keeping the activations of ``layer``, and
     with ``need_grad`` one backward from the explained logits to that layer — never further: parameters
@@ -125,6 +132,10 @@ def layer_pass(
     class indices. ``amp``: bfloat16 autocast for the forward (CUDA only). Runs where ``x`` lives; the
     forward hook is removed whatever happens. Raises TypeError naming the layer when its output is not a
     4-D tensor.
+
+    ``create_graph``: the differentiable form. Nothing is detached: the activations, ∂y_c/∂A (a double-backward
+    graph) and the logits carry the graph back to ``x`` (and float64 stays float64), so a map made from them can
+    be differentiated with respect to the input. Parameters stay frozen.
     """
     module = resolve_layer(model, layer)
     name = layer if isinstance(layer, str) else type(layer).__name__
@@ -134,6 +145,9 @@ def layer_pass(
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             what = f"a {out.dim()}-D tensor" if isinstance(out, torch.Tensor) else type(out).__name__
             raise TypeError(f"CAM layer '{name}' must output a 4-D tensor (N,K,h,w), got {what}")
+        if create_graph:  # keep the graph to x; the output itself is A, as downstream sees it
+            store["A"] = out
+            return out
         a = out.detach().requires_grad_(need_grad)
         store["A"] = a
         return a
@@ -145,17 +159,19 @@ def layer_pass(
         else contextlib.nullcontext()
     )
     try:
-        with eval_mode(model), frozen_parameters(model), torch.set_grad_enabled(need_grad), autocast:
-            logits = model(x.detach())
-        if "A" not in store:
-            raise RuntimeError(f"the CAM layer '{name}' was not called in the forward pass")
-        logits = logits.float()
-        tgt = _as_target(target, logits)
-        grad = None
-        if need_grad:
-            score = logits.gather(1, tgt[:, None]).sum()
-            (grad,) = torch.autograd.grad(score, store["A"])
-            grad = grad.float()
+        with eval_mode(model), frozen_parameters(model), torch.set_grad_enabled(need_grad or create_graph), autocast:
+            logits = model(x if create_graph else x.detach())
+            if "A" not in store:
+                raise RuntimeError(f"the CAM layer '{name}' was not called in the forward pass")
+            logits = real(logits) if create_graph else logits.float()
+            tgt = _as_target(target, logits.detach())
+            grad = None
+            if need_grad:
+                score = logits.gather(1, tgt[:, None]).sum()
+                (grad,) = torch.autograd.grad(score, store["A"], create_graph=create_graph)
+                grad = real(grad) if create_graph else grad.float()
     finally:
         handle.remove()
+    if create_graph:
+        return LayerPass(acts=real(store["A"]), grads=grad, logits=logits, target=tgt)
     return LayerPass(acts=store["A"].detach().float(), grads=grad, logits=logits.detach(), target=tgt)

@@ -46,10 +46,11 @@ from torch import nn
 from .base_cam import CamOutput, LayerPass, layer_pass, upsample_cam
 from .batching import batches
 from .errors import InputError
+from .settings import DIFFERENTIABLE_CAMS
 from .models import eval_mode, frozen_parameters, model_device, resolve_layer
 
 __all__ = [
-    "CAM_METHODS", "GRADIENT_METHODS", "cam", "cams", "cams_batch", "explain_cams", "network_after", "raw_cams",
+    "CAM_METHODS", "GRADIENT_METHODS", "DIFFERENTIABLE_METHODS", "cam", "cams", "cams_batch", "check_differentiable", "differentiable_cams", "explain_cams", "network_after", "raw_cams",
     "principal_projection", "gradcam",
 ]
 
@@ -92,7 +93,8 @@ def principal_projection(z: torch.Tensor) -> torch.Tensor:
     principal axis, sign-corrected (flipped when |min| > |max|); (N,h,w) float32.
 
     Computed in float64 from the Gram matrix M Mᵀ (h·w × h·w): its top eigenpair (λ₁, u₁) gives
-    M v₁ = √λ₁ u₁. A matrix of zeros gives zeros."""
+    M v₁ = √λ₁ u₁. A matrix of zeros gives zeros. Differentiable where λ₁ is a simple eigenvalue (float64 in,
+    float64 out)."""
     n, k, h, w = z.shape
     m = z.double().flatten(2).transpose(1, 2)  # (N, hw, K)
     m = m - m.mean(dim=1, keepdim=True)
@@ -100,7 +102,7 @@ def principal_projection(z: torch.Tensor) -> torch.Tensor:
     proj = evecs[..., -1] * evals[..., -1].clamp_min(0).sqrt()[:, None]  # (N, hw)
     flip = proj.amin(1).abs() > proj.amax(1).abs()
     proj = torch.where(flip[:, None], -proj, proj)
-    return proj.view(n, h, w).float()
+    return proj.view(n, h, w) if z.dtype == torch.float64 else proj.view(n, h, w).float()
 
 
 def _eigencam(a: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
@@ -130,6 +132,11 @@ CAM_METHODS: tuple[str, ...] = (
 )
 #: the methods that need ∂y_c/∂A (all served by one backward per batch)
 GRADIENT_METHODS: tuple[str, ...] = tuple(m for m in _FROM_PASS if m != "eigencam")
+#: the methods with a differentiable form (``cams(..., create_graph=True)``): every method of the shared pass.
+#: scorecam and ablationcam have none here: their weights come from K forwards of masked inputs or ablated
+#: channels, whose graph to x would cost K double-backward passes per image.
+DIFFERENTIABLE_METHODS: tuple[str, ...] = tuple(_FROM_PASS)
+assert DIFFERENTIABLE_METHODS == DIFFERENTIABLE_CAMS, "advcam.settings.DIFFERENTIABLE_CAMS names these methods"
 
 
 def check_methods(methods: str | Iterable[str]) -> list[str]:
@@ -301,6 +308,44 @@ def cams_batch(
     return {m: upsample_cam(r, x.shape[-2:]) for m, r in raw.items()}, raw, lp
 
 
+def check_differentiable(methods: str | Iterable[str]) -> list[str]:
+    """The method names as a list (see :func:`check_methods`); InputError naming a method with no differentiable
+    form (scorecam, ablationcam) and listing :data:`DIFFERENTIABLE_METHODS`."""
+    names = check_methods(methods)
+    for m in names:
+        if m not in DIFFERENTIABLE_METHODS:
+            raise InputError(f"CAM method '{m}' has no differentiable form: choose from "
+                             f"{', '.join(DIFFERENTIABLE_METHODS)}")
+    return names
+
+
+def differentiable_cams(
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: torch.Tensor,
+    methods: str | Iterable[str],
+    target: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Maps that carry the graph to ``x``: ({method: (N,H,W) in [0,1]}, logits (N,C)), both differentiable with
+    respect to ``x`` (N,3,H,W) float in [0,1] (float64 stays float64). One batch, on the model's device (``x`` is
+    moved there, differentiably); the caller batches. ``target`` None explains each image's predicted class.
+
+    The maps equal those of :func:`cams` (the same functions of A and ∂y_c/∂A, with A and ∂y_c/∂A kept in the
+    graph: one forward and one logit→layer backward with ``create_graph``). Every method of
+    :data:`DIFFERENTIABLE_METHODS`; the eigen methods where the top eigenvalue is simple. Of a ReLU network the
+    gradient methods' weights have zero gradient almost everywhere (second derivatives of a piecewise-linear
+    function); :func:`advcam.models.relu_beta` gives the softplus copy an attack differentiates instead."""
+    names = check_differentiable(methods)
+    if not x.is_floating_point():
+        raise InputError(f"the differentiable CAMs need float images in [0,1], got {x.dtype}")
+    xd = x.to(model_device(model))
+    need_grad = any(m in GRADIENT_METHODS for m in names)
+    with eval_mode(model):
+        lp = layer_pass(model, layer, xd, target, need_grad=need_grad, create_graph=True)
+        maps = {m: upsample_cam(_FROM_PASS[m](lp.acts, lp.grads).clamp_min(0), x.shape[-2:]) for m in names}
+    return maps, lp.logits
+
+
 def cams(
     model: nn.Module,
     layer: str | nn.Module,
@@ -308,6 +353,7 @@ def cams(
     methods: str | Iterable[str],
     target: torch.Tensor | None = None,
     batch_size: int = 64,
+    create_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Maps of ``x`` (N,3,H,W) in [0,1] (or uint8) for every method in ``methods``:
     {method: (N,H,W) float32 in [0,1]} on ``x``'s device.
@@ -317,7 +363,14 @@ def cams(
     gradient method of the call comes from one forward and one logit→layer backward per batch; scorecam
     and ablationcam add K forwards per image, batched ``batch_size`` at a time. Raises ValueError naming
     an unknown method (and listing :data:`CAM_METHODS`), TypeError naming a layer whose output is not 4-D.
+
+    ``create_graph``: maps that carry the graph to ``x`` (float) for the methods of :data:`DIFFERENTIABLE_METHODS`
+    (:func:`differentiable_cams`, in one batch on the model's device; ``batch_size`` is then ignored), equal to the
+    maps without it; a method with no differentiable form raises InputError naming it.
     """
+    if create_graph:
+        maps, _ = differentiable_cams(model, layer, x, methods, target)
+        return {m: v.to(x.device) for m, v in maps.items()}
     outs = explain_cams(model, layer, x, methods, target, batch_size, out_device=x.device)
     return {m: o.maps for m, o in outs.items()}
 

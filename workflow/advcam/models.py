@@ -7,6 +7,7 @@ and never see normalised values.
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import os
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "UnknownLayerError",
     "frozen_parameters",
     "eval_mode",
+    "relu_beta",
     "model_device",
     "pick_device",
     "timm_name",
@@ -244,6 +246,24 @@ class frozen_parameters:
         for p, flag in self._saved:
             p.requires_grad_(flag)
         self._saved = []
+
+
+def relu_beta(model: nn.Module, beta: float) -> nn.Module:
+    """A copy of ``model`` with every ``nn.ReLU`` module replaced by softplus(β·x)/β (``nn.Softplus(beta)``), the
+    smooth network through which Dombrowski et al. (2019) differentiate an attack on an explanation: a ReLU
+    network's second derivatives vanish almost everywhere, so Grad-CAM's weights give no gradient. The original
+    is untouched (its weights are copied); judge every result on it. As β grows the copy tends to the original
+    (``nn.Softplus`` is exactly linear where β·x > 20). Every ReLU of the five paper architectures in timm is an
+    ``nn.ReLU`` module (counted against the functional calls of one forward); a functional ``F.relu`` elsewhere
+    would stay a ReLU. ``beta`` > 0, else InputError."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+        raise InputError(f"relu_beta: beta must be a number > 0, got {beta!r}")
+    smooth = copy.deepcopy(model)
+    for parent in list(smooth.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.ReLU:
+                setattr(parent, name, nn.Softplus(beta=float(beta)))
+    return smooth
 
 
 @contextlib.contextmanager
