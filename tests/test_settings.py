@@ -10,6 +10,7 @@ import yaml
 
 from advcam.settings import (
     ATTACKS,
+    FROM_STUDY,
     WORKFLOW_ONLY,
     AttackSettings,
     CamSettings,
@@ -33,7 +34,7 @@ def test_schema_keys_are_the_fields_plus_the_workflow_only_keys():
     assert SCHEMA["models"]["additionalProperties"] == {"$ref": "#/definitions/model"}
     assert set(MODEL) == _fields(TrainSettings) | set(WORKFLOW_ONLY["train"])
     attack_keys = set().union(*(set(a["properties"]) for a in SCHEMA["attacks"]["properties"].values()))
-    assert attack_keys == (_fields(AttackSettings) - {"attack"}) | set(WORKFLOW_ONLY["attack"])
+    assert attack_keys == (_fields(AttackSettings) - {"attack"} - set(FROM_STUDY["attack"])) | set(WORKFLOW_ONLY["attack"])
     assert set(SCHEMA["attacks"]["properties"]) == set(ATTACKS)  # the schema's attacks are the registry's
     assert set(SCHEMA["cam"]["properties"]) == _fields(CamSettings) | set(WORKFLOW_ONLY["cam"])
     assert set(SCHEMA["metrics"]["properties"]) | {"ssim"} == _fields(ScoreSettings) | set(WORKFLOW_ONLY["score"])
@@ -64,6 +65,11 @@ def test_schema_defaults_are_the_fields_defaults_where_they_share_one():
     (AttackSettings, {"attack": "pgd", "alpha": 0}, "alpha"),
     (AttackSettings, {"attack": "noise", "targeted": "next"}, "targeted"),
     (AttackSettings, {"attack": "fgsm", "targeted": "nearest"}, "targeted"),
+    (AttackSettings, {"attack": "dual", "lam": -1}, "lam"),
+    (AttackSettings, {"attack": "explain", "steps": 0}, "steps"),
+    (AttackSettings, {"attack": "explain", "method": "scorecam"}, "method"),
+    (AttackSettings, {"attack": "explain", "relu_beta": 0}, "relu_beta"),
+    (AttackSettings, {"attack": "explain", "targeted": "next"}, "targeted"),
     (CamSettings, {"target": "top"}, "target"),
     (CamSettings, {"batch_size": 0}, "batch_size"),
     (ScoreSettings, {"k": 1.5}, "k"),
@@ -119,3 +125,8 @@ def test_cli_flags_override_the_settings_json():
     assert _parse(ScoreSettings, ["--measures"]).measures == ()
     with pytest.raises(SettingsError, match="^pixel_noise_from"):
         _parse(TrainSettings, ["--settings", base.to_json(), "--epochs", "1"])
+
+
+def test_the_schema_names_the_differentiable_cams():
+    from advcam.settings import DIFFERENTIABLE_CAMS
+    assert tuple(_SCHEMA["definitions"]["differentiable_cam"]["enum"]) == DIFFERENTIABLE_CAMS

@@ -15,7 +15,6 @@ on the batch it sits in, which the cached per-ε workflow relies on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ from torch import nn
 from .batching import batches
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device
-from .settings import ATTACKS, TARGET_RULES, AttackSettings
+from .settings import ATTACKS, TARGET_RULES
 
 __all__ = [
     "ATTACKS",
@@ -41,10 +40,8 @@ __all__ = [
     "perturb",
     "target_classes",
     "TARGET_RULES",
-    "ITERATIVE",
-    "Attack",
-    "REGISTRY",
-    "craft",
+    "check_steps",
+    "labels_on_device",
 ]
 
 
@@ -76,7 +73,7 @@ def _input_grad(
     return g, logits.detach().float()
 
 
-def _labels(model: nn.Module, y, target, n: int) -> tuple[torch.Tensor, bool]:
+def labels_on_device(model: nn.Module, y, target, n: int) -> tuple[torch.Tensor, bool]:
     """The classes the loss is taken against (the targets when given, else the true labels) on the model's
     device, and whether the attack is targeted. ValueError when their number is not ``n``."""
     dev = model_device(model)
@@ -88,7 +85,8 @@ def _labels(model: nn.Module, y, target, n: int) -> tuple[torch.Tensor, bool]:
     return t, target is not None
 
 
-def _check_steps(steps: int, alpha: float) -> None:
+def check_steps(steps: int, alpha: float) -> None:
+    """InputError unless ``steps`` is a whole number ≥ 1 and the step ``alpha`` > 0."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be an integer >= 1, got {steps!r}")
     if not (float(alpha) > 0):
@@ -155,7 +153,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, target=
     """
     eps = check_eps(eps)
     dev = model_device(model)
-    t, targeted = _labels(model, y, target, x.shape[0])
+    t, targeted = labels_on_device(model, y, target, x.shape[0])
     g, _ = _input_grad(model, x.to(dev), t, targeted)
     return apply_sign(x.to(dev), g.sign(), eps).to(x.device)
 
@@ -189,10 +187,10 @@ def _iterate(
     projection onto the ε-ball around x intersected with [0,1], d the input gradient (MI-FGSM: its
     momentum of per-image L1-normalised gradients with ``decay``). ``start``: the first iterate (default x)."""
     eps = check_eps(eps)
-    _check_steps(steps, alpha)
+    check_steps(steps, alpha)
     dev = model_device(model)
     x0 = x.detach().to(dev)
-    t, targeted = _labels(model, y, target, x.shape[0])
+    t, targeted = labels_on_device(model, y, target, x.shape[0])
     adv = x0.clone() if start is None else start.to(dev)
     momentum = torch.zeros_like(x0) if decay is not None else None
     for _ in range(steps):
@@ -227,7 +225,7 @@ def pgd(
     same distribution as torchattacks', not its draws). Returns (N,3,H,W) in [0,1] on ``x``'s device.
     """
     eps = check_eps(eps)
-    _check_steps(steps, alpha)
+    check_steps(steps, alpha)
     start = None
     if random_start:
         noise = torch.empty(x.shape, dtype=x.dtype)
@@ -317,50 +315,6 @@ def perturb(
         if indices is None:
             raise InputError("noise needs the test-set indices of the images")
         return apply_sign(x, random_sign(tuple(x.shape[1:]), indices, seed), eps)
-    if attack in ITERATIVE:
+    if attack in ATTACKS:  # every other attack is crafted per ε and stored
         raise InputError(f"{attack} needs the stored perturbation (advcam attack --attack {attack})")
     raise InputError(f"unknown attack '{attack}': choose one of {', '.join(ATTACKS)}")
-
-
-#: ``craft(model, x, y, eps, settings, generator, target)`` → adversarial (N,3,H,W) in [0,1]
-Crafter = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, AttackSettings, "torch.Generator | None",
-                    "torch.Tensor | None"], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Attack:
-    """One attack of the registry. ``craft`` runs it on a batch (None: the attack is only ever rebuilt from what
-    the gradient stage stored, by :func:`perturb`); ``stores_delta``: its perturbation goes into the attack file
-    (the iterative attacks, and every targeted one); ``reference``: the torchattacks class it equals."""
-
-    name: str
-    craft: Crafter | None
-    stores_delta: bool
-    reference: str
-
-
-REGISTRY: dict[str, Attack] = {a.name: a for a in (
-    # untargeted FGSM is rebuilt from the gradient sign (one gradient per model, every ε a cheap step);
-    # targeted FGSM is a per-ε gradient and stores its delta
-    Attack("fgsm", lambda m, x, y, e, s, g, t: fgsm(m, x, y, e, target=t), False, "torchattacks.FGSM"),
-    Attack("noise", None, False, "(random-sign control: no reference)"),
-    Attack("pgd", lambda m, x, y, e, s, g, t: pgd(m, x, y, e, s.alpha, s.steps, s.random_start, g, target=t), True,
-           "torchattacks.PGD"),
-    Attack("bim", lambda m, x, y, e, s, g, t: bim(m, x, y, e, s.alpha, s.steps, target=t), True, "torchattacks.BIM"),
-    Attack("mifgsm", lambda m, x, y, e, s, g, t: mifgsm(m, x, y, e, s.alpha, s.steps, s.decay, target=t), True,
-           "torchattacks.MIFGSM"),
-)}
-assert tuple(REGISTRY) == ATTACKS, "advcam.settings.ATTACKS names the registry's attacks, in its order"
-#: attacks computed per ε in the attack job, whose perturbation the attack file stores (``delta``): the registry's
-#: ``stores_delta`` entries, named here for :func:`perturb` and the attack file's reader
-ITERATIVE = tuple(a.name for a in REGISTRY.values() if a.stores_delta)
-
-
-def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, settings: AttackSettings,
-          generator: torch.Generator | None = None, target: torch.Tensor | None = None) -> torch.Tensor:
-    """Run ``settings.attack`` from :data:`REGISTRY` on a batch x (N,3,H,W) in [0,1] at L∞ radius ``eps``
-    (towards ``target`` (N,) when given). Attacks without a crafter (the noise control) raise InputError."""
-    a = REGISTRY[settings.attack]
-    if a.craft is None:
-        raise InputError(f"{a.name} is rebuilt from stored draws (advcam.attacks.perturb), not crafted")
-    return a.craft(model, x, y, eps, settings, generator, target)

@@ -29,19 +29,27 @@ __all__ = [
     "SettingsError",
     "OPTIMIZERS",
     "ATTACKS",
+    "EXPLANATION_ATTACKS",
+    "DIFFERENTIABLE_CAMS",
     "TARGET_RULES",
     "CAM_TARGETS",
     "SCORE_MEASURES",
     "SSIM_WINDOWS",
     "WORKFLOW_ONLY",
+    "FROM_STUDY",
     "add_arguments",
     "from_arguments",
 ]
 
 #: optimisers of the training loop
 OPTIMIZERS = ("adamw", "sgd")
-#: the attacks (the workflow's attack wildcard; :data:`advcam.attacks.REGISTRY` holds each one's function)
-ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm")
+#: the attacks (the workflow's attack wildcard; :data:`advcam.attack_registry.REGISTRY` holds each one's function)
+ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm", "explain", "dual")
+#: the attacks on the explanation (they differentiate a CAM method: :data:`DIFFERENTIABLE_CAMS`)
+EXPLANATION_ATTACKS = ("explain", "dual")
+#: CAM methods with a differentiable form (:data:`advcam.explainers.DIFFERENTIABLE_METHODS`; no torch here)
+DIFFERENTIABLE_CAMS = ("gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam", "layercam", "eigencam",
+                       "eigengradcam")
 #: how a targeted attack picks each image's target class
 TARGET_RULES = ("next", "least_likely", "random")
 #: CAM classes a map can explain
@@ -167,15 +175,24 @@ class AttackSettings(_Settings):
     config's false) or a rule of :data:`TARGET_RULES`; ``seed``: noise signs, PGD's start, random targets.
     The defaults are PGD's; each attack's own defaults are in the schema."""
 
-    attack: str = _opt("fgsm", "fgsm, noise (random-sign control), pgd, bim or mifgsm", choices=ATTACKS)
+    attack: str = _opt("fgsm", "fgsm, noise (random-sign control), pgd, bim, mifgsm, explain (keep the label, move "
+                               "the map) or dual (flip the label, keep the map)")
     targeted: str = _opt("none", "step towards a target class per image: the next identity, the least likely one "
                                  "(clean logits), or one drawn at random (seeded); never the true label",
                          choices=("none",) + TARGET_RULES)
     steps: int = _opt(10, "iterations of pgd, bim, mifgsm (>= 1)", aliases=("--pgd-steps",))
     alpha: float = _opt(2 / 255, "step size of pgd, bim, mifgsm (> 0)", aliases=("--pgd-alpha",))
     decay: float = _opt(1.0, "mifgsm's momentum decay (>= 0)")
-    random_start: bool = _opt(True, "pgd starts in the ε-ball (--no-random-start: at the image)")
+    random_start: bool = _opt(True, "pgd, explain and dual start in the ε-ball (--no-random-start: at the image)")
     seed: int = _opt(0, "noise signs / PGD random start / random targets")
+    method: str = _opt("gradcam", "explain, dual: the CAM method whose map is moved or kept (one with a "
+                                  "differentiable form)", choices=DIFFERENTIABLE_CAMS)
+    lam: float = _opt(1.0, "dual: the weight λ of the map term, CE + λ·(1 − SSIM) (>= 0)")
+    relu_beta: float | None = _opt(None, "explain, dual: differentiate through softplus(β·x)/β in place of each ReLU "
+                                         "(> 0; none = the model's own ReLUs); results are judged on the ReLU model",
+                                   type=float)
+    ssim: str = _opt("uniform", "explain, dual: the SSIM window of the map dissimilarity (the workflow passes the "
+                                "study's ssim)", choices=SSIM_WINDOWS)
 
     def __post_init__(self) -> None:
         if self.targeted is False or self.targeted is None:
@@ -191,6 +208,14 @@ class AttackSettings(_Settings):
         self._number("decay", float, 0)
         self._check(isinstance(self.random_start, bool), "random_start", "must be true or false")
         self._number("seed", int)
+        self._check(self.method in DIFFERENTIABLE_CAMS, "method",
+                    f"has no differentiable form: choose one of {', '.join(DIFFERENTIABLE_CAMS)}")
+        self._number("lam", float, 0)
+        if self.relu_beta is not None:
+            self._number("relu_beta", float, 0, open_lo=True)
+        self._check(self.ssim in SSIM_WINDOWS, "ssim", f"choose one of {', '.join(SSIM_WINDOWS)}")
+        self._check(not (self.attack == "explain" and self.targeted != "none"), "targeted",
+                    "the explain attack keeps the predicted class; leave it untargeted")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,6 +273,10 @@ WORKFLOW_ONLY: dict[str, tuple[str, ...]] = {
     "attack": ("eps",),  # each ε is its own job
     "cam": (),
     "score": (),  # the config's metrics entry and its top-level ssim
+}
+#: fields of each family the workflow fills from the study's top-level keys, not from the family's entries
+FROM_STUDY: dict[str, tuple[str, ...]] = {
+    "train": (), "attack": ("ssim",), "cam": (), "score": (),  # the explanation attacks use the study's SSIM window
 }
 
 
