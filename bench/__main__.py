@@ -266,6 +266,47 @@ class Bench:
                      vs_ref=t_ref / t_ours, target="≥ 0.9 × floor, ≥ 1 × torchattacks")
             self.row("iterative", arch, f"torchattacks {name}", t_ref, n)
 
+    def explanation(self, arch, m, x, y, steps: int = 5, eps: float = 0.03, alpha: float = 0.01):
+        """The attacks on the explanation against a minimal loop of the same passes (the clean Grad-CAM, ``steps``
+        differentiable Grad-CAM steps — forward, logit→layer backward with a graph, then → input — and one plain
+        Grad-CAM of the result to judge it), and one differentiable step's cost as a ratio to one Grad-CAM (no reference library
+        has these attacks)."""
+        from advcam.explainers import differentiable_cams
+        from advcam.explanation_attacks import dual_attack, explain_attack, map_dissimilarity
+
+        n, it, layer = x.shape[0], self.iters, PAPER_MODELS[arch].layer
+        clean = explain(m, layer, x, out_device=None).maps
+
+        def diff_step(adv, sign):
+            xg = adv.detach().requires_grad_(True)
+            with frozen_parameters(m), torch.enable_grad():
+                maps, logits = differentiable_cams(m, layer, xg, ["gradcam"])
+                loss = map_dissimilarity(maps["gradcam"], clean).sum()
+                if sign < 0:
+                    loss = loss - torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+                (g,) = torch.autograd.grad(loss, xg)
+            return (x + (adv.detach() + sign * alpha * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+
+        def floor(sign):
+            explain(m, layer, x, out_device=None)  # the clean map the attack compares with
+            adv = x
+            for _ in range(steps):
+                adv = diff_step(adv, sign)
+            explain(m, layer, adv, out_device=None)
+
+        t_cam = timed(lambda: explain(m, layer, x, out_device=None), self.dev, iters=it)
+        t_step = timed(lambda: diff_step(x, 1), self.dev, iters=it)
+        self.row("explanation", arch, "one differentiable Grad-CAM step", t_step, n, ours_over_gradcam=t_step / t_cam)
+        for name, sign, ours in (
+            ("explain", 1, lambda: explain_attack(m, layer, x, y, eps, alpha, steps, random_start=False)),
+            ("dual", -1, lambda: dual_attack(m, layer, x, y, eps, alpha, steps, lam=1.0)),
+        ):
+            t_floor = timed(lambda: floor(sign), self.dev, iters=it)
+            self.row("explanation", arch, f"{steps} differentiable steps + 2 Grad-CAMs (floor)", t_floor, n)
+            t_ours = timed(ours, self.dev, iters=it)
+            self.row("explanation", arch, f"advcam {name}, {steps} steps", t_ours, n, vs_floor=t_floor / t_ours,
+                     target="≥ 0.9 × floor")
+
     def pipeline(self, arch, m, x, y):
         """Gradient, E attacks, clean + E adversarial CAMs, scoring E pairs per image."""
         from pytorch_grad_cam import GradCAM
@@ -417,8 +458,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 64 on GPU, 8 on CPU)")
     p.add_argument("--models", nargs="+", default=None, help="subset of resnet50 vgg16 inception_v3 xception")
-    p.add_argument("--stages", nargs="+", default=["gradcam", "cams", "fgsm", "iterative", "ssim", "train", "pipeline"],
-                   help="gradcam cams cams_perturbation fgsm iterative ssim train pipeline (cams_perturbation: ScoreCAM and "
+    p.add_argument("--stages", nargs="+",
+                   default=["gradcam", "cams", "fgsm", "iterative", "explanation", "ssim", "train", "pipeline"],
+                   help="gradcam cams cams_perturbation fgsm iterative explanation ssim train pipeline (explanation: the "
+                        "keep-label and dual attacks on the map; cams_perturbation: ScoreCAM and "
                         "AblationCAM, K forwards per image: minutes on a CPU)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--out", default=None, help="output prefix (default: bench/results/<device>-<date>)")
@@ -459,6 +502,8 @@ def main(argv=None) -> int:
             b.fgsm(arch, m, x, y)
         if "iterative" in args.stages:
             b.iterative(arch, m, x, y)
+        if "explanation" in args.stages:
+            b.explanation(arch, m, x, y)
         if "pipeline" in args.stages:
             b.pipeline(arch, m, x, y)
         del m

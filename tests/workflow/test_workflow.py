@@ -58,11 +58,12 @@ def test_default_dag(tmp_path):
     proc = snakemake(tmp_path, "-n", config=REPO / "config.yaml")
     c = job_counts(proc)
     cfg = load("config.yaml")
-    n_models, n_eps = 5, len(cfg["attacks"]["fgsm"]["eps"])
+    n_models, n_eps, n_explain = 5, len(cfg["attacks"]["fgsm"]["eps"]), len(cfg["attacks"]["explain"]["eps"])
     assert cfg["attacks"]["noise"]["eps"] == cfg["attacks"]["fgsm"]["eps"]
     assert c["train"] == n_models and c["gradient"] == n_models and c["explain_clean"] == n_models
-    assert c["attack"] == n_models * 2 * n_eps and c["score"] == n_models  # a score job per model: every attack and ε
-    assert c["transfer"] == n_eps and c["score_transfer"] == 1  # resnet101's FGSM images on resnet50
+    # a score job per model: every attack and ε
+    assert c["attack"] == n_models * (2 * n_eps + n_explain) and c["score"] == n_models
+    assert c["transfer"] == n_eps + n_explain and c["score_transfer"] == 1  # resnet101's FGSM, explain images on resnet50
     assert c["synth"] == 1 and c["summarise"] == 1 and c["plot"] == 1 and c["gallery"] == n_models
     assert c["sanity"] == n_models  # one sanity-check job per model, every CAM method
     # the trainings start longest first (VGG16 first, not last as snakemake's preference for large inputs had
@@ -86,10 +87,11 @@ def test_replicate_dag(tmp_path):
     """Replicates multiply every per-run job; a model's own count overrides the study's; transfer maps replicate r
     of the source onto replicate r of the target, for the replicates both have."""
     cfg = load("config.yaml")
-    n_eps = len(cfg["attacks"]["fgsm"]["eps"])
+    n_eps = len(cfg["attacks"]["fgsm"]["eps"]) + len(cfg["attacks"]["explain"]["eps"])  # the attacks transferred
+    n_jobs = sum(len(a["eps"]) for a in cfg["attacks"].values())
     c = job_counts(snakemake(tmp_path, "-n", config={**cfg, "replicates": 3}))
     assert c["train"] == 15 and c["gradient"] == 15 and c["explain_clean"] == 15 and c["sanity"] == 15
-    assert c["attack"] == 15 * 2 * n_eps and c["score"] == 15
+    assert c["attack"] == 15 * n_jobs and c["score"] == 15
     assert c["transfer"] == 3 * n_eps and c["score_transfer"] == 3
     assert c["gallery"] == 5 and c["summarise"] == 1 and c["prepare"] == 3  # one gallery per model (replicate 0)
     models = {**cfg["models"], "resnet50": {**cfg["models"]["resnet50"], "replicates": 1}}
@@ -109,12 +111,14 @@ def test_paper_dag(tmp_path):
     cfg["dataset"]["root"] = str(root)
     c = job_counts(snakemake(tmp_path, "-n", config=cfg))
     assert "synth" not in c and c["prepare"] == 2  # 224 and 299
-    assert c["train"] == 5 and c["attack"] == 5 * (4 + 4 + 3 + 3)  # fgsm, noise, bim, targeted mifgsm
+    # fgsm, noise, bim, targeted mifgsm, explain, dual
+    assert c["train"] == 5 and c["attack"] == 5 * (4 + 4 + 3 + 3 + 3 + 3)
 
 
 def test_smoke_dag(tmp_path):
     c = job_counts(snakemake(tmp_path, "-n", config=REPO / "configs/smoke.yaml"))
-    assert c["train"] == 3 and c["attack"] == 12 and c["prepare"] == 2  # resnet50 twice (its own replicates: 2)
+    # resnet50 twice (its own replicates: 2); fgsm and noise at 2 ε, explain and dual at 1
+    assert c["train"] == 3 and c["attack"] == 3 * 6 and c["prepare"] == 2
 
 
 @pytest.mark.parametrize(
@@ -140,6 +144,11 @@ def test_smoke_dag(tmp_path):
         ({"attacks": {"bim": {"eps": [0.05], "steps": 0}}}, "steps"),
         ({"attacks": {"mifgsm": {"eps": [0.05], "alpha": 0}}}, "alpha"),
         ({"attacks": {"fgsm": {"eps": [0.05], "targeted": "farthest"}}}, "farthest"),
+        ({"attacks": {"explain": {"eps": [0.05], "method": "scorecam"}}}, "scorecam"),
+        ({"attacks": {"explain": {"eps": [0.05], "method": "layercam"}}}, "method 'layercam' is not one of the study's cams"),
+        ({"attacks": {"dual": {"eps": [0.05], "lam": -1}}}, "lam"),
+        ({"attacks": {"explain": {"eps": [0.05], "steps": 0}}}, "steps"),
+        ({"attacks": {"explain": {"eps": [0.05], "relu_beta": 0}}}, "relu_beta"),
         ({"transfer": [{"source": "resnet50", "target": "vgg16"}]}, "must share the input size (resnet50 64, vgg16 48)"),
         ({"transfer": [{"source": "resnet18", "target": "resnet50"}]}, "'resnet18' is not a model of this study"),
         ({"replicates": 0}, "schema['properties']['replicates']"),
@@ -288,6 +297,10 @@ def test_partial_reruns(smoke_run):
                                        "mifgsm": {"eps": [0.05], "steps": 2, "targeted": "next"}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_attacks))
     assert c == {"attack": 6, "score": 3, "summarise": 1, "plot": 1, "all": 1}
+    # an explanation attack's setting changed: only its own attack jobs and the scores
+    longer = {**cfg, "attacks": {**cfg["attacks"], "explain": {**cfg["attacks"]["explain"], "steps": 3}}}
+    assert job_counts(snakemake(smoke_run, "-n", config=longer)) == {"attack": 3, "score": 3, "summarise": 1,
+                                                                        "plot": 1, "all": 1}
     # a transfer pair (a model at the source's size added): only that model's own jobs and the pair's
     pair = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}},
             "transfer": [{"source": "resnet50", "target": "resnet18"}]}

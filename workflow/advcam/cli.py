@@ -143,7 +143,8 @@ def cmd_attack(args) -> None:
     what = f"{settings.attack}{'' if not targeted else f' targeted ({settings.targeted})'}"
     what += f" from {a['source_model']}" if args.transfer_from else ""
     print(f"{a['arch']} {what} ε={a['eps']:g}: accuracy {a['acc_clean']:.3f} → {a['acc_adv']:.3f}, "
-          f"{'target reached' if targeted else 'prediction changed'} for {a['success_rate']:.3f}")
+          f"{'target reached' if targeted else 'prediction kept' if settings.attack == 'explain' else 'prediction changed'}"
+          f" for {a['success_rate']:.3f}")
 
 
 def cmd_explain(args) -> None:

@@ -199,9 +199,12 @@ def sanity_summary(per_image: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
 
 def _success(g: pd.DataFrame) -> dict:
     """``targeted`` (the target rule, "none" when untargeted) and ``success_rate``: for a targeted attack the
-    share of images classified as their target, else the share no longer classified as their label."""
+    share of images classified as their target; for the explain attack (keep the label, move the map) the share
+    whose prediction stayed the clean one (1 by construction); else the share no longer classified as their label."""
     rule = str(g["targeted"].iloc[0]) if "targeted" in g else "none"
-    if rule != "none" and "attack_target" in g:
+    if str(g["attack"].iloc[0]) == "explain":
+        rate = float((g["pred_adv"] == g["pred_clean"]).mean())
+    elif rule != "none" and "attack_target" in g:
         rate = float((g["pred_adv"] == g["attack_target"]).mean())
     else:
         rate = float((g["pred_adv"] != g["label"]).mean())

@@ -31,6 +31,7 @@ shell.prefix(f"export PYTHONPATH={ADVCAM_PATH}${{{{PYTHONPATH:+:$PYTHONPATH}}}};
 if ADVCAM_PATH not in sys.path:
     sys.path.insert(0, ADVCAM_PATH)
 from advcam.settings import ATTACKS as ATTACK_NAMES
+from advcam.settings import EXPLANATION_ATTACKS
 from advcam.settings import WORKFLOW_ONLY, AttackSettings, CamSettings, ScoreSettings, SettingsError, TrainSettings
 
 if not ATTACKS:
@@ -77,9 +78,22 @@ def _settings(cls, where, spec, family):
 
 
 TRAIN_SETTINGS = {m: _settings(TrainSettings, f"models: {m}", spec, "train") for m, spec in MODELS.items()}
+# the explanation attacks measure their map's dissimilarity with the study's SSIM window
 ATTACK_SETTINGS = {
-    a: _settings(AttackSettings, f"attacks: {a}", {"attack": a, **spec}, "attack") for a, spec in ATTACKS.items()
+    a: _settings(
+        AttackSettings,
+        f"attacks: {a}",
+        {"attack": a, **spec, **({"ssim": config["ssim"]} if a in EXPLANATION_ATTACKS else {})},
+        "attack",
+    )
+    for a, spec in ATTACKS.items()
 }
+for _name in set(ATTACKS) & set(EXPLANATION_ATTACKS):
+    if ATTACK_SETTINGS[_name].method not in CAMS:
+        raise ValueError(
+            f"config: attacks: {_name}: method '{ATTACK_SETTINGS[_name].method}' is not one of the study's cams "
+            f"({', '.join(CAMS)}): its map would not be scored"
+        )
 CAM_SETTINGS = _settings(CamSettings, "cam", config["cam"], "cam")
 # the white-box tables carry the chance reference; a transfer table's would repeat its target's
 SCORE_SETTINGS = _settings(ScoreSettings, "metrics", {**config["metrics"], "ssim": config["ssim"]}, "score")

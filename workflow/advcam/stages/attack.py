@@ -14,7 +14,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..attacks import REGISTRY, GradientSign, check_eps, craft, gradient_sign, perturb, target_classes
+from ..attack_registry import REGISTRY, craft
+from ..attacks import GradientSign, check_eps, gradient_sign, perturb, target_classes
 from ..base_cam import CamOutput
 from ..batching import batches
 from ..errors import InputError
@@ -129,7 +130,8 @@ def run_attack(
             xa = perturb(xb, attack, eps, idx[sl], None if sg is None else sg[sl], None if dl is None else dl[sl],
                          seed=seed)
         elif REGISTRY[attack].stores_delta or is_targeted:
-            xa = craft(model, xb, y[sl], eps, settings, gen, tb).cpu()
+            xa = craft(model, xb, y[sl], eps, settings, gen, tb, layer=layer,
+                       explain_label=cam.target == "label").cpu()
             deltas.append((xa - xb).numpy())
         else:
             xa = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl], seed=seed)
@@ -157,8 +159,15 @@ def run_attack(
         extra.update(steps=settings.steps, alpha=settings.alpha)
         extra.update({"random_start": settings.random_start} if attack == "pgd" else {})
         extra.update({"decay": settings.decay} if attack == "mifgsm" else {})
-    extra["success_rate"] = (float((pred == goal).float().mean()) if goal is not None
-                             else float((pred != y).float().mean()))
+        extra.update({"random_start": settings.random_start, "method": settings.method, "ssim": settings.ssim,
+                      "relu_beta": "none" if settings.relu_beta is None else settings.relu_beta}
+                     if REGISTRY[attack].needs_cam else {})
+        extra.update({"lam": settings.lam} if attack == "dual" else {})
+    if attack == "explain":  # keep the label: the share whose prediction stayed (1 by construction)
+        extra["success_rate"] = float((pred == clean).float().mean())
+    else:
+        extra["success_rate"] = (float((pred == goal).float().mean()) if goal is not None
+                                 else float((pred != y).float().mean()))
     attrs = provenance(meta, model=name or info["arch"], replicate=replicate_of(info), arch=info["arch"], stage="attack", attack=attack, eps=eps,
                        seed=seed, acc_clean=float((clean == y).float().mean()), acc_adv=float((pred == y).float().mean()),
                        **extra)
