@@ -266,6 +266,45 @@ class Bench:
                      vs_ref=t_ref / t_ours, target="≥ 0.9 × floor, ≥ 1 × torchattacks")
             self.row("iterative", arch, f"torchattacks {name}", t_ref, n)
 
+    def l2(self, arch, m, x, y, steps: int = 5):
+        """PGD-L2, CW and DeepFool against torchattacks at equal batch and steps, and against the floor: ``steps``
+        forward + input-backward passes (DeepFool: one forward and C backward passes per step, its Jacobian)."""
+        import torchattacks
+
+        from advcam.l2_attacks import cw, deepfool, pgdl2
+
+        n, it = x.shape[0], self.iters
+
+        def floor(k: int = 1):
+            adv = x.detach()
+            with frozen_parameters(m), torch.enable_grad():
+                for _ in range(steps):
+                    xg = adv.requires_grad_(True)
+                    out = m(xg)
+                    for j in range(k):
+                        (g,) = torch.autograd.grad(out[:, j].sum(), xg, retain_graph=j + 1 < k)
+                    adv = (adv.detach() + 0.01 * g).clamp_(0, 1)
+
+        t_floor = timed(floor, self.dev, iters=it)
+        self.row("l2", arch, f"{steps} × fwd+bwd to input (floor)", t_floor, n)
+        c = int(m(x[:1]).shape[1])
+        t_jac = timed(lambda: floor(c), self.dev, iters=it)
+        self.row("l2", arch, f"{steps} × fwd + {c} bwd (DeepFool floor)", t_jac, n)
+        yc = m(x).argmax(1).detach()  # DeepFool attacks the images it classifies correctly: all of them here
+        cases = [
+            ("pgdl2", t_floor, lambda: pgdl2(m, x, y, 1.0, 0.2, steps, random_start=False),
+             lambda: torchattacks.PGDL2(m, 1.0, 0.2, steps, random_start=False)(x, y)),
+            ("cw", t_floor, lambda: cw(m, x, y, steps=steps), lambda: torchattacks.CW(m, steps=steps)(x, y)),
+            ("deepfool", t_jac, lambda: deepfool(m, x, yc, steps=steps),
+             lambda: torchattacks.DeepFool(m, steps=steps)(x, yc)),
+        ]
+        for name, fl, ours, ref in cases:
+            t_ours = timed(ours, self.dev, iters=it)
+            t_ref = timed(ref, self.dev, iters=it)
+            self.row("l2", arch, f"advcam {name}, {steps} steps", t_ours, n, vs_floor=fl / t_ours, vs_ref=t_ref / t_ours,
+                     target="≥ 0.9 × floor, ≥ 1 × torchattacks")
+            self.row("l2", arch, f"torchattacks {name}", t_ref, n)
+
     def explanation(self, arch, m, x, y, steps: int = 5, eps: float = 0.03, alpha: float = 0.01):
         """The attacks on the explanation against a minimal loop of the same passes (the clean Grad-CAM, ``steps``
         differentiable Grad-CAM steps — forward, logit→layer backward with a graph, then → input — and one plain
@@ -459,8 +498,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 64 on GPU, 8 on CPU)")
     p.add_argument("--models", nargs="+", default=None, help="subset of resnet50 vgg16 inception_v3 xception")
     p.add_argument("--stages", nargs="+",
-                   default=["gradcam", "cams", "fgsm", "iterative", "explanation", "ssim", "train", "pipeline"],
-                   help="gradcam cams cams_perturbation fgsm iterative explanation ssim train pipeline (explanation: the "
+                   default=["gradcam", "cams", "fgsm", "iterative", "l2", "explanation", "ssim", "train", "pipeline"],
+                   help="gradcam cams cams_perturbation fgsm iterative l2 explanation ssim train pipeline (l2: PGD-L2, CW, "
+                        "DeepFool; explanation: the "
                         "keep-label and dual attacks on the map; cams_perturbation: ScoreCAM and "
                         "AblationCAM, K forwards per image: minutes on a CPU)")
     p.add_argument("--iters", type=int, default=None)
@@ -502,6 +542,8 @@ def main(argv=None) -> int:
             b.fgsm(arch, m, x, y)
         if "iterative" in args.stages:
             b.iterative(arch, m, x, y)
+        if "l2" in args.stages:
+            b.l2(arch, m, x, y)
         if "explanation" in args.stages:
             b.explanation(arch, m, x, y)
         if "pipeline" in args.stages:
