@@ -124,3 +124,15 @@ def test_bad_values_are_named(call, match):
     with pytest.raises(advcam.InputError, match=match):
         call(model_for("small"), *_data(20, 5, n=1))
 
+
+
+def test_channels_last_models_are_attacked_alike(seed):
+    """The workflow's stages and the bench run models in channels_last: gradients then have its strides."""
+    import copy
+
+    model = model_for("small")
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x, y = _data(20, 5)
+    for attack in (lambda m: pgdl2(m, x, y, 1.0, 0.2, 3, random_start=False), lambda m: cw(m, x, y, steps=5),
+                   lambda m: deepfool(m, x, y, steps=3)):
+        torch.testing.assert_close(attack(fast), attack(model), atol=1e-5, rtol=0)

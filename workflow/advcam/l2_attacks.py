@@ -68,17 +68,17 @@ def pgdl2(
         z = torch.empty(x0.shape).normal_(generator=generator)
         r = torch.empty(n, 1, 1, 1).uniform_(0, 1, generator=generator)
         z, r = z.to(dev), r.to(dev)
-        delta = z * (r / z.view(n, -1).norm(p=2, dim=1).view(n, 1, 1, 1) * eps)
+        delta = z * (r / z.flatten(1).norm(p=2, dim=1).view(n, 1, 1, 1) * eps)
         adv = (adv + delta).clamp(0, 1)
     with eval_mode(model), frozen_parameters(model), torch.enable_grad():
         for _ in range(steps):
             xg = adv.detach().requires_grad_(True)
             loss = F.cross_entropy(model(xg).float(), t, reduction="sum")
             (g,) = torch.autograd.grad(-loss if targeted else loss, xg)
-            g = g / (g.view(n, -1).norm(p=2, dim=1) + eps_for_division).view(n, 1, 1, 1)
+            g = g / (g.flatten(1).norm(p=2, dim=1) + eps_for_division).view(n, 1, 1, 1)
             adv = adv.detach() + alpha * g
             delta = adv - x0
-            factor = torch.clamp(eps / delta.view(n, -1).norm(p=2, dim=1), max=1.0)
+            factor = torch.clamp(eps / delta.flatten(1).norm(p=2, dim=1), max=1.0)
             adv = (x0 + delta * factor.view(n, 1, 1, 1)).clamp(0, 1)
     return adv.detach().to(x.device)
 

@@ -16,12 +16,16 @@ import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path
 from .explainers import CAM_METHODS
+from .settings import ATTACKS
 
 __all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "plot_transfer", "plot_localisation",
            "plot_sanity", "plot_claims", "mean_over_runs", "save"]
 
-STYLE = {"fgsm": "-", "noise": ":", "pgd": "--", "bim": "-.", "mifgsm": (0, (5, 1, 1, 1, 1, 1))}
-MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^"}
+#: a line style per attack (the chance reference is a dash-dot horizontal line); every attack of the registry has one
+STYLE = {"fgsm": "-", "noise": ":", "pgd": "--", "bim": (0, (3, 1, 1, 1)), "mifgsm": (0, (5, 1, 1, 1, 1, 1)),
+         "explain": (0, (8, 2)), "dual": (0, (1, 1))}
+MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^", "explain": "*", "dual": "x"}
+assert set(STYLE) == set(ATTACKS), "every attack of advcam.settings.ATTACKS has a line style"
 
 
 def save(fig, prefix: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf"), tight: bool = True) -> list[Path]:
