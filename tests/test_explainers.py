@@ -266,6 +266,8 @@ def test_differentiable_maps_equal_the_plain_ones(arch, seed):
     layer = PAPER_MODELS[arch].layer
     x = torch.rand(3, 3, SIZES[arch], SIZES[arch])
     plain = advcam.cams(model, layer, x, DIFF_METHODS)
+    for p in model.parameters():  # the cached model may hold gradients from another test's full backward
+        p.grad = None
     xg = x.clone().requires_grad_(True)
     diff = advcam.cams(model, layer, xg, DIFF_METHODS, create_graph=True)
     for m in DIFF_METHODS:

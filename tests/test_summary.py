@@ -40,6 +40,13 @@ def test_vid_is_population_std_across_eps():
     assert v["vid"] == pytest.approx(0.2 / 3) and v["n_eps"] == 2 and v["eps"] == "0.1 0.2"
 
 
+def test_vid_leaves_out_an_attack_at_one_eps():
+    t = _table()
+    one = t[t["eps"] != t["eps"].max()].assign(attack="explain")
+    assert "explain" not in set(vid_per_image(pd.concat([t, one]))["attack"])
+    assert "explain" not in set(vid(pd.concat([t, one]))["attack"])
+
+
 def test_vid_rejects_missing_eps():
     t = _table().drop(index=5)
     with pytest.raises(ValueError, match="lack NISSIM"):

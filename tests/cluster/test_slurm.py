@@ -107,9 +107,9 @@ def test_every_job_ran_on_slurm_and_only_model_jobs_got_the_gpu(slurm_run, smoke
     wd, _, run = slurm_run
     jobs = _submitted(run)
     # the smoke DAG: 1 synth, 2 prepare (two sizes), per training run (resnet50 twice, vgg16 once)
-    # train/gradient/explain_clean/score/sanity and 2×2 ε attacks
+    # train/gradient/explain_clean/score/sanity and 6 attacks (fgsm, noise at 2 ε; explain, dual at 1)
     assert Counter(jobs.values()) == {"synth": 1, "prepare": 2, "train": 3, "gradient": 3, "explain_clean": 3,
-                                      "attack": 12, "score": 3, "sanity": 3}
+                                      "attack": 18, "score": 3, "sanity": 3}
     for job_id, rule in jobs.items():
         info = _show_job(job_id)
         assert info["JobState"] == "COMPLETED", (job_id, rule, info["JobState"])

@@ -186,8 +186,12 @@ def test_the_schema_lists_every_cam_method():
 def test_smoke_end_to_end(smoke_run):
     res = smoke_run / "results"
     s = pd.read_csv(res / "summary" / "mod_vid.csv")
-    assert len(s) == 3 * 2 * (2 * 2 + 1)  # run (model, replicate) × cam × (attack × ε + the chance reference)
-    assert set(s["model"]) == {"resnet50", "vgg16"} and set(s["attack"]) == {"fgsm", "noise", "chance"}
+    # run (model, replicate) × cam × (fgsm and noise at 2 ε, explain and dual at 1, the chance reference)
+    assert len(s) == 3 * 2 * (2 * 2 + 2 + 1)
+    assert set(s["model"]) == {"resnet50", "vgg16"}
+    assert set(s["attack"]) == {"fgsm", "noise", "explain", "dual", "chance"}
+    kept = s[s["attack"] == "explain"]  # keep the label, move the map: no prediction changes
+    assert kept["flip_rate"].eq(0).all() and kept["success_rate"].eq(1).all()
     ref = s[s["attack"] == "chance"]
     assert ref["eps"].eq(0).all() and ref["mod_rel"].eq(1).all()
     s = s[s["attack"] != "chance"]
@@ -220,7 +224,7 @@ def test_smoke_end_to_end(smoke_run):
     assert set(s["cam"]) == {"gradcam", "eigencam"}
     # the predictions do not depend on the method
     assert s.groupby(["model", "attack", "eps"])["acc_adv"].nunique().eq(1).all()
-    assert set(s["eps"]) == {0.05, 0.1}
+    assert set(s["eps"]) == {0.05, 0.1} and set(s.loc[s["attack"].isin(["explain", "dual"]), "eps"]) == {0.1}
     for col in ("mod", "mod_ci_low", "mod_ci_high", "acc_clean", "acc_adv", "flip_rate"):
         assert s[col].between(0, 1).all(), col
     assert (s["n"] == s["n"].iloc[0]).all() and s["n"].iloc[0] >= 4
@@ -231,14 +235,14 @@ def test_smoke_end_to_end(smoke_run):
     assert s["spearman_mean"].between(-1, 1).all() and s["topk_mean"].between(0, 1).all()
     assert (s["com_shift_mean"] >= 0).all()
     v = pd.read_csv(res / "summary" / "vid.csv")
-    assert len(v) == 12 and v["vid"].between(0, 1).all() and set(v["cam"]) == {"gradcam", "eigencam"}
+    assert len(v) == 12 and v["vid"].between(0, 1).all() and set(v["attack"]) == {"fgsm", "noise"}  # 1-ε attacks: none and set(v["cam"]) == {"gradcam", "eigencam"}
     assert "training_flag" in v and set(v["replicate"]) == {0, 1}
     for m in ("gradcam", "eigencam"):
         assert (res / "heatmaps" / "vgg16" / "r0" / "clean" / f"{m}.h5").is_file()
         assert (res / "heatmaps" / "vgg16" / "r0" / "fgsm" / "0.1" / f"{m}.h5").is_file()
         assert (res / "heatmaps" / "resnet50" / "r1" / "fgsm" / "0.1" / f"{m}.h5").is_file()
     assert set(san["replicate"]) == {0, 1} and "training_flag" in san
-    for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "gallery_resnet50", "gallery_vgg16",
+    for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "nissim_explain", "nissim_dual", "gallery_resnet50", "gallery_vgg16",
                  "localisation", "sanity_resnet50", "sanity_vgg16", "claims"):
         assert (res / "plots" / f"{name}.png").stat().st_size > 1000
     assert (res / "logs" / "train" / "resnet50" / "r1.log").is_file()
@@ -260,7 +264,7 @@ def test_partial_reruns(smoke_run):
     models = cfg["models"]
     more_reps = {**cfg, "models": {**models, "vgg16": {**models["vgg16"], "replicates": 2}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_reps))
-    assert c == {"train": 1, "gradient": 1, "explain_clean": 1, "attack": 4, "score": 1, "sanity": 1, "summarise": 1,
+    assert c == {"train": 1, "gradient": 1, "explain_clean": 1, "attack": 6, "score": 1, "sanity": 1, "summarise": 1,
                  "plot": 1, "all": 1}
     fewer_reps = {**cfg, "models": {**models, "resnet50": {**models["resnet50"], "replicates": 1}}}
     assert job_counts(snakemake(smoke_run, "-n", config=fewer_reps)) == {"summarise": 1, "plot": 1, "all": 1}
@@ -270,7 +274,7 @@ def test_partial_reruns(smoke_run):
     more_models = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_models))
     assert c["train"] == 1 and c["gradient"] == 1 and c["explain_clean"] == 1
-    assert c["attack"] == 4 and c["score"] == 1
+    assert c["attack"] == 6 and c["score"] == 1  # fgsm, noise at 2 ε; explain, dual at 1
     assert "prepare" not in c and "synth" not in c
     # a measure dropped or k changed: only scoring and the summaries rerun
     fewer = {**cfg, "metrics": {"measures": ["spearman"], "k": 0.2}}
@@ -306,7 +310,8 @@ def test_partial_reruns(smoke_run):
             "transfer": [{"source": "resnet50", "target": "resnet18"}]}
     c = job_counts(snakemake(smoke_run, "-n", config=pair))
     # resnet50 has 2 replicates, resnet18 1: replicate 0 of each is paired
-    assert c["transfer"] == 2 and c["score_transfer"] == 1 and c["train"] == 1 and c["attack"] == 4
+    # fgsm at 2 ε, explain and dual at 1 are transferred (not the noise control)
+    assert c["transfer"] == 4 and c["score_transfer"] == 1 and c["train"] == 1 and c["attack"] == 6
     # a scheduling priority is not provenance: nothing reruns
     prio = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "priority": 5}}}
     proc = snakemake(smoke_run, "-n", config=prio)
@@ -315,7 +320,7 @@ def test_partial_reruns(smoke_run):
     later = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "epochs": 2, "pixel_noise": 0.1,
                                                           "pixel_noise_from": 2}}}
     c = job_counts(snakemake(smoke_run, "-n", config=later))
-    assert c["train"] == 1 and c["attack"] == 4 and "prepare" not in c
+    assert c["train"] == 1 and c["attack"] == 6 and "prepare" not in c
 
 
 @pytest.mark.slow

@@ -228,13 +228,16 @@ def vid_per_image(table: pd.DataFrame) -> pd.DataFrame:
     """Per (model, replicate, cam, attack, image): population std of NISSIM across the ε > 0 levels present.
 
     Columns: model, replicate, source_model, cam, attack, index, vid, n_eps. Images missing an ε of their (model,
-    replicate, cam, attack) are an error.
+    replicate, cam, attack) are an error. An attack run at one ε only (e.g. the default's ``explain``) has no
+    variance across ε and no rows here (a spread over one value would read as a VID of 0).
     """
     table = check_table(table)
     t = table[table["eps"] > 0]
     out = []
     for (model, rep, source, cam, attack), g in t.groupby(VID_GROUP, sort=True):
         wide = g.pivot_table(index="index", columns="eps", values="nissim", aggfunc="first")
+        if wide.shape[1] < 2:
+            continue
         if wide.isna().any().any():
             raise InputError(f"{model} r{rep}/{cam}/{attack} (from {source}): some images lack NISSIM at some epsilon")
         v = wide.to_numpy().std(axis=1, ddof=0)
