@@ -283,7 +283,7 @@ def test_partial_reruns(smoke_run):
     # a CAM method added: its heatmaps come from the attack and clean-explain jobs (no training, no gradient sign)
     more_cams = {**cfg, "cams": cfg["cams"] + ["gradcampp"]}
     c = job_counts(snakemake(smoke_run, "-n", config=more_cams))
-    assert c == {"explain_clean": 3, "attack": 12, "score": 3, "sanity": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    assert c == {"explain_clean": 3, "attack": 18, "score": 3, "sanity": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
     # a CAM method removed: no heatmap is recomputed; scores, summaries and galleries drop it
     fewer_cams = {**cfg, "cams": ["gradcam"]}
     c = job_counts(snakemake(smoke_run, "-n", config=fewer_cams))

@@ -276,7 +276,8 @@ def vid(table: pd.DataFrame) -> pd.DataFrame:
                 "vid_median": float(g["vid"].median()),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["model", "replicate", "source_model", "cam", "attack", "n", "n_eps", "eps", "vid",
+                                       "vid_std", "vid_median"])
 
 
 def training_flags(table: pd.DataFrame, reports: pd.DataFrame | None = None, min_accuracy: float = 0.0,
