@@ -41,6 +41,8 @@ __all__ = [
     "target_classes",
     "TARGET_RULES",
     "check_steps",
+    "check_positive",
+    "check_count",
     "labels_on_device",
 ]
 
@@ -83,6 +85,21 @@ def labels_on_device(model: nn.Module, y, target, n: int) -> tuple[torch.Tensor,
     if t.shape[0] != n:
         raise InputError(f"{'target' if target is not None else 'y'} has {t.shape[0]} entries for {n} images")
     return t, target is not None
+
+
+def check_positive(name: str, value, strict: bool = True, note: str = "") -> float:
+    """``value`` as float when it is a number > 0 (``strict``) or ≥ 0, else InputError naming ``name`` and the value
+    (``note`` follows the bound in the message)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 if strict else value >= 0):
+        raise InputError(f"{name} must be {'>' if strict else '>='} 0{note}, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value) -> int:
+    """``value`` when it is a whole number ≥ 1, else InputError naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def check_steps(steps: int, alpha: float) -> None:

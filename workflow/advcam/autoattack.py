@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import check_steps, labels_on_device
+from .attacks import check_count, check_positive, check_steps, labels_on_device
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device
 
@@ -158,12 +158,10 @@ def apgd(
         raise InputError(f"norm must be one of {', '.join(APGD_NORMS)}, got {norm!r}")
     if loss not in APGD_LOSSES:
         raise InputError(f"loss must be one of {', '.join(APGD_LOSSES)}, got {loss!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise InputError(f"eps must be > 0, got {eps!r}")
+    check_positive("eps", eps)
     check_steps(steps, 1.0)
-    for name, v in (("n_restarts", n_restarts), ("eot_iter", eot_iter)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+    check_count("n_restarts", n_restarts)
+    check_count("eot_iter", eot_iter)
     if not (isinstance(rho, (int, float)) and 0 <= rho <= 1):
         raise InputError(f"rho must lie in [0, 1], got {rho!r}")
     dev = model_device(model)
@@ -235,11 +233,9 @@ def square(
         raise InputError("square: only resc_schedule=True (the schedule rescaled to n_queries) is implemented")
     if loss not in SQUARE_LOSSES:
         raise InputError(f"loss must be one of {', '.join(SQUARE_LOSSES)}, got {loss!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise InputError(f"eps must be > 0, got {eps!r}")
-    for name, v in (("n_queries", n_queries), ("n_restarts", n_restarts)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+    check_positive("eps", eps)
+    check_count("n_queries", n_queries)
+    check_count("n_restarts", n_restarts)
     if not (isinstance(p_init, (int, float)) and 0 < p_init <= 1):
         raise InputError(f"p_init must lie in (0, 1], got {p_init!r}")
     eps = float(eps)

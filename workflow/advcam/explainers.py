@@ -46,12 +46,12 @@ from torch import nn
 from .base_cam import CamOutput, LayerPass, layer_pass, upsample_cam
 from .batching import batches
 from .errors import InputError
-from .settings import DIFFERENTIABLE_CAMS
 from .models import eval_mode, frozen_parameters, model_device, resolve_layer
+from .settings import DIFFERENTIABLE_CAMS
 
 __all__ = [
-    "CAM_METHODS", "GRADIENT_METHODS", "DIFFERENTIABLE_METHODS", "cam", "cams", "cams_batch", "check_differentiable", "differentiable_cams", "explain_cams", "network_after", "raw_cams",
-    "principal_projection", "gradcam",
+    "CAM_METHODS", "GRADIENT_METHODS", "DIFFERENTIABLE_METHODS", "cam", "cams", "cams_batch", "check_differentiable",
+    "differentiable_cams", "explain_cams", "network_after", "raw_cams", "principal_projection", "gradcam",
 ]
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import check_eps, check_steps, labels_on_device
+from .attacks import check_eps, check_positive, check_steps, labels_on_device
 from .errors import InputError
 from .explainers import check_differentiable, differentiable_cams, explain_cams
 from .models import frozen_parameters, model_device, relu_beta as smooth_copy
@@ -79,8 +79,8 @@ def _setup(model, layer, x, eps, alpha, steps, method, relu_beta, explain_label,
     if not isinstance(method, str):
         raise InputError(f"method must be one CAM method name, got {method!r}")
     check_differentiable([method])
-    if relu_beta is not None and not (isinstance(relu_beta, (int, float)) and relu_beta > 0):
-        raise InputError(f"relu_beta must be > 0 (or None: the model's own ReLUs), got {relu_beta!r}")
+    if relu_beta is not None:
+        check_positive("relu_beta", relu_beta, note=" (or None: the model's own ReLUs)")
     dev = model_device(model)
     x0 = x.detach().to(dev).float()
     yd = labels_on_device(model, y, None, x0.shape[0])[0]
@@ -96,6 +96,22 @@ def _differentiable_step(grad_model, layer, adv, method, explained):
     with frozen_parameters(grad_model), torch.enable_grad():
         maps, logits = differentiable_cams(grad_model, layer, xg, [method], explained)
     return maps[method], logits, xg
+
+
+def _iterate(model, grad_model, layer, method, explained, x0, eps, alpha, steps, start, direction, objective, judge,
+             consider) -> torch.Tensor:
+    """The loop both attacks share: ``steps`` times the differentiable pass at the iterate, its verdict on ``model``
+    handed to ``consider`` (the pass's own maps and logits when it ran on ``model``), then
+    adv ← Π(adv + direction·α·sign(∇ Σ objective(maps, logits))); the last iterate is judged too and returned."""
+    adv = start
+    for _ in range(steps):
+        maps, logits, xg = _differentiable_step(grad_model, layer, adv, method, explained)
+        (g,) = torch.autograd.grad(objective(maps, logits).sum(), xg)
+        own = (maps, logits) if grad_model is model else (None, None)
+        consider(adv, *judge(adv, *own))
+        adv = _project(adv + direction * alpha * g.sign(), x0, eps)
+    consider(adv, *judge(adv))
+    return adv
 
 
 def explain_attack(
@@ -134,15 +150,8 @@ def explain_attack(
         best = torch.where(better[:, None, None, None], candidate, best)
         best_d = torch.where(better, d, best_d)
 
-    adv = _start(x0, eps, random_start, generator)
-    for _ in range(steps):
-        maps, logits, xg = _differentiable_step(grad_model, layer, adv, method, explained)
-        loss = map_dissimilarity(maps, clean.maps, gaussian).sum()
-        (g,) = torch.autograd.grad(loss, xg)
-        own = (maps, logits) if grad_model is model else (None, None)
-        consider(adv, *judge(adv, *own))
-        adv = _project(adv + alpha * g.sign(), x0, eps)
-    consider(adv, *judge(adv))
+    _iterate(model, grad_model, layer, method, explained, x0, eps, alpha, steps, _start(x0, eps, random_start, generator),
+             +1, lambda maps, logits: map_dissimilarity(maps, clean.maps, gaussian), judge, consider)
     return best.to(x.device)
 
 
@@ -170,8 +179,7 @@ def dual_attack(
     ``y`` with ``explain_label``) and the clean CAM. Returns per image the least dissimilar iterate that succeeds
     on ``model`` (predicts the target, or not y), else the last iterate. ``lam`` ≥ 0 (0: plain BIM/PGD on CE);
     other arguments as in :func:`explain_attack`."""
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-        raise InputError(f"lam (the weight of the map term) must be >= 0, got {lam!r}")
+    check_positive("lam (the weight of the map term)", lam, strict=False)
     eps, method, dev, x0, yd, explained, clean, grad_model = _setup(
         model, layer, x, eps, alpha, steps, method, relu_beta, explain_label, y)
     goal = None if target is None else labels_on_device(model, y, target, x0.shape[0])[0]
@@ -186,16 +194,12 @@ def dual_attack(
         best = candidate.clone() if best is None else torch.where(better[:, None, None, None], candidate, best)
         best_d = torch.where(better, d, best_d)
 
-    adv = _start(x0, eps, random_start, generator)
-    for _ in range(steps):
-        maps, logits, xg = _differentiable_step(grad_model, layer, adv, method, explained)
+    def objective(maps, logits):
         ce = F.cross_entropy(logits.float(), goal if goal is not None else yd, reduction="none")
-        loss = ((ce if goal is not None else -ce) + lam * map_dissimilarity(maps, clean.maps, gaussian)).sum()
-        (g,) = torch.autograd.grad(loss, xg)
-        own = (maps, logits) if grad_model is model else (None, None)
-        consider(adv, *judge(adv, *own))
-        adv = _project(adv - alpha * g.sign(), x0, eps)
-    consider(adv, *judge(adv))
+        return (ce if goal is not None else -ce) + lam * map_dissimilarity(maps, clean.maps, gaussian)
+
+    adv = _iterate(model, grad_model, layer, method, explained, x0, eps, alpha, steps,
+                   _start(x0, eps, random_start, generator), -1, objective, judge, consider)
     never = torch.isinf(best_d)  # no iterate succeeded: the last one
     best = torch.where(never[:, None, None, None], adv, best)
     return best.to(x.device)

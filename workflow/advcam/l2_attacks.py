@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import check_steps, labels_on_device
-from .errors import InputError
+from .attacks import check_positive, check_steps, labels_on_device
 from .models import eval_mode, frozen_parameters, model_device
 
 __all__ = ["pgdl2", "cw", "deepfool", "l2_norms"]
@@ -29,12 +28,6 @@ __all__ = ["pgdl2", "cw", "deepfool", "l2_norms"]
 def l2_norms(x: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     """‖adv − x‖₂ per image on the [0, 1] pixel scale: (N,) float32 for (N,3,H,W) inputs."""
     return (adv.float() - x.float()).flatten(1).norm(dim=1)
-
-
-def _positive(name: str, value, strict: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 if strict else value >= 0):
-        raise InputError(f"{name} must be {'>' if strict else '>='} 0, got {value!r}")
-    return float(value)
 
 
 def pgdl2(
@@ -57,7 +50,7 @@ def pgdl2(
     with z standard normal and r uniform in [0, 1] per image, torchattacks' draw (not uniform in the ball), from
     ``generator`` (or the global RNG, in torchattacks' order: z, then r). The cross-entropy is summed over the batch
     (torchattacks averages): after the normalisation only ``eps_for_division`` sees the factor N."""
-    eps = _positive("eps", eps)
+    eps = check_positive("eps", eps)
     check_steps(steps, alpha)
     dev = model_device(model)
     x0 = x.detach().to(dev).float()
@@ -111,10 +104,10 @@ def cw(
     constant c (no binary search), and the early stop when the batch's summed cost rose since the last check (every
     max(steps // 10, 1) steps), so an image's result depends on the batch it is in. ``c`` > 0, ``kappa`` ≥ 0,
     ``steps`` ≥ 1, ``lr`` > 0, else InputError."""
-    c = _positive("c", c)
-    kappa = _positive("kappa", kappa, strict=False)
+    c = check_positive("c", c)
+    kappa = check_positive("kappa", kappa, strict=False)
     check_steps(steps, 1.0)
-    lr = _positive("lr", lr)
+    lr = check_positive("lr", lr)
     dev = model_device(model)
     x0 = x.detach().to(dev).float()
     t, targeted = labels_on_device(model, y, target, x0.shape[0])
@@ -165,7 +158,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 50
     the current, clipped iterate (the paper accumulates the unclipped steps from x). The Jacobian takes C backward
     passes per batch of active images. ``steps`` ≥ 1, ``overshoot`` ≥ 0, else InputError."""
     check_steps(steps, 1.0)
-    overshoot = _positive("overshoot", overshoot, strict=False)
+    overshoot = check_positive("overshoot", overshoot, strict=False)
     dev = model_device(model)
     adv = x.detach().to(dev).float().clone()
     labels = labels_on_device(model, y, None, adv.shape[0])[0]
