@@ -2,7 +2,9 @@
 is set, and printed on failure) and a tiny synthetic dataset built by the project itself."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 
@@ -15,7 +17,9 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # One probe cache for the whole session, shared by the workflow runs it starts (local and SLURM jobs inherit
 # the environment): every run then makes the same precision choice, so their outputs can be compared byte
 # for byte, and the developer's own cache is left alone.
-os.environ.setdefault("ADVCAM_CACHE_DIR", tempfile.mkdtemp(prefix="advcam-test-cache-"))
+if "ADVCAM_CACHE_DIR" not in os.environ:
+    os.environ["ADVCAM_CACHE_DIR"] = tempfile.mkdtemp(prefix="advcam-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["ADVCAM_CACHE_DIR"], ignore_errors=True)  # one per session, not left behind
 
 
 @pytest.fixture
