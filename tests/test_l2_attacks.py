@@ -136,3 +136,27 @@ def test_channels_last_models_are_attacked_alike(seed):
     for attack in (lambda m: pgdl2(m, x, y, 1.0, 0.2, 3, random_start=False), lambda m: cw(m, x, y, steps=5),
                    lambda m: deepfool(m, x, y, steps=3)):
         torch.testing.assert_close(attack(fast), attack(model), atol=1e-5, rtol=0)
+
+
+def test_clip_l2_is_foolboxs_l2_clip():
+    """x + δ·min(1, ε/‖δ‖₂), Foolbox 3's clip_perturbation under its l2 distance, written here in numpy; a
+    perturbation already inside the ball comes back bit for bit, and the result stays in [0, 1]."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(6, 3, 9, 11, generator=g)
+    adv = (x + torch.randn(6, 3, 9, 11, generator=g) * torch.tensor([0.001, 0.01, 0.05, 0.1, 0.3, 0.0]).view(-1, 1, 1, 1)
+           ).clamp(0, 1)
+    eps = 1.0
+    d = (adv - x).numpy().reshape(6, -1)
+    norms = np.maximum(np.linalg.norm(d, axis=1), 1e-12)
+    ref = x.numpy() + (d * np.minimum(1.0, eps / norms)[:, None]).reshape(x.shape)
+    out = advcam.clip_l2(x, adv, eps)
+    assert np.abs(out.numpy() - ref).max() < 1e-6
+    inside = norms <= eps
+    assert inside.any() and (~inside).any()
+    assert torch.equal(out[torch.as_tensor(inside)], adv[torch.as_tensor(inside)])
+    assert np.allclose(l2_norms(x, out).numpy(), np.minimum(norms, eps), rtol=1e-5)
+    assert out.min() >= 0 and out.max() <= 1
+    with pytest.raises(advcam.InputError, match="eps"):
+        advcam.clip_l2(x, adv, 0)

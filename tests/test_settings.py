@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from advcam.settings import (
+    ATTACK_PARAMS,
     ATTACKS,
     FROM_STUDY,
     WORKFLOW_ONLY,
@@ -36,6 +37,8 @@ def test_schema_keys_are_the_fields_plus_the_workflow_only_keys():
     attack_keys = set().union(*(set(a["properties"]) for a in SCHEMA["attacks"]["properties"].values()))
     assert attack_keys == (_fields(AttackSettings) - {"attack"} - set(FROM_STUDY["attack"])) | set(WORKFLOW_ONLY["attack"])
     assert set(SCHEMA["attacks"]["properties"]) == set(ATTACKS)  # the schema's attacks are the registry's
+    for name, spec in SCHEMA["attacks"]["properties"].items():  # each entry: the settings its attack uses, and eps
+        assert set(spec["properties"]) == (set(ATTACK_PARAMS[name]) - set(FROM_STUDY["attack"])) | {"eps"}, name
     assert set(SCHEMA["cam"]["properties"]) == _fields(CamSettings) | set(WORKFLOW_ONLY["cam"])
     assert set(SCHEMA["metrics"]["properties"]) | {"ssim"} == _fields(ScoreSettings) | set(WORKFLOW_ONLY["score"])
 
@@ -60,7 +63,17 @@ def test_schema_defaults_are_the_fields_defaults_where_they_share_one():
     (TrainSettings, {"optimizer": "adam"}, "optimizer"),
     (TrainSettings, {"epochs": 3, "pixel_noise": 0.1, "pixel_noise_from": 4}, "pixel_noise_from"),
     (TrainSettings, {"amp": "on"}, "amp"),
-    (AttackSettings, {"attack": "cw"}, "attack"),
+    (AttackSettings, {"attack": "fab"}, "attack"),
+    (AttackSettings, {"attack": "cw", "kappa": -1}, "kappa"),
+    (AttackSettings, {"attack": "cw", "c": 0}, "c"),
+    (AttackSettings, {"attack": "square", "n_queries": 0}, "n_queries"),
+    (AttackSettings, {"attack": "square", "p_init": 0}, "p_init"),
+    (AttackSettings, {"attack": "square", "loss": "dlr"}, "loss"),
+    (AttackSettings, {"attack": "apgd", "norm": "L1"}, "norm"),
+    (AttackSettings, {"attack": "apgd", "n_restarts": 0}, "n_restarts"),
+    (AttackSettings, {"attack": "apgd", "targeted": "next"}, "targeted"),
+    (AttackSettings, {"attack": "deepfool", "overshoot": -0.1}, "overshoot"),
+    (AttackSettings, {"attack": "deepfool", "steps": 0}, "steps"),
     (AttackSettings, {"attack": "pgd", "steps": 0}, "steps"),
     (AttackSettings, {"attack": "pgd", "alpha": 0}, "alpha"),
     (AttackSettings, {"attack": "noise", "targeted": "next"}, "targeted"),
@@ -104,6 +117,33 @@ def test_settings_are_frozen_keyword_only_and_round_trip_through_json():
     assert json.loads(AttackSettings(attack="mifgsm", decay=0.5).to_json())["decay"] == 0.5
     with pytest.raises(SettingsError, match="JSON"):
         TrainSettings.from_json("{epochs: 3}")
+
+
+def test_an_attacks_json_holds_its_own_settings_alone():
+    """A setting added for one attack (or another attack's value) leaves every other attack's rule argument, and so
+    its jobs, as they were: each JSON carries the attack's name and the fields it uses."""
+    for name in ATTACKS:
+        s = AttackSettings(attack=name)
+        d = json.loads(s.to_json())
+        assert set(d) == {"attack", *ATTACK_PARAMS[name]}, name
+        assert AttackSettings.from_json(s.to_json()) == s
+    assert json.loads(AttackSettings(attack="fgsm", c=5.0, steps=3).to_json()) == {"attack": "fgsm", "seed": 0,
+                                                                                    "targeted": "none"}
+
+
+@pytest.mark.parametrize("attack, extra, eps, ok", [
+    ("pgd", {}, 0.1, True), ("pgd", {}, 1.5, False), ("pgd", {}, 0, False), ("square", {}, 2.0, False),
+    ("pgdl2", {}, 3.0, True), ("cw", {}, 0.5, True), ("deepfool", {}, 40, True), ("cw", {}, 0, False),
+    ("apgd", {}, 2.0, False), ("apgd", {"norm": "L2"}, 2.0, True), ("pgdl2", {}, True, False),
+])
+def test_eps_is_checked_against_the_attacks_ball(attack, extra, eps, ok):
+    s = AttackSettings(attack=attack, **extra)
+    assert s.eps_norm == ("L2" if attack in ("pgdl2", "cw", "deepfool") or extra else "Linf")
+    if ok:
+        assert s.check_eps(eps) == eps
+    else:
+        with pytest.raises(SettingsError, match=r"^eps "):
+            s.check_eps(eps)
 
 
 def _parse(cls, argv, **kw):

@@ -122,3 +122,27 @@ def test_transferred_rows_are_summarised_apart_from_white_box_ones():
     assert s.loc["m", "mod"] == pytest.approx(0.2) and s.loc["other", "mod"] == pytest.approx(0.05)
     v = vid(pd.concat([own, moved], ignore_index=True)).set_index("source_model")
     assert v.loc["m", "vid"] == pytest.approx(0.2 / 3) and v.loc["other", "vid"] == pytest.approx(0.05 / 3)
+
+
+def test_fgsms_mod_at_equal_success_is_interpolated_over_its_eps(rng):
+    """mod_fgsm_same_success: np.interp of the row's success rate over FGSM's (success, MOD) points, the clean
+    point (misclassified share, 0) first; NaN beyond FGSM's reach and for the explain attack."""
+    n = 40
+    labels = rng.integers(0, 5, n)
+    rows = []
+    flips = {("fgsm", 0.05): 10, ("fgsm", 0.1): 30, ("dual", 0.05): 20, ("dual", 0.1): 36, ("explain", 0.1): 0}
+    for (attack, e), k in flips.items():
+        pred = labels.copy()
+        pred[:k] = (labels[:k] + 1) % 5
+        for i in range(n):
+            rows.append(dict(model="m", cam="gradcam", attack=attack, eps=e, index=i, label=labels[i],
+                             pred_clean=labels[i] if i != n - 1 else (labels[i] + 1) % 5, pred_adv=pred[i],
+                             nissim=float(rng.uniform(0, 0.6))))
+    s = mod_vid(pd.DataFrame(rows)).set_index(["attack", "eps"])
+    f = s.loc["fgsm"]
+    xs = [1 / n, f.loc[0.05, "success_rate"], f.loc[0.1, "success_rate"]]  # one clean image already misclassified
+    ys = [0.0, f.loc[0.05, "mod"], f.loc[0.1, "mod"]]
+    assert s.loc[("dual", 0.05), "mod_fgsm_same_success"] == pytest.approx(np.interp(0.5, xs, ys))
+    assert np.isnan(s.loc[("dual", 0.1), "mod_fgsm_same_success"])  # 90% success: FGSM reaches 75% at most
+    assert np.isnan(s.loc[("explain", 0.1), "mod_fgsm_same_success"])
+    assert s.loc[("fgsm", 0.1), "mod_fgsm_same_success"] == pytest.approx(f.loc[0.1, "mod"])

@@ -306,12 +306,95 @@ def test_iterative_and_targeted_attacks_through_the_stages(tiny_store, trained, 
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_strong_attacks_through_the_stages(tiny_store, trained, tmp_path, capsys):
+    """pgdl2, apgd (L2), square, cw and deepfool as attack jobs: the stored perturbation is the library's (cw and
+    deepfool's clipped to the L2 ball of ε), within its ball, re-applied alike by explain and transfer; the summary
+    has each attack's ball and mean ‖δ‖₂, no mod_rel for the L2 ones (the noise control is L∞), and the figures
+    draw the L2 attacks in panels of their own."""
+    import advcam
+    from advcam.datasets import load_prepared
+    from advcam.io.checkpoint import load_checkpoint
+    from advcam.models import to_tensor_images
+    from advcam.plots import plot_accuracy, plot_mod
+
+    d, model = trained
+    clean = tmp_path / "clean" / "gradcam.h5"
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", clean) == 0
+    net, _ = load_checkpoint(model, "cpu")
+    net.to(memory_format=torch.channels_last)
+    ds = load_prepared(tiny_store)
+    with h5py.File(clean) as f:
+        idx, y = f["index"][()], torch.as_tensor(f["labels"][()])
+    x = to_tensor_images(ds.images[idx]).float().div(255)
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731  (the stage's generator, seeded per job)
+    cases = {  # attack: (eps, flags, the library's result, ball)
+        "pgdl2": (2.0, ["--steps", "2", "--alpha", "0.8"], lambda: advcam.pgdl2(net, x, y, 2.0, 0.8, 2, True, gen()), "L2"),
+        "apgd": (1.5, ["--norm", "L2", "--steps", "3", "--loss", "dlr"],
+                 lambda: advcam.apgd(net, x, y, "L2", 1.5, 3, 1, 4, "dlr"), "L2"),
+        "square": (0.05, ["--n-queries", "6", "--loss", "ce"],
+                   lambda: advcam.square(net, x, y, eps=0.05, n_queries=6, loss="ce", seed=4), "Linf"),
+        "cw": (0.1, ["--steps", "10", "--lr", "0.1", "--c", "100"],
+               lambda: advcam.clip_l2(x, advcam.cw(net, x, y, 100.0, 0.0, 10, 0.1), 0.1), "L2"),
+        "deepfool": (0.01, ["--steps", "3"], lambda: advcam.clip_l2(x, advcam.deepfool(net, x, y, 3), 0.01), "L2"),
+    }
+    scores = []
+    for attack, (eps, extra, ref, ball) in cases.items():
+        att, hm = tmp_path / attack / "att.h5", tmp_path / attack / "gradcam.h5"
+        assert run("attack", "--model", model, "--data", tiny_store, "--attack", attack, "--eps", str(eps), *extra,
+                   "--seed", "4", "--out", att, "--heatmaps", hm) == 0
+        assert f"({ball})" in capsys.readouterr().out
+        with h5py.File(att) as f:
+            delta, l2, linf = f["delta"][()], f["delta_l2"][()], f["delta_linf"][()]
+            assert f.attrs["norm"] == ball
+            assert np.abs(delta - (ref() - x).numpy()).max() < 1e-6, attack
+        assert np.allclose(l2, np.linalg.norm(delta.reshape(len(delta), -1), axis=1), rtol=1e-5)
+        assert (l2 if ball == "L2" else linf).max() <= eps * (1 + 1e-5), attack
+        if attack == "deepfool":  # the clip bit: the minimum-norm perturbation of an image it moved is longer than ε
+            raw = advcam.l2_norms(x, advcam.deepfool(net, x, y, 3)).numpy()
+            assert raw.max() > eps and np.allclose(l2, np.minimum(raw, eps), rtol=1e-5), (raw, l2)
+        again = tmp_path / attack / "again.h5"
+        assert run("explain", "--model", model, "--data", tiny_store, "--attack-file", att, "--out", again) == 0
+        moved, moved_hm = tmp_path / attack / "from.h5", tmp_path / attack / "from" / "gradcam.h5"
+        assert run("attack", "--model", model, "--data", tiny_store, "--attack", attack, "--eps", str(eps), *extra,
+                   "--transfer-from", att, "--out", moved, "--heatmaps", moved_hm) == 0
+        with h5py.File(hm) as f1, h5py.File(again) as f2, h5py.File(moved_hm) as f3:
+            for f in (f2, f3):
+                assert np.array_equal(f1["pred"][()], f["pred"][()]) and np.allclose(f1["maps"][()], f["maps"][()],
+                                                                                     atol=1e-6)
+            assert np.array_equal(f1["delta_l2"][()], f3["delta_l2"][()])
+        s = tmp_path / attack / "score.csv"
+        assert run("score", "--clean", clean, "--adv", hm, "--out", s) == 0
+        scores.append(s)
+    noise_hm = tmp_path / "noise" / "gradcam.h5"
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "noise", "--eps", "0.05",
+               "--out", tmp_path / "noise" / "att.h5", "--heatmaps", noise_hm) == 0
+    assert run("score", "--clean", clean, "--adv", noise_hm, "--out", tmp_path / "noise.csv") == 0
+    assert run("summarise", *scores, tmp_path / "noise.csv", "--out", tmp_path / "s.csv") == 0
+    summ = pd.read_csv(tmp_path / "s.csv").set_index("attack")
+    assert dict(summ["norm"]) == {"pgdl2": "L2", "apgd": "L2", "square": "Linf", "cw": "L2", "deepfool": "L2",
+                                  "noise": "Linf"}
+    assert np.isclose(summ.loc["noise", "delta_linf_mean"], 0.05, atol=1e-6)
+    assert (summ.loc[["pgdl2", "apgd", "cw", "deepfool"], "delta_l2_mean"] <= summ.loc[["pgdl2", "apgd", "cw",
+                                                                                        "deepfool"], "eps"] + 1e-5).all()
+    assert summ.loc[["pgdl2", "apgd", "cw", "deepfool"], "mod_rel"].isna().all()
+    for fn in (plot_mod, plot_accuracy):
+        assert all(p.stat().st_size > 0 for p in fn(summ.reset_index(), tmp_path / fn.__name__))
+    capsys.readouterr()
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "square", "--eps", "2",
+               "--out", tmp_path / "x.h5") == 2
+    assert "eps 2.0: square's eps is an L∞ radius" in capsys.readouterr().err
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "cw", "--eps", "1", "--kappa", "-1",
+               "--out", tmp_path / "x.h5") == 2
+    assert "error: kappa -1.0: must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_bad_inputs_exit_2(tiny_store, trained, tmp_path, capsys):
     _, model = trained
     assert run("attack", "--model", model, "--data", tiny_store, "--attack", "noise", "--eps", "1.5", "--out", tmp_path / "a.h5") == 2
-    assert "epsilon 1.5 is outside [0, 1]" in capsys.readouterr().err
-    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "cw", "--eps", "0.1", "--out", tmp_path / "a.h5") == 2
-    assert "unknown attack 'cw'" in capsys.readouterr().err
+    assert "--eps: eps 1.5: noise's eps is an L∞ radius" in capsys.readouterr().err
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "fab", "--eps", "0.1", "--out", tmp_path / "a.h5") == 2
+    assert "unknown attack 'fab'" in capsys.readouterr().err
     assert run("train", "--data", tiny_store, "--arch", "resnet5O", "--out", tmp_path / "m.pt", "--no-progress") == 2
     assert "unknown model 'resnet5O'" in capsys.readouterr().err
     assert run("train", "--data", tiny_store, "--arch", "resnet50", "--layer", "layer9", "--out", tmp_path / "m.pt") == 2
@@ -454,14 +537,14 @@ def test_a_bug_shows_its_traceback_and_input_errors_one_line(tiny_store, trained
         with pytest.raises(ValueError, match="internal shape mismatch"):
             run("explain", "--model", model, "--data", tiny_store, "--out", tmp_path / "h.h5")
     assert not (tmp_path / "h.h5").exists()
-    bad = ("attack", "--model", model, "--data", tiny_store, "--attack", "cw", "--eps", "0.1", "--out", tmp_path / "a.h5")
+    bad = ("attack", "--model", model, "--data", tiny_store, "--attack", "fab", "--eps", "0.1", "--out", tmp_path / "a.h5")
     assert run(*bad) == 2
     err = capsys.readouterr().err
-    assert "advcam attack: error: unknown attack 'cw'" in err and "Traceback" not in err
+    assert "advcam attack: error: unknown attack 'fab'" in err and "Traceback" not in err
     monkeypatch.setenv("ADVCAM_DEBUG", "1")
     from advcam.errors import AdvcamError
 
-    with pytest.raises(AdvcamError, match="unknown attack 'cw'"):
+    with pytest.raises(AdvcamError, match="unknown attack 'fab'"):
         run(*bad)
 
 

@@ -111,8 +111,8 @@ def test_paper_dag(tmp_path):
     cfg["dataset"]["root"] = str(root)
     c = job_counts(snakemake(tmp_path, "-n", config=cfg))
     assert "synth" not in c and c["prepare"] == 2  # 224 and 299
-    # fgsm, noise, bim, targeted mifgsm, explain, dual
-    assert c["train"] == 5 and c["attack"] == 5 * (4 + 4 + 3 + 3 + 3 + 3)
+    # fgsm, noise, bim, targeted mifgsm, explain, dual; pgdl2, apgd, square, cw, deepfool
+    assert c["train"] == 5 and c["attack"] == 5 * (4 + 4 + 3 + 3 + 3 + 3 + 3 * 5)
 
 
 def test_smoke_dag(tmp_path):
@@ -149,6 +149,10 @@ def test_smoke_dag(tmp_path):
         ({"attacks": {"dual": {"eps": [0.05], "lam": -1}}}, "lam"),
         ({"attacks": {"explain": {"eps": [0.05], "steps": 0}}}, "steps"),
         ({"attacks": {"explain": {"eps": [0.05], "relu_beta": 0}}}, "relu_beta"),
+        ({"attacks": {"square": {"eps": [2.0]}}}, "2.0 is greater than the maximum of 1"),
+        ({"attacks": {"apgd": {"eps": [0.05, 2.0]}}}, "attacks: apgd: eps 2.0: apgd's eps is an L∞ radius"),
+        ({"attacks": {"cw": {"eps": [0.5], "kappa": -1}}}, "kappa"),
+        ({"attacks": {"square": {"eps": [0.05], "n_queries": 0}}}, "n_queries"),
         ({"transfer": [{"source": "resnet50", "target": "vgg16"}]}, "must share the input size (resnet50 64, vgg16 48)"),
         ({"transfer": [{"source": "resnet18", "target": "resnet50"}]}, "'resnet18' is not a model of this study"),
         ({"replicates": 0}, "schema['properties']['replicates']"),
@@ -296,11 +300,13 @@ def test_partial_reruns(smoke_run):
     assert job_counts(snakemake(smoke_run, "-n", config=stricter)) == {"summarise": 1, "plot": 1, "all": 1}
     more_images = {**cfg, "sanity": {"images": 8}}
     assert job_counts(snakemake(smoke_run, "-n", config=more_images)) == {"sanity": 3, "summarise": 1, "plot": 1, "all": 1}
-    # an iterative attack and a targeted one added: only their own attack and score jobs (and the summaries)
+    # an iterative attack, a targeted one, an L2 minimum-norm one and a gradient-free one added: only their own
+    # attack and score jobs (and the summaries); their new settings leave the other attacks' jobs alone
     more_attacks = {**cfg, "attacks": {**cfg["attacks"], "bim": {"eps": [0.05], "steps": 2},
-                                       "mifgsm": {"eps": [0.05], "steps": 2, "targeted": "next"}}}
+                                       "mifgsm": {"eps": [0.05], "steps": 2, "targeted": "next"},
+                                       "cw": {"eps": [0.5], "steps": 2}, "square": {"eps": [0.05], "n_queries": 4}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_attacks))
-    assert c == {"attack": 6, "score": 3, "summarise": 1, "plot": 1, "all": 1}
+    assert c == {"attack": 12, "score": 3, "summarise": 1, "plot": 1, "all": 1}
     # an explanation attack's setting changed: only its own attack jobs and the scores
     longer = {**cfg, "attacks": {**cfg["attacks"], "explain": {**cfg["attacks"]["explain"], "steps": 3}}}
     assert job_counts(snakemake(smoke_run, "-n", config=longer)) == {"attack": 3, "score": 3, "summarise": 1,

@@ -18,7 +18,7 @@ _EXPORTS = {
     **dict.fromkeys(["energy_in_mask", "pointing_game"], "localisation"),
     **dict.fromkeys(["PAPER_MODELS", "build_model", "relu_beta"], "models"),
     **dict.fromkeys(["dual_attack", "explain_attack"], "explanation_attacks"),
-    **dict.fromkeys(["cw", "deepfool", "l2_norms", "pgdl2"], "l2_attacks"),
+    **dict.fromkeys(["clip_l2", "cw", "deepfool", "l2_norms", "pgdl2"], "l2_attacks"),
     **dict.fromkeys(["apgd", "square"], "autoattack"),
     **dict.fromkeys(["load_checkpoint", "save_checkpoint"], "io.checkpoint"),
     **dict.fromkeys(["derangement", "relative_mod"], "references"),

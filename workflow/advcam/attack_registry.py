@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from .attacks import bim, fgsm, mifgsm, pgd
+from .autoattack import apgd, square
 from .errors import InputError
 from .explanation_attacks import dual_attack, explain_attack
+from .l2_attacks import clip_l2, cw, deepfool, pgdl2
 from .settings import ATTACKS, AttackSettings
 
 __all__ = ["Attack", "REGISTRY", "ITERATIVE", "EXPLANATION", "craft"]
@@ -60,6 +62,18 @@ REGISTRY: dict[str, Attack] = {a.name: a for a in (
     Attack("explain", _explain, True, "Ghorbani et al. 2019 / Dombrowski et al. 2019 (keep the label, move the map)",
            needs_cam=True),
     Attack("dual", _dual, True, "Zhang et al. 2020, ADV² (flip the label, keep the map)", needs_cam=True),
+    Attack("pgdl2", lambda m, x, y, e, s, g, t, **_: pgdl2(m, x, y, e, s.alpha, s.steps, s.random_start, g, target=t),
+           True, "torchattacks.PGDL2"),
+    # APGD and Square draw from a generator seeded with the attack's seed on every batch, as a torchattacks call does
+    Attack("apgd", lambda m, x, y, e, s, g, t, **_: apgd(m, x, y, s.norm, e, s.steps, s.n_restarts, s.seed, s.loss,
+                                                         1, s.rho), True, "torchattacks.APGD"),
+    Attack("square", lambda m, x, y, e, s, g, t, **_: square(m, x, y, "Linf", e, s.n_queries, s.n_restarts, s.p_init,
+                                                             s.loss, True, s.seed, target=t), True, "torchattacks.Square"),
+    # minimum-norm attacks: the perturbation found, scaled into the L2 ball of radius ε (Foolbox's convention)
+    Attack("cw", lambda m, x, y, e, s, g, t, **_: clip_l2(x, cw(m, x, y, s.c, s.kappa, s.steps, s.lr, target=t), e),
+           True, "torchattacks.CW, clipped to the L2 ball of ε"),
+    Attack("deepfool", lambda m, x, y, e, s, g, t, **_: clip_l2(x, deepfool(m, x, y, s.steps, s.overshoot), e), True,
+           "torchattacks.DeepFool, clipped to the L2 ball of ε"),
 )}
 assert tuple(REGISTRY) == ATTACKS, "advcam.settings.ATTACKS names the registry's attacks, in its order"
 #: attacks computed per ε in the attack job, whose perturbation the attack file stores (``delta``)
@@ -71,11 +85,12 @@ EXPLANATION = tuple(a.name for a in REGISTRY.values() if a.needs_cam)
 def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, settings: AttackSettings,
           generator: torch.Generator | None = None, target: torch.Tensor | None = None, *,
           layer: str | nn.Module | None = None, explain_label: bool = False) -> torch.Tensor:
-    """Run ``settings.attack`` from :data:`REGISTRY` on a batch x (N,3,H,W) in [0,1] at L∞ radius ``eps``
-    (towards ``target`` (N,) when given). The explanation attacks need the CAM ``layer`` and whether the maps
+    """Run ``settings.attack`` from :data:`REGISTRY` on a batch x (N,3,H,W) in [0,1] at radius ``eps`` (L∞ or L2:
+    ``settings.eps_norm``; the minimum-norm attacks' result clipped to it), towards ``target`` (N,) when given. The explanation attacks need the CAM ``layer`` and whether the maps
     explain the label (``explain_label``) or the predicted class. Attacks without a crafter (the noise control)
     raise InputError."""
     a = REGISTRY[settings.attack]
+    eps = settings.check_eps(eps)
     if a.craft is None:
         raise InputError(f"{a.name} is rebuilt from stored draws (advcam.attacks.perturb), not crafted")
     if a.needs_cam and layer is None:

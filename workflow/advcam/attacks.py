@@ -321,9 +321,9 @@ def perturb(
     ``seed``; ``pgd``, ``bim``, ``mifgsm`` and targeted FGSM need the stored ``delta`` (n,3,H,W) (pass
     ``delta`` for any attack to rebuild it from the delta). Returns (n,3,H,W) in [0,1] on ``x``'s device.
     """
-    eps = check_eps(eps)
-    if delta is not None and attack != "noise":
+    if delta is not None and attack != "noise":  # ε (L∞ or L2) is in the stored delta already
         return (x + delta.to(x.device, x.dtype)).clamp_(0, 1)
+    eps = check_eps(eps)
     if attack == "fgsm":
         if sign is None:
             raise InputError("fgsm needs the gradient sign file (advcam gradient)")

@@ -142,9 +142,9 @@ def cmd_attack(args) -> None:
     targeted = settings.targeted != "none"
     what = f"{settings.attack}{'' if not targeted else f' targeted ({settings.targeted})'}"
     what += f" from {a['source_model']}" if args.transfer_from else ""
-    print(f"{a['arch']} {what} ε={a['eps']:g}: accuracy {a['acc_clean']:.3f} → {a['acc_adv']:.3f}, "
+    print(f"{a['arch']} {what} ε={a['eps']:g} ({a['norm']}): accuracy {a['acc_clean']:.3f} → {a['acc_adv']:.3f}, "
           f"{'target reached' if targeted else 'prediction kept' if settings.attack == 'explain' else 'prediction changed'}"
-          f" for {a['success_rate']:.3f}")
+          f" for {a['success_rate']:.3f}; mean ‖δ‖₂ {a['delta_l2_mean']:.4g}, max ‖δ‖∞ {a['delta_linf_max']:.4g}")
 
 
 def cmd_explain(args) -> None:
@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--attack", required=True, metavar="ATTACK", help=f"one of {', '.join(ATTACKS)} (noise: the random-sign "
                                                                      "control)")
-    s.add_argument("--eps", type=float, required=True, help="L∞ radius on the [0,1] pixel scale")
+    s.add_argument("--eps", type=float, required=True, help="radius on the [0,1] pixel scale: L∞ in (0, 1], or L2 (> 0) for pgdl2, cw, deepfool and apgd --norm L2 "
+                        "(cw and deepfool: their perturbation clipped to it)")
     s.add_argument("--sign", help="gradient sign file (untargeted fgsm)")
     add_arguments(s, AttackSettings, skip=("attack",))
     s.add_argument("--out", required=True, help="attack file: predictions (and PGD's perturbation)")

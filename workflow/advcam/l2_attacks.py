@@ -8,7 +8,9 @@ defaults, batched on the model's device (torchattacks' DeepFool loops over image
 * :func:`deepfool` — DeepFool (``torchattacks.DeepFool``): per image the linearised step to the nearest decision
   boundary, overshot by ``overshoot``, until the label changes.
 
-CW and DeepFool are minimum-norm attacks: they have no ε. :func:`l2_norms` gives the ‖δ‖₂ each image reached.
+CW and DeepFool are minimum-norm attacks: they have no ε. :func:`l2_norms` gives the ‖δ‖₂ each image reached;
+:func:`clip_l2` restricts their result to an L2 budget ε (Foolbox 3's convention for minimisation attacks), which is
+how the workflow runs them at each ε.
 
 Where they follow torchattacks rather than the papers, said per function. Models are used in ``eval()`` mode with
 parameters frozen, so only input gradients are computed.
@@ -22,12 +24,23 @@ from torch import nn
 from .attacks import check_positive, check_steps, labels_on_device
 from .models import eval_mode, frozen_parameters, model_device
 
-__all__ = ["pgdl2", "cw", "deepfool", "l2_norms"]
+__all__ = ["pgdl2", "cw", "deepfool", "l2_norms", "clip_l2"]
 
 
 def l2_norms(x: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     """‖adv − x‖₂ per image on the [0, 1] pixel scale: (N,) float32 for (N,3,H,W) inputs."""
     return (adv.float() - x.float()).flatten(1).norm(dim=1)
+
+
+def clip_l2(x: torch.Tensor, adv: torch.Tensor, eps: float) -> torch.Tensor:
+    """x + δ·min(1, ε/‖δ‖₂) per image, δ = adv − x: the perturbation scaled into the L2 ball of radius ``eps`` (> 0),
+    as Foolbox's ``clip_perturbation`` under its ``l2`` distance. x, adv (N,3,H,W) in [0,1]; the result stays in
+    [0, 1] (a convex combination of x and adv)."""
+    eps = check_positive("eps", eps)
+    delta = adv - x
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    factor = (eps / norms).view(-1, *([1] * (x.dim() - 1))).to(delta.dtype)
+    return torch.where(factor < 1, x + delta * factor, adv)  # within the ball: adv itself, bit for bit
 
 
 def pgdl2(

@@ -23,9 +23,13 @@ __all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery
 
 #: a line style per attack (the chance reference is a dash-dot horizontal line); every attack of the registry has one
 STYLE = {"fgsm": "-", "noise": ":", "pgd": "--", "bim": (0, (3, 1, 1, 1)), "mifgsm": (0, (5, 1, 1, 1, 1, 1)),
-         "explain": (0, (8, 2)), "dual": (0, (1, 1))}
-MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^", "explain": "*", "dual": "x"}
+         "explain": (0, (8, 2)), "dual": (0, (1, 1)), "pgdl2": (0, (4, 2, 1, 2)), "apgd": (0, (6, 1)),
+         "square": (0, (2, 2)), "cw": (0, (1, 2, 4, 2)), "deepfool": (0, (3, 3))}
+MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^", "explain": "*", "dual": "x", "pgdl2": "P", "apgd": "v",
+          "square": "h", "cw": "<", "deepfool": ">"}
 assert set(STYLE) == set(ATTACKS), "every attack of advcam.settings.ATTACKS has a line style"
+#: the x-axis of each ball an attack's ε can measure (an L2 radius is on another scale than an L∞ one: own panels)
+EPS_LABEL = {"Linf": "ε (L∞, pixel scale [0,1])", "L2": "ε (L2 radius, pixel scale [0,1])"}
 
 
 def save(fig, prefix: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf"), tight: bool = True) -> list[Path]:
@@ -56,6 +60,18 @@ def _with_cam(frame: pd.DataFrame, white_box: bool = True, chance: bool = False)
     if not chance and "attack" in frame.columns:
         frame = frame[frame["attack"] != "chance"]
     return frame
+
+
+def _norm_mask(frame: pd.DataFrame, norm: str) -> pd.Series:
+    """Rows whose ε is in the ``norm`` ball (a frame without a ``norm`` column holds L∞ attacks only)."""
+    if "norm" not in frame.columns:
+        return pd.Series(norm == "Linf", index=frame.index)
+    return frame["norm"] == norm
+
+
+def _norms(frame: pd.DataFrame) -> list[str]:
+    """The balls of the attacks in ``frame``, L∞ first (at least L∞: an empty frame still gets its panel)."""
+    return [n for n in EPS_LABEL if _norm_mask(frame, n).any()] or ["Linf"]
 
 
 def _cam_order(frame: pd.DataFrame) -> list[str]:
@@ -91,9 +107,11 @@ def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike, runs: pd.DataFram
     models = sorted(summary["model"].unique())
     cams = _cam_order(summary)
     col = _colors(cams)
-    fig, axes = _panels(len(models))
-    for ax, model in zip(axes, models):
-        for (cam, attack), g in summary[summary["model"] == model].groupby(["cam", "attack"], sort=True):
+    panels = [(m, n) for m in models for n in _norms(summary[summary["model"] == m])]
+    fig, axes = _panels(len(panels))
+    for ax, (model, norm) in zip(axes, panels):
+        sm = summary[(summary["model"] == model) & _norm_mask(summary, norm)]
+        for (cam, attack), g in sm.groupby(["cam", "attack"], sort=True):
             g = g.sort_values("eps")
             e = np.r_[0.0, g["eps"]]
             ax.plot(e, np.r_[0.0, g["mod"]], linestyle=STYLE.get(attack, "-."), marker=MARKER.get(attack, "o"), ms=2.5, lw=1.1, color=col[cam],
@@ -101,18 +119,23 @@ def plot_mod(summary: pd.DataFrame, prefix: str | os.PathLike, runs: pd.DataFram
             ax.fill_between(e, np.r_[0.0, g["mod_ci_low"]], np.r_[0.0, g["mod_ci_high"]], color=col[cam], alpha=0.12, lw=0)
         if runs is not None and n_rep > 1:
             own = _with_cam(runs)
-            for (cam, attack, _), g in own[own["model"] == model].groupby(["cam", "attack", "replicate"], sort=True):
+            own = own[(own["model"] == model) & _norm_mask(own, norm)]
+            for (cam, attack, _), g in own.groupby(["cam", "attack", "replicate"], sort=True):
                 g = g.sort_values("eps")
                 ax.plot(np.r_[0.0, g["eps"]], np.r_[0.0, g["mod"]], linestyle=STYLE.get(attack, "-."), lw=0.5,
                         alpha=0.45, color=col[cam])
         for _, r in chance[(chance["model"] == model) & chance["cam"].isin(cams)].iterrows():
             ax.axhline(r["mod"], color=col[r["cam"]], ls="-.", lw=0.8, label=f"{r['cam']} · chance")
             ax.axhspan(r["mod_ci_low"], r["mod_ci_high"], color=col[r["cam"]], alpha=0.08, lw=0)
-        ax.set_title(model, fontsize=9)
-        ax.set_xlabel("ε (pixel scale [0,1])", fontsize=8)
+        ax.set_title(model if norm == "Linf" else f"{model} · {norm} attacks", fontsize=9)
+        ax.set_xlabel(EPS_LABEL[norm], fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("MOD = mean NISSIM", fontsize=8)
-    handles, labels = axes[0].get_legend_handles_labels()
+    seen: dict = {}
+    for ax in axes[:len(panels)]:  # every panel's lines (an L2 panel holds attacks the first one lacks)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    handles, labels = list(seen.values()), list(seen)
     order = sorted(range(len(labels)), key=lambda i: (cams.index(labels[i].split(" · ")[0]), labels[i]))
     if n_rep > 1 and summary["mod_ci_low"].notna().any():
         band = f"mean of {n_rep} training runs (thin: each run), band: two-level bootstrap CI over runs and images"
@@ -132,18 +155,21 @@ def plot_accuracy(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[Path
     predictions do not depend on the CAM method: one line per (model, attack)."""
     summary = _with_cam(summary)
     summary = summary[summary["cam"] == _cam_order(summary)[0]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    norms = _norms(summary)
+    fig, axes = plt.subplots(1, len(norms), figsize=(6.4 * len(norms), 4.2), squeeze=False)
     col = _colors(sorted(summary["model"].unique()))
-    for (model, attack), g in summary.groupby(["model", "attack"], sort=True):
-        g = g.sort_values("eps")
-        ax.plot(np.r_[0.0, g["eps"]], 100 * np.r_[g["acc_clean"].iloc[0], g["acc_adv"]], linestyle=STYLE.get(attack, "-."),
-                marker=MARKER.get(attack, "o"), ms=3, color=col[model], label=f"{model} · {attack}")
-    ax.set_xlabel("ε (pixel scale [0,1])")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Accuracy under attack")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    for ax, norm in zip(axes[0], norms):
+        for (model, attack), g in summary[_norm_mask(summary, norm)].groupby(["model", "attack"], sort=True):
+            g = g.sort_values("eps")
+            ax.plot(np.r_[0.0, g["eps"]], 100 * np.r_[g["acc_clean"].iloc[0], g["acc_adv"]],
+                    linestyle=STYLE.get(attack, "-."), marker=MARKER.get(attack, "o"), ms=3, color=col[model],
+                    label=f"{model} · {attack}")
+        ax.set_xlabel(EPS_LABEL[norm])
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title("Accuracy under attack" + ("" if norm == "Linf" else f" ({norm} attacks)"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
     return save(fig, prefix)
 
 
@@ -225,21 +251,24 @@ def plot_transfer(summary: pd.DataFrame, target: str, prefix: str | os.PathLike)
     s = _with_cam(summary, white_box=False)
     s = s[(s["model"] == target) & (s["attack"] != "noise")]
     cams = _cam_order(s) or ["gradcam"]
-    fig, axes = _panels(len(cams), width=3.2, height=2.6, max_cols=4)
+    panels = [(c, n) for c in cams for n in _norms(s)]
+    fig, axes = _panels(len(panels), width=3.2, height=2.6, max_cols=4)
     sources = sorted(set(s["source_model"]) - {target})
     col = _colors([target, *sources])
-    for ax, cam in zip(axes, cams):
-        for (source, attack), g in s[s["cam"] == cam].groupby(["source_model", "attack"], sort=True):
+    for ax, (cam, norm) in zip(axes, panels):
+        for (source, attack), g in s[(s["cam"] == cam) & _norm_mask(s, norm)].groupby(["source_model", "attack"],
+                                                                                       sort=True):
             g = g.sort_values("eps")
             own = source == target
             ax.plot(np.r_[0.0, g["eps"]], np.r_[0.0, g["mod"]], "-" if own else "--", marker=MARKER.get(attack, "o"),
                     ms=3, lw=1.1,
                     color=col[source], label=f"{attack} · {'white-box' if own else 'from ' + source}")
-        ax.set_title(cam, fontsize=9)
-        ax.set_xlabel("ε", fontsize=8)
+        ax.set_title(cam if norm == "Linf" else f"{cam} · {norm} attacks", fontsize=9)
+        ax.set_xlabel(EPS_LABEL[norm], fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"MOD on {target}", fontsize=8)
-    axes[0].legend(fontsize=7)
+    for norm in dict.fromkeys(n for _, n in panels):  # a legend on the first panel of each ball
+        axes[[n for _, n in panels].index(norm)].legend(fontsize=7)
     fig.suptitle(f"{target}: explanation shift under its own attacks and transferred ones", fontsize=9)
     fig.tight_layout()
     return save(fig, prefix)
@@ -254,9 +283,10 @@ def plot_localisation(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[
     models = sorted(s["model"].unique())
     cams = _cam_order(s)
     col = _colors(cams)
-    fig, axes = plt.subplots(2, max(1, len(models)), figsize=(3.0 * max(1, len(models)), 5.4), sharey="row", squeeze=False)
-    for j, model in enumerate(models):
-        sm = s[s["model"] == model]
+    panels = [(m, n) for m in models for n in _norms(s[s["model"] == m])]
+    fig, axes = plt.subplots(2, max(1, len(panels)), figsize=(3.0 * max(1, len(panels)), 5.4), sharey="row", squeeze=False)
+    for j, (model, norm) in enumerate(panels):
+        sm = s[(s["model"] == model) & _norm_mask(s, norm)]
         for r, (what, label) in enumerate((("energy", "mass on the face parts"), ("point", "maximum on a face part"))):
             ax = axes[r, j]
             for (cam, attack), g in sm.groupby(["cam", "attack"], sort=True):
@@ -268,12 +298,16 @@ def plot_localisation(summary: pd.DataFrame, prefix: str | os.PathLike) -> list[
                 ax.axhline(float(sm["mask_frac_mean"].iloc[0]), color="0.4", ls=":", lw=1, label="uniform map")
             ax.grid(alpha=0.3)
             if r == 0:
-                ax.set_title(model, fontsize=9)
+                ax.set_title(model if norm == "Linf" else f"{model} · {norm} attacks", fontsize=9)
             else:
-                ax.set_xlabel("ε (pixel scale [0,1])", fontsize=8)
+                ax.set_xlabel(EPS_LABEL[norm], fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+    seen: dict = {}
+    for ax in axes[0]:  # every column's lines (an L2 column holds attacks the first one lacks)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    handles, labels = list(seen.values()), list(seen)
     fig.suptitle("Does the explanation stay on the identity? Localisation against the synthetic part masks", fontsize=9)
     fig.tight_layout()
     fig.legend(handles, labels, fontsize=7, ncol=min(4, max(1, len(labels))), loc="upper center",

@@ -29,6 +29,9 @@ __all__ = [
     "SettingsError",
     "OPTIMIZERS",
     "ATTACKS",
+    "ATTACK_PARAMS",
+    "L2_ATTACKS",
+    "MIN_NORM_ATTACKS",
     "EXPLANATION_ATTACKS",
     "DIFFERENTIABLE_CAMS",
     "TARGET_RULES",
@@ -44,7 +47,33 @@ __all__ = [
 #: optimisers of the training loop
 OPTIMIZERS = ("adamw", "sgd")
 #: the attacks (the workflow's attack wildcard; :data:`advcam.attack_registry.REGISTRY` holds each one's function)
-ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm", "explain", "dual")
+ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm", "explain", "dual", "pgdl2", "apgd", "square", "cw", "deepfool")
+#: the settings each attack uses: its rule's JSON carries these alone, so a setting added for another attack (or a
+#: change to another attack's value) reruns none of its jobs; ``eps`` is each job's own
+ATTACK_PARAMS: dict[str, tuple[str, ...]] = {
+    "fgsm": ("targeted", "seed"),
+    "noise": ("seed",),
+    "pgd": ("steps", "alpha", "random_start", "targeted", "seed"),
+    "bim": ("steps", "alpha", "targeted", "seed"),
+    "mifgsm": ("steps", "alpha", "decay", "targeted", "seed"),
+    "explain": ("steps", "alpha", "random_start", "method", "relu_beta", "ssim", "seed"),
+    "dual": ("steps", "alpha", "lam", "random_start", "method", "relu_beta", "ssim", "targeted", "seed"),
+    "pgdl2": ("steps", "alpha", "random_start", "targeted", "seed"),
+    "apgd": ("norm", "loss", "steps", "n_restarts", "rho", "seed"),
+    "square": ("loss", "n_queries", "n_restarts", "p_init", "targeted", "seed"),
+    "cw": ("c", "kappa", "steps", "lr", "targeted"),
+    "deepfool": ("steps", "overshoot"),
+}
+assert tuple(ATTACK_PARAMS) == ATTACKS
+#: attacks whose ε is an L2 radius on the [0, 1] pixel scale (> 0; apgd's too under ``norm: L2``); every other
+#: attack's ε is an L∞ radius in (0, 1]
+L2_ATTACKS = ("pgdl2", "cw", "deepfool")
+#: minimum-norm attacks (no radius of their own): each ε clips the perturbation they find to the L2 ball of radius ε,
+#: and success is judged on the clipped image (Foolbox's convention for minimisation attacks)
+MIN_NORM_ATTACKS = ("cw", "deepfool")
+#: APGD's norms and losses (torchattacks.APGD), Square's losses (torchattacks.Square)
+APGD_NORMS = ("Linf", "L2")
+ATTACK_LOSSES = {"apgd": ("ce", "dlr"), "square": ("margin", "ce")}
 #: the attacks on the explanation (they differentiate a CAM method: :data:`DIFFERENTIABLE_CAMS`)
 EXPLANATION_ATTACKS = ("explain", "dual")
 #: CAM methods with a differentiable form (:data:`advcam.explainers.DIFFERENTIABLE_METHODS`; no torch here)
@@ -172,11 +201,13 @@ class AttackSettings(_Settings):
 
     ``alpha``: the step of the iterative attacks on the [0, 1] pixel scale; ``steps`` their iterations;
     ``decay`` MI-FGSM's momentum decay; ``random_start`` PGD's start in the ε-ball; ``targeted``: "none" (the
-    config's false) or a rule of :data:`TARGET_RULES`; ``seed``: noise signs, PGD's start, random targets.
-    The defaults are PGD's; each attack's own defaults are in the schema."""
+    config's false) or a rule of :data:`TARGET_RULES`; ``seed``: noise signs, PGD's start, random targets, APGD's
+    and Square's draws. ``norm`` … ``overshoot``: the strong attacks' torchattacks 3.5.1 parameters, under their
+    names. Each attack uses the fields :data:`ATTACK_PARAMS` names (its JSON holds those alone). The defaults are
+    PGD's; each attack's own defaults are in the schema."""
 
     attack: str = _opt("fgsm", "fgsm, noise (random-sign control), pgd, bim, mifgsm, explain (keep the label, move "
-                               "the map) or dual (flip the label, keep the map)")
+                               "the map), dual (flip the label, keep the map), pgdl2, apgd, square, cw or deepfool")
     targeted: str = _opt("none", "step towards a target class per image: the next identity, the least likely one "
                                  "(clean logits), or one drawn at random (seeded); never the true label",
                          choices=("none",) + TARGET_RULES)
@@ -193,6 +224,37 @@ class AttackSettings(_Settings):
                                    type=float)
     ssim: str = _opt("uniform", "explain, dual: the SSIM window of the map dissimilarity (the workflow passes the "
                                 "study's ssim)", choices=SSIM_WINDOWS)
+    norm: str = _opt("Linf", "apgd: the ball of eps, Linf or L2", choices=APGD_NORMS)
+    loss: str = _opt("ce", "apgd: ce or dlr; square: margin or ce", choices=("ce", "dlr", "margin"))
+    n_restarts: int = _opt(1, "apgd, square: restarts (>= 1)")
+    rho: float = _opt(0.75, "apgd: the step-size checkpoint threshold, in [0, 1]")
+    n_queries: int = _opt(5000, "square: queries per image (>= 1)")
+    p_init: float = _opt(0.8, "square: the initial share of pixels a square covers, in (0, 1]")
+    c: float = _opt(1.0, "cw: the weight of the classification term (> 0)")
+    kappa: float = _opt(0.0, "cw: the confidence margin (>= 0)")
+    lr: float = _opt(0.01, "cw: Adam's learning rate (> 0)")
+    overshoot: float = _opt(0.02, "deepfool: the overshoot (>= 0)")
+
+    @property
+    def eps_norm(self) -> str:
+        """The ball of this attack's ε: "L2" for :data:`L2_ATTACKS` and apgd under ``norm: L2``, else "Linf"."""
+        return "L2" if self.attack in L2_ATTACKS or (self.attack == "apgd" and self.norm == "L2") else "Linf"
+
+    def check_eps(self, eps: float) -> float:
+        """``eps`` as a float: an L∞ radius in (0, 1], or an L2 radius > 0 (:attr:`eps_norm`); else SettingsError."""
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+            raise SettingsError(f"eps {eps!r}: must be a number")
+        if self.eps_norm == "Linf" and not 0 < eps <= 1:
+            raise SettingsError(f"eps {eps!r}: {self.attack}'s eps is an L∞ radius on the [0,1] pixel scale, in (0, 1]")
+        if not eps > 0:
+            raise SettingsError(f"eps {eps!r}: must be > 0")
+        return float(eps)
+
+    def to_json(self) -> str:
+        """One line of JSON of the fields the attack uses (:data:`ATTACK_PARAMS`) and its name, keys sorted."""
+        d = self.as_dict()
+        return json.dumps({k: d[k] for k in ("attack", *ATTACK_PARAMS[self.attack])}, sort_keys=True,
+                          separators=(",", ":"))
 
     def __post_init__(self) -> None:
         if self.targeted is False or self.targeted is None:
@@ -203,6 +265,8 @@ class AttackSettings(_Settings):
                     f"choose false/none or one of {', '.join(TARGET_RULES)}")
         self._check(not (self.attack == "noise" and self.targeted != "none"), "targeted",
                     "the noise control has no target class; leave it untargeted")
+        self._check("targeted" in ATTACK_PARAMS[self.attack] or self.targeted == "none", "targeted",
+                    f"{self.attack} has no targeted form; leave it untargeted")
         self._number("steps", int, 1)
         self._number("alpha", float, 0, open_lo=True)
         self._number("decay", float, 0)
@@ -216,6 +280,17 @@ class AttackSettings(_Settings):
         self._check(self.ssim in SSIM_WINDOWS, "ssim", f"choose one of {', '.join(SSIM_WINDOWS)}")
         self._check(not (self.attack == "explain" and self.targeted != "none"), "targeted",
                     "the explain attack keeps the predicted class; leave it untargeted")
+        self._check(self.norm in APGD_NORMS, "norm", f"choose one of {', '.join(APGD_NORMS)}")
+        losses = ATTACK_LOSSES.get(self.attack, ("ce", "dlr", "margin"))
+        self._check(self.loss in losses, "loss", f"{self.attack} takes {' or '.join(losses)}")
+        self._number("n_restarts", int, 1)
+        self._number("rho", float, 0, 1)
+        self._number("n_queries", int, 1)
+        self._number("p_init", float, 0, 1, open_lo=True)
+        self._number("c", float, 0, open_lo=True)
+        self._number("kappa", float, 0)
+        self._number("lr", float, 0, open_lo=True)
+        self._number("overshoot", float, 0)
 
 
 @dataclass(frozen=True, kw_only=True)

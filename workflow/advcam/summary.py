@@ -13,14 +13,19 @@ model itself, white-box, unless the row is a transfer).
   "the variance of NISSIM"; this is that reading, under its own name).
 * **VID** (model, cam, attack) = the paper's formula: for each image, the population standard deviation
   of its NISSIM across the ε levels ε > 0; reported as the mean over images (and its std).
-* Other measures present in the table (``spearman``, ``topk``, ``com_shift``, and the localisation columns
-  ``energy_clean``, ``energy_adv``, ``point_clean``, ``point_adv``, ``mask_frac``): their mean over the
+* Other measures present in the table (``spearman``, ``topk``, ``com_shift``, the localisation columns
+  ``energy_clean``, ``energy_adv``, ``point_clean``, ``point_adv``, ``mask_frac``, and the perturbation's size
+  ``delta_l2``, ``delta_linf``, each image's ‖x′ − x‖ on the [0, 1] scale): their mean over the
   images where they are defined, its bootstrap CI, and the count of images where they are not (NaN: a
   constant map has no ranks, an all-zero map no centre of mass or maximum) — counted, never silently dropped.
 * **mod_rel** (model, cam, attack, ε) = (MOD − noise MOD) / (chance MOD − noise MOD), with the noise control
   of the same model, method and ε and the chance rows (attack ``chance``) of the same model and method: 0 =
   the attack moves the maps no more than random noise of its size, 1 = as far as the maps of two unrelated
-  test images. NaN where a reference is missing.
+  test images. NaN where a reference is missing, and for the L2 attacks (``norm`` L2: the noise control is an
+  L∞ draw, so no noise row has their ε's size).
+* **mod_fgsm_same_success** (model, cam, attack, ε) = FGSM's MOD at the row's success rate, interpolated over
+  FGSM's ε (its clean point included): the comparison at equal success, for the dual attack (flip the label,
+  keep the map) and every other one. NaN outside FGSM's range.
 * The sanity check (:mod:`advcam.sanity`): per (model, cam, randomised blocks) the mean Spearman and NISSIM
   against the trained model's maps (:func:`sanity_summary`) and a verdict per (model, cam)
   (:func:`advcam.sanity.flag`), carried into the MOD table as ``sanity``.
@@ -44,7 +49,8 @@ REQUIRED_COLUMNS = ("model", "attack", "eps", "index", "label", "pred_clean", "p
 GROUP = ["model", "replicate", "source_model", "cam", "attack", "eps"]
 VID_GROUP = GROUP[:-1]
 #: optional per-image measures summarised beside NISSIM when the score table has them
-MEASURE_COLUMNS = ("spearman", "topk", "com_shift", "energy_clean", "energy_adv", "point_clean", "point_adv", "mask_frac")
+MEASURE_COLUMNS = ("spearman", "topk", "com_shift", "energy_clean", "energy_adv", "point_clean", "point_adv", "mask_frac",
+                   "delta_l2", "delta_linf")
 
 
 def check_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -113,6 +119,7 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
                 "cam": cam,
                 "attack": attack,
                 "eps": float(eps),
+                "norm": str(g["norm"].iloc[0]) if "norm" in g else ("none" if attack == "chance" else "Linf"),
                 "n": len(x),
                 "mod": float(x.mean()),
                 "mod_std": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
@@ -133,7 +140,33 @@ def mod_vid(table: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 20
                 **_measures(g, confidence, n_resamples, seed),
             }
         )
-    return _with_mod_rel(pd.DataFrame(rows))
+    return _with_fgsm_at_equal_success(_with_mod_rel(pd.DataFrame(rows)))
+
+
+def _with_fgsm_at_equal_success(summ: pd.DataFrame) -> pd.DataFrame:
+    """``mod_fgsm_same_success`` after ``mod_rel``: FGSM's MOD at the row's success rate, interpolated linearly
+    over FGSM's own (success_rate, MOD) points of the same run, source, method and target rule, its clean point
+    (the clean set's misclassification rate, MOD 0) included; NaN outside FGSM's range or without FGSM rows.
+    An attack that flips as many labels as FGSM with a lower value moves the map less for the same success (the
+    dual attack's claim); the explain attack (success: the label kept) gets NaN."""
+    out = np.full(len(summ), np.nan)
+    if len(summ):
+        fg = summ[summ["attack"] == "fgsm"]
+        keys = ["model", "replicate", "source_model", "cam", "targeted"]
+        points = {}
+        for k, g in fg.groupby(keys, sort=False):
+            # the clean point: untargeted, the share already misclassified; targeted, the share already on target
+            # is unknown here, so targeted curves start at their smallest ε
+            clean = [] if k[-1] != "none" else [(1.0 - float(g["acc_clean"].iloc[0]), 0.0)]
+            pts = sorted(clean + list(zip(g["success_rate"].astype(float), g["mod"].astype(float))))
+            points[k] = (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+        for i, r in enumerate(summ[keys + ["attack", "success_rate"]].itertuples(index=False)):
+            pts = points.get(tuple(r[:5]))
+            if pts is None or r.attack in ("explain", "chance") or not pts[0][0] <= r.success_rate <= pts[0][-1]:
+                continue
+            out[i] = float(np.interp(r.success_rate, *pts))
+    summ.insert(summ.columns.get_loc("mod_rel") + 1, "mod_fgsm_same_success", out)
+    return summ
 
 
 def _with_mod_rel(summ: pd.DataFrame) -> pd.DataFrame:
@@ -147,6 +180,8 @@ def _with_mod_rel(summ: pd.DataFrame) -> pd.DataFrame:
     chance = own[own["attack"] == "chance"].groupby(["model", "replicate", "cam"])["mod"].first()
     n = noise.reindex(pd.MultiIndex.from_frame(summ[["model", "replicate", "cam", "eps"]])).to_numpy()
     c = chance.reindex(pd.MultiIndex.from_frame(summ[["model", "replicate", "cam"]])).to_numpy()
+    if "norm" in summ:  # the noise control is an L∞ draw: an L2 attack's ε has no noise row of its size
+        n = np.where((summ["norm"] == "L2").to_numpy(), np.nan, n)
     rel = relative_mod(summ["mod"].to_numpy(), n, c)
     rel[(summ["attack"] == "chance").to_numpy()] = 1.0  # its own level, at any noise MOD
     at = summ.columns.get_loc("zero_grad_frac") + 1
@@ -315,7 +350,8 @@ def _left_out(flags: pd.DataFrame, models=None) -> str:
 
 
 #: per-run columns of the MOD table carried into the across-replicate table (mean and across-replicate std)
-REPLICATE_COLUMNS = ("mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate", "mod_rel")
+REPLICATE_COLUMNS = ("mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate", "mod_rel",
+                     "mod_fgsm_same_success")
 
 
 def _per_image(g: pd.DataFrame, column: str, reps: list[int]) -> np.ndarray:
@@ -360,6 +396,7 @@ def replicate_summary(table: pd.DataFrame, summ: pd.DataFrame, flags: pd.DataFra
         s = summ[(summ["model"] == model) & (summ["source_model"] == source) & (summ["cam"] == cam)
                  & (summ["attack"] == attack) & (summ["eps"] == eps) & summ["replicate"].isin(reps)]
         row = {"model": model, "source_model": source, "cam": cam, "attack": attack, "eps": float(eps),
+               "norm": str(g["norm"].iloc[0]) if "norm" in g else ("none" if attack == "chance" else "Linf"),
                "n_replicates": len(reps), "replicates": " ".join(map(str, reps)),
                "left_out": _left_out(flags[flags["replicate"].isin(left)], {model, source}),
                "n": int(g[g["replicate"].isin(reps)].groupby("replicate")["index"].nunique().max()) if reps else 0}
@@ -400,7 +437,7 @@ def replicate_summary(table: pd.DataFrame, summ: pd.DataFrame, flags: pd.DataFra
         reps, dist = mod_dists[(r["model"], r["source_model"], r["cam"], r["attack"], r["eps"])]
         noise = mod_dists.get((r["model"], r["model"], r["cam"], "noise", r["eps"]))
         chance = next((v for k, v in mod_dists.items() if k[:4] == (r["model"], r["model"], r["cam"], "chance")), None)
-        if dist is None or r["attack"] == "chance" or not noise or not chance or {noise[0], chance[0]} != {reps}:
+        if dist is None or r["attack"] == "chance" or r["norm"] == "L2" or not noise or not chance or {noise[0], chance[0]} != {reps}:
             lo.append(float("nan"))
             hi.append(float("nan"))
             continue

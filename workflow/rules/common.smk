@@ -88,6 +88,12 @@ ATTACK_SETTINGS = {
     )
     for a, spec in ATTACKS.items()
 }
+for _name, _spec in ATTACKS.items():  # an L∞ radius lies in (0, 1]; an L2 one is > 0 (advcam.settings.L2_ATTACKS)
+    for _e in _spec["eps"]:
+        try:
+            ATTACK_SETTINGS[_name].check_eps(_e)
+        except SettingsError as e:
+            raise ValueError(f"config: attacks: {_name}: {e}") from None
 for _name in set(ATTACKS) & set(EXPLANATION_ATTACKS):
     if ATTACK_SETTINGS[_name].method not in CAMS:
         raise ValueError(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..attack_registry import REGISTRY, craft
-from ..attacks import GradientSign, check_eps, gradient_sign, perturb, target_classes
+from ..attacks import GradientSign, gradient_sign, perturb, target_classes
 from ..base_cam import CamOutput
 from ..batching import batches
 from ..errors import InputError
@@ -24,7 +24,7 @@ from ..io.attack_file import h5_keys, stored_perturbation
 from ..io.heatmap_file import heatmap_attrs, require_finite, write_heatmaps
 from ..io.store import provenance, read_attrs, read_h5, write_h5
 from ..models import predict
-from ..settings import AttackSettings, CamSettings
+from ..settings import ATTACK_PARAMS, AttackSettings, CamSettings, SettingsError
 from .runtime import load_for_inference, replicate_of, test_set
 
 __all__ = ["run_gradient", "run_attack"]
@@ -69,10 +69,11 @@ def run_attack(
     device: str | torch.device = "cpu",
     meta: Mapping[str, str] | None = None,
 ) -> dict:
-    """The attack stage: ``settings.attack`` at L∞ radius ``eps`` ([0,1] pixel scale) on the test images of
-    ``data``, classified by the checkpoint ``model_path``; the attack file ``out`` gets index, labels, pred_clean,
-    pred_adv, attack_target (-1 when untargeted), zero_grad (FGSM, noise) and delta (the iterative and the
-    targeted attacks). ``settings``: the attack's steps, alpha, decay, random start, target rule and seed
+    """The attack stage: ``settings.attack`` at radius ``eps`` ([0,1] pixel scale; L∞, or L2 for the L2 attacks:
+    ``settings.eps_norm``) on the test images of ``data``, classified by the checkpoint ``model_path``; the attack
+    file ``out`` gets index, labels, pred_clean, pred_adv, attack_target (-1 when untargeted), zero_grad (FGSM,
+    noise), delta (the iterative and the targeted attacks) and delta_l2, delta_linf (N,) (each image's ‖x′ − x‖,
+    also in the adversarial heatmap files). ``settings``: the attack's steps, alpha, decay, random start, target rule and seed
     (:class:`advcam.settings.AttackSettings`). ``sign_file``: the gradient stage's output (untargeted FGSM).
     ``transfer_from``: another model's attack file of the same attack and ε, whose images this model classifies
     (and explains) instead of attacking it. ``clean_logits_file``: the gradient file, whose clean logits are
@@ -81,7 +82,10 @@ def run_attack(
     and with the batch size and precision of ``cam``. Returns the attack file's attributes (acc_clean, acc_adv,
     success_rate, …)."""
 
-    eps = check_eps(eps)
+    try:
+        eps = settings.check_eps(eps)
+    except SettingsError as e:
+        raise InputError(f"--eps: {e}") from None
     attack, targeted, seed, batch_size = settings.attack, settings.targeted, settings.seed, cam.batch_size
     is_targeted = targeted != "none"
     methods = list(heatmaps or {})
@@ -120,7 +124,7 @@ def run_attack(
         goal = (target_classes(targeted, y, int(info["num_classes"]), clean_logits, idx, seed)
                 if is_targeted else None)
     extra: dict = {"targeted": targeted, "source_model": source}
-    preds, deltas = [], []
+    preds, deltas, l2, linf = [], [], [], []
     cams: dict[str, list] = {m: [] for m in methods}
     gen = torch.Generator().manual_seed(seed)
     for sl, xb in batches(x, batch_size):  # on the CPU: each attack and the CAMs move their batch
@@ -135,6 +139,9 @@ def run_attack(
             deltas.append((xa - xb).numpy())
         else:
             xa = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl], seed=seed)
+        d = (xa - xb).flatten(1)
+        l2.append(d.norm(dim=1).numpy())
+        linf.append(d.abs().amax(dim=1).numpy())
         if methods:
             # one forward (and one logit→layer backward) gives the adversarial prediction and every method's map
             outs = explain_cams(model, layer, xa, methods, None if cam.target == "predicted" else y[sl], batch_size,
@@ -155,14 +162,16 @@ def run_attack(
         record["zero_grad"] = zero
     if deltas:
         record["delta"] = np.concatenate(deltas).astype(np.float32)
-    if REGISTRY[attack].stores_delta:
-        extra.update(steps=settings.steps, alpha=settings.alpha)
-        extra.update({"random_start": settings.random_start} if attack == "pgd" else {})
-        extra.update({"decay": settings.decay} if attack == "mifgsm" else {})
-        extra.update({"random_start": settings.random_start, "method": settings.method, "ssim": settings.ssim,
-                      "relu_beta": "none" if settings.relu_beta is None else settings.relu_beta}
-                     if REGISTRY[attack].needs_cam else {})
-        extra.update({"lam": settings.lam} if attack == "dual" else {})
+    # the attack's own settings (seed and target rule are recorded for every attack), the ball of its ε and the
+    # size of the perturbation each image got (L2 and L∞ on the [0, 1] pixel scale: the images as classified)
+    for p in ATTACK_PARAMS[attack]:
+        if p not in ("targeted", "seed"):
+            v = getattr(settings, p)
+            extra[p] = "none" if v is None else v
+    norms = {"delta_l2": np.concatenate(l2).astype(np.float32), "delta_linf": np.concatenate(linf).astype(np.float32)}
+    record.update(norms)
+    extra.update(norm=settings.eps_norm, delta_l2_mean=float(norms["delta_l2"].mean()),
+                 delta_linf_max=float(norms["delta_linf"].max(initial=0.0)))
     if attack == "explain":  # keep the label: the share whose prediction stayed (1 by construction)
         extra["success_rate"] = float((pred == clean).float().mean())
     else:
@@ -176,6 +185,6 @@ def run_attack(
         write_heatmaps(dict(heatmaps), {m: CamOutput.cat(v) for m, v in cams.items()}, y.numpy(), idx, zero, model_path,
                        {**heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, cam.target,
                                         x.shape[-1], cam.amp, meta, replicate_of(info)),
-                        "targeted": targeted, "source_model": source},
-                       extra={"attack_target": attack_target.numpy()})
+                        "targeted": targeted, "source_model": source, "norm": settings.eps_norm},
+                       extra={"attack_target": attack_target.numpy(), **norms})
     return attrs

@@ -90,13 +90,15 @@ def score(
                            "point_adv": la["point"], "mask_frac": cl.mask_frac})
         cols = {
             "model": attrs.get("model"), "replicate": int(attrs.get("replicate", 0)), "source_model": attrs.get("source_model") or attrs.get("model"), "cam": method,
-            "attack": attrs.get("attack"), "eps": float(attrs.get("eps")),
+            "attack": attrs.get("attack"), "eps": float(attrs.get("eps")), "norm": attrs.get("norm", "Linf"),
             "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": pred_adv, **scores,
             "zero_cam_clean": c["zero_cam"], "zero_cam_adv": zero_adv,
             "zero_grad": a["zero_grad"] if a is not None and "zero_grad" in a else False,
             "targeted": attrs.get("targeted", "none"),
             "attack_target": a["attack_target"] if a is not None and "attack_target" in a else -1,
             "target_mode": attrs.get("target_mode"), "ssim_mode": "gaussian" if gaussian else "uniform",
+            # each image's ‖x′ − x‖₂ and ‖x′ − x‖∞ on the [0,1] scale (files written before these existed: NaN)
+            **{k: a[k] if a is not None and k in a else np.nan for k in ("delta_l2", "delta_linf")},
         }
         if "topk" in scores:
             cols["topk_k"] = topk_count(k, *c["maps"].shape[1:])
@@ -113,7 +115,8 @@ def score(
         for p in clean:
             cl = clean_of(p)
             c, perm = cl.data, derangement(len(cl.data["index"]), chance_seed)
-            attrs = {**cl.attrs, "attack": "chance", "eps": 0.0, "targeted": "none", "source_model": cl.attrs.get("model")}
+            attrs = {**cl.attrs, "attack": "chance", "eps": 0.0, "norm": "none", "targeted": "none",
+                     "source_model": cl.attrs.get("model")}
             f = frame(attrs, method_of(cl.attrs), cl, cl.maps[torch.as_tensor(perm, device=cl.maps.device)],
                       c["pred"][perm], c["zero_cam"][perm])
             frames.append(f.assign(partner=c["index"][perm]))
