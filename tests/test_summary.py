@@ -146,3 +146,19 @@ def test_fgsms_mod_at_equal_success_is_interpolated_over_its_eps(rng):
     assert np.isnan(s.loc[("dual", 0.1), "mod_fgsm_same_success"])  # 90% success: FGSM reaches 75% at most
     assert np.isnan(s.loc[("explain", 0.1), "mod_fgsm_same_success"])
     assert s.loc[("fgsm", 0.1), "mod_fgsm_same_success"] == pytest.approx(f.loc[0.1, "mod"])
+
+
+@pytest.mark.parametrize("lo_small, lo_large", [(0.5, 0.1), (0.1, 0.5)])
+def test_fgsms_mod_at_a_saturated_success_is_its_smallest_eps(rng, lo_small, lo_large):
+    """FGSM flipping every image at two ε: an attack at 100% success is compared with the smaller ε's MOD,
+    whichever of the two MODs is larger."""
+    n = 20
+    labels = rng.integers(0, 5, n)
+    rows = []
+    for attack, e, lo in [("fgsm", 0.05, lo_small), ("fgsm", 0.1, lo_large), ("cw", 2.0, 0.2)]:
+        for i in range(n):
+            rows.append(dict(model="m", cam="gradcam", attack=attack, eps=e, index=i, label=labels[i],
+                             pred_clean=labels[i], pred_adv=(labels[i] + 1) % 5,
+                             nissim=float(rng.uniform(lo, lo + 0.1))))
+    s = mod_vid(pd.DataFrame(rows)).set_index(["attack", "eps"])
+    assert s.loc[("cw", 2.0), "mod_fgsm_same_success"] == pytest.approx(s.loc[("fgsm", 0.05), "mod"])

@@ -25,7 +25,8 @@ model itself, white-box, unless the row is a transfer).
   L∞ draw, so no noise row has their ε's size).
 * **mod_fgsm_same_success** (model, cam, attack, ε) = FGSM's MOD at the row's success rate, interpolated over
   FGSM's ε (its clean point included): the comparison at equal success, for the dual attack (flip the label,
-  keep the map) and every other one. NaN outside FGSM's range.
+  keep the map) and every other one; where FGSM reaches a success rate at several ε (it saturates at 1), the
+  smallest such ε's MOD. NaN outside FGSM's range.
 * The sanity check (:mod:`advcam.sanity`): per (model, cam, randomised blocks) the mean Spearman and NISSIM
   against the trained model's maps (:func:`sanity_summary`) and a verdict per (model, cam)
   (:func:`advcam.sanity.flag`), carried into the MOD table as ``sanity``.
@@ -157,9 +158,13 @@ def _with_fgsm_at_equal_success(summ: pd.DataFrame) -> pd.DataFrame:
         for k, g in fg.groupby(keys, sort=False):
             # the clean point: untargeted, the share already misclassified; targeted, the share already on target
             # is unknown here, so targeted curves start at their smallest ε
-            clean = [] if k[-1] != "none" else [(1.0 - float(g["acc_clean"].iloc[0]), 0.0)]
-            pts = sorted(clean + list(zip(g["success_rate"].astype(float), g["mod"].astype(float))))
-            points[k] = (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+            clean = [] if k[-1] != "none" else [(1.0 - float(g["acc_clean"].iloc[0]), 0.0, 0.0)]
+            pts = sorted(clean + list(zip(g["success_rate"].astype(float), g["eps"].astype(float),
+                                          g["mod"].astype(float))))
+            # a success rate FGSM reaches at several ε (it saturates at 1) takes the smallest such ε's MOD:
+            # FGSM at the least perturbation with that success, not whichever tie np.interp happens to pick
+            pts = [p for j, p in enumerate(pts) if j == 0 or p[0] != pts[j - 1][0]]
+            points[k] = (np.array([p[0] for p in pts]), np.array([p[2] for p in pts]))
         for i, r in enumerate(summ[keys + ["attack", "success_rate"]].itertuples(index=False)):
             pts = points.get(tuple(r[:5]))
             if pts is None or r.attack in ("explain", "chance") or not pts[0][0] <= r.success_rate <= pts[0][-1]:
