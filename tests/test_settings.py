@@ -15,6 +15,8 @@ from advcam.settings import (
     WORKFLOW_ONLY,
     AttackSettings,
     CamSettings,
+    DETECTION_SCORES,
+    DetectionSettings,
     ScoreSettings,
     SettingsError,
     TrainSettings,
@@ -41,6 +43,8 @@ def test_schema_keys_are_the_fields_plus_the_workflow_only_keys():
         assert set(spec["properties"]) == (set(ATTACK_PARAMS[name]) - set(FROM_STUDY["attack"])) | {"eps"}, name
     assert set(SCHEMA["cam"]["properties"]) == _fields(CamSettings) | set(WORKFLOW_ONLY["cam"])
     assert set(SCHEMA["metrics"]["properties"]) | {"ssim"} == _fields(ScoreSettings) | set(WORKFLOW_ONLY["score"])
+    assert set(SCHEMA["detection"]["properties"]) == _fields(DetectionSettings) | set(WORKFLOW_ONLY["detection"])
+    assert tuple(SCHEMA["detection"]["properties"]["scores"]["items"]["enum"]) == DETECTION_SCORES
 
 
 def test_schema_defaults_are_the_fields_defaults_where_they_share_one():
@@ -54,6 +58,9 @@ def test_schema_defaults_are_the_fields_defaults_where_they_share_one():
         assert spec["default"] == cam[key], key
     assert ScoreSettings().k == SCHEMA["metrics"]["properties"]["k"]["default"]
     assert list(ScoreSettings().measures) == SCHEMA["metrics"]["properties"]["measures"]["default"]
+    det = {f.name: f.default for f in dataclasses.fields(DetectionSettings)}
+    for key, spec in SCHEMA["detection"]["properties"].items():
+        assert spec["default"] == (list(det[key]) if isinstance(det[key], tuple) else det[key]), key
 
 
 @pytest.mark.parametrize("cls, values, key", [

@@ -22,7 +22,7 @@ from workflow_run import REPO, snakemake
 
 pytestmark = pytest.mark.slow
 
-MODEL_RULES = {"train", "gradient", "attack", "explain_clean", "sanity"}
+MODEL_RULES = {"train", "gradient", "attack", "explain_clean", "sanity", "detect"}
 CPU_RULES = {"synth", "prepare", "score"}
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+?)/")
 
@@ -107,9 +107,9 @@ def test_every_job_ran_on_slurm_and_only_model_jobs_got_the_gpu(slurm_run, smoke
     wd, _, run = slurm_run
     jobs = _submitted(run)
     # the smoke DAG: 1 synth, 2 prepare (two sizes), per training run (resnet50 twice, vgg16 once)
-    # train/gradient/explain_clean/score/sanity and 6 attacks (fgsm, noise at 2 ε; explain, dual at 1)
+    # train/gradient/explain_clean/score/sanity/detect and 7 attacks (fgsm, noise at 2 ε; explain, dual, adaptive at 1)
     assert Counter(jobs.values()) == {"synth": 1, "prepare": 2, "train": 3, "gradient": 3, "explain_clean": 3,
-                                      "attack": 18, "score": 3, "sanity": 3}
+                                      "attack": 21, "score": 3, "sanity": 3, "detect": 3}
     for job_id, rule in jobs.items():
         info = _show_job(job_id)
         assert info["JobState"] == "COMPLETED", (job_id, rule, info["JobState"])
@@ -136,7 +136,7 @@ def test_every_job_ran_on_slurm_and_only_model_jobs_got_the_gpu(slurm_run, smoke
 def test_summary_identical_to_the_local_run(slurm_run, smoke_run):
     wd, _, run = slurm_run
     for name in ("mod_vid.csv", "vid.csv", "vid_per_image.csv", "nissim.csv", "sanity.csv", "replicates.csv",
-                 "claims.csv"):
+                 "claims.csv", "detection.csv"):
         here = (wd / "results/summary" / name).read_bytes()
         there = (smoke_run / "results/summary" / name).read_bytes()
         assert here == there, name
@@ -152,8 +152,8 @@ def test_adding_an_eps_reruns_only_its_jobs_on_the_cluster(slurm_run):
     jobs = _submitted(run)
     runs = sum(spec.get("replicates", cfg.get("replicates", 1)) for spec in cfg["models"].values())
     assert runs == 3  # resnet50 twice, vgg16 once
-    assert sorted(jobs.values()) == ["attack"] * runs + ["score"] * runs, jobs
+    assert sorted(jobs.values()) == ["attack"] * runs + ["detect"] * runs + ["score"] * runs, jobs
     for job_id, rule in jobs.items():
-        assert _show_job(job_id).get("TresPerJob", "") == ("gres:gpu:1" if rule == "attack" else "")
+        assert _show_job(job_id).get("TresPerJob", "") == ("gres:gpu:1" if rule in MODEL_RULES else "")
     mod = (wd / "results/summary/mod_vid.csv").read_text()
     assert mod.count(",fgsm,0.2,") == runs * len(cfg["cams"]), mod  # a row per training run and CAM method

@@ -562,3 +562,83 @@ def test_every_error_class_is_an_advcam_error():
     assert len(found) >= 10
     for c in found:
         assert issubclass(c, AdvcamError) and issubclass(c, ValueError), c
+
+
+def test_detection_through_the_stages(tiny_store, trained, tmp_path, capsys):
+    """advcam detect scores the clean test images and each attack file's images (rebuilt from the FGSM sign, the
+    noise seed or the stored delta) as the library scores the same images; summarise judges them as scikit-learn
+    does; bad settings exit 2 naming the value, and nothing is written."""
+    from sklearn.metrics import roc_auc_score
+
+    import advcam
+    from advcam.detection import detection_scores
+    from advcam.io.checkpoint import load_checkpoint
+    from advcam.settings import DetectionSettings
+    from advcam.stages.runtime import test_set
+
+    _, model = trained
+    sign = tmp_path / "sign.h5"
+    assert run("gradient", "--model", model, "--data", tiny_store, "--out", sign) == 0
+    files = {}
+    for attack, extra in (("fgsm", ["--sign", sign]), ("noise", ["--seed", "3"]), ("bim", ["--steps", "2"])):
+        files[attack] = tmp_path / f"{attack}.h5"
+        assert run("attack", "--model", model, "--data", tiny_store, "--attack", attack, "--eps", "0.05", *extra,
+                   "--out", files[attack]) == 0
+    out = tmp_path / "det" / "scores.csv"
+    assert run("detect", "--model", model, "--data", tiny_store, "--attacks", *files.values(), "--sign", sign,
+               "--out", out, "--draws", "2", "--pair", "gradcam", "eigencam", "--name", "resnet50") == 0
+    df = pd.read_csv(out)
+    assert set(df["attack"]) == {"clean", "fgsm", "noise", "bim"} and set(df["score"]) == {
+        "self_consistency", "disagreement", "max_softmax", "squeeze"}
+    assert set(df.loc[df["score"] == "disagreement", "cam"]) == {"gradcam+eigencam"}
+    net, meta = load_checkpoint(model, "cpu")
+    net.to(memory_format=torch.channels_last)
+    _, x, labels, idx = test_set(tiny_store)
+    x = x.float().div(255)
+    st = DetectionSettings(draws=2, pair=("gradcam", "eigencam"))
+    with h5py.File(files["bim"]) as f:
+        x_bim = (x + torch.as_tensor(f["delta"][()])).clamp(0, 1)
+    for attack, images in (("clean", x), ("fgsm", advcam.fgsm(net, x, torch.as_tensor(labels), 0.05)), ("bim", x_bim)):
+        ref = detection_scores(net, meta["layer"], images, idx, st)
+        got = df[df["attack"] == attack]
+        for score in st.scores:
+            np.testing.assert_allclose(got.loc[got["score"] == score, "value"].to_numpy(), ref[score], atol=2e-5,
+                                       err_msg=f"{attack} {score}")
+        assert np.array_equal(got.loc[got["score"] == "squeeze", "pred"].to_numpy(), ref["pred"])
+    # the summary: one row per attack, score and positives; the AUC is scikit-learn's
+    scores = tmp_path / "score.csv"
+    clean_hm, adv_hm = tmp_path / "clean" / "gradcam.h5", tmp_path / "adv" / "gradcam.h5"
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", clean_hm) == 0
+    assert run("explain", "--model", model, "--data", tiny_store, "--attack-file", files["fgsm"], "--sign", sign,
+               "--out", adv_hm) == 0
+    assert run("score", "--clean", clean_hm, "--adv", adv_hm, "--out", scores) == 0
+    summ = tmp_path / "detection.csv"
+    assert run("summarise", scores, "--out", tmp_path / "mod.csv", "--detection", out, "--detection-out", summ,
+               "--fpr", "0.1", "--resamples", "200") == 0
+    det = pd.read_csv(summ)
+    assert len(det) == 3 * 4 * 2 and set(det["positives"]) == {"all", "flipped"} and det["fpr"].eq(0.1).all()
+    assert "training_flag" in det
+    row = det[(det["attack"] == "fgsm") & (det["score"] == "max_softmax") & (det["positives"] == "all")].iloc[0]
+    neg = df[(df["attack"] == "clean") & (df["score"] == "max_softmax")]["value"].to_numpy()
+    pos = df[(df["attack"] == "fgsm") & (df["score"] == "max_softmax")]["value"].to_numpy()
+    assert row["auc"] == pytest.approx(roc_auc_score(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos]))
+    assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"] and row["n_clean"] == row["n_adv"] == len(idx)
+    assert run("plot", "--summary", tmp_path / "mod.csv", "--detection", out, "--out-dir", tmp_path / "plots") == 0
+    assert (tmp_path / "plots" / "roc_resnet50.png").stat().st_size > 1000
+    # bad settings: one line naming the value, nothing written
+    capsys.readouterr()
+    bad = tmp_path / "bad.csv"
+    for flags, message in ((["--draws", "0"], "draws 0: must be >= 1"), (["--eps-d", "0"], "eps_d 0.0: must be > 0"),
+                           (["--scores", "entropy"], "invalid choice: 'entropy'")):
+        with pytest.raises(SystemExit) if "choice" in message else _no_raise():
+            assert run("detect", "--model", model, "--data", tiny_store, "--out", bad, *flags) == 2
+        assert message in capsys.readouterr().err
+    assert not bad.exists()
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

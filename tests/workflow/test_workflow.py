@@ -117,8 +117,9 @@ def test_paper_dag(tmp_path):
 
 def test_smoke_dag(tmp_path):
     c = job_counts(snakemake(tmp_path, "-n", config=REPO / "configs/smoke.yaml"))
-    # resnet50 twice (its own replicates: 2); fgsm and noise at 2 ε, explain and dual at 1
-    assert c["train"] == 3 and c["attack"] == 3 * 6 and c["prepare"] == 2
+    # resnet50 twice (its own replicates: 2); fgsm and noise at 2 ε, explain, dual and adaptive at 1
+    assert c["train"] == 3 and c["attack"] == 3 * 7 and c["prepare"] == 2
+    assert c["detect"] == 3  # one detection job per training run
 
 
 @pytest.mark.parametrize(
@@ -160,6 +161,18 @@ def test_smoke_dag(tmp_path):
         ({"models": {"resnet50": {"size": 64, "replicates": 0}}}, "['replicates']"),
         ({"min_accuracy": 1.2}, "schema['properties']['min_accuracy']"),
         ({"min_accuracy": -0.1}, "min_accuracy"),
+        ({"detection": {"scores": ["entropy"]}}, "'entropy' is not one of ['self_consistency'"),
+        ({"detection": {"eps_d": 0}}, "['eps_d']"),
+        ({"detection": {"eps_d": 1.5}}, "1.5 is greater than the maximum of 1"),
+        ({"detection": {"draws": 0}}, "['draws']"),
+        ({"detection": {"pair": ["gradcam", "layercam"]}}, "detection: pair: 'layercam' is not one of the study's cams"),
+        ({"detection": {"method": "gradcampp"}}, "detection: method: 'gradcampp' is not one of the study's cams"),
+        ({"detection": {"pair": ["gradcam", "gradcam"]}}, "['pair']"),
+        ({"detection": None}, "attacks: adaptive: evades the study's detector: give a detection entry"),
+        ({"attacks": {"adaptive": {"eps": [0.1], "score": "self_consistency", "method": "eigencam"}}},
+         "attacks: adaptive: method 'eigencam' is not the detector's (detection: method 'gradcam')"),
+        ({"detection": {"scores": ["max_softmax"]}}, "attacks: adaptive: score 'disagreement' is not one of detection: scores"),
+        ({"attacks": {"adaptive": {"eps": [0.1], "score": "squeeze"}}}, "'squeeze' is not one of ['disagreement'"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, patch, message):
@@ -191,9 +204,9 @@ def test_smoke_end_to_end(smoke_run):
     res = smoke_run / "results"
     s = pd.read_csv(res / "summary" / "mod_vid.csv")
     # run (model, replicate) × cam × (fgsm and noise at 2 ε, explain and dual at 1, the chance reference)
-    assert len(s) == 3 * 2 * (2 * 2 + 2 + 1)
+    assert len(s) == 3 * 2 * (2 * 2 + 3 + 1)
     assert set(s["model"]) == {"resnet50", "vgg16"}
-    assert set(s["attack"]) == {"fgsm", "noise", "explain", "dual", "chance"}
+    assert set(s["attack"]) == {"fgsm", "noise", "explain", "dual", "adaptive", "chance"}
     kept = s[s["attack"] == "explain"]  # keep the label, move the map: no prediction changes
     assert kept["flip_rate"].eq(0).all() and kept["success_rate"].eq(1).all()
     ref = s[s["attack"] == "chance"]
@@ -246,7 +259,7 @@ def test_smoke_end_to_end(smoke_run):
         assert (res / "heatmaps" / "vgg16" / "r0" / "fgsm" / "0.1" / f"{m}.h5").is_file()
         assert (res / "heatmaps" / "resnet50" / "r1" / "fgsm" / "0.1" / f"{m}.h5").is_file()
     assert set(san["replicate"]) == {0, 1} and "training_flag" in san
-    for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "nissim_explain", "nissim_dual", "gallery_resnet50", "gallery_vgg16",
+    for name in ("mod", "accuracy", "vid", "nissim_fgsm", "nissim_noise", "nissim_explain", "nissim_dual", "nissim_adaptive", "gallery_resnet50", "gallery_vgg16",
                  "localisation", "sanity_resnet50", "sanity_vgg16", "claims"):
         assert (res / "plots" / f"{name}.png").stat().st_size > 1000
     assert (res / "logs" / "train" / "resnet50" / "r1.log").is_file()
@@ -263,13 +276,14 @@ def test_partial_reruns(smoke_run):
     # one more FGSM ε: only its attack/heatmap jobs and the score job (per model), summary, plots and FGSM galleries
     more_eps = {**cfg, "attacks": {**cfg["attacks"], "fgsm": {"eps": [0.05, 0.1, 0.2]}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_eps))
-    assert c == {"attack": 3, "score": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}  # 3 runs: resnet50 r0, r1, vgg16
+    # 3 runs: resnet50 r0, r1, vgg16; each run's detection job scores the new ε's images too
+    assert c == {"attack": 3, "score": 3, "detect": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
     # one more replicate of vgg16: only its training run's jobs; one fewer of resnet50: nothing upstream reruns
     models = cfg["models"]
     more_reps = {**cfg, "models": {**models, "vgg16": {**models["vgg16"], "replicates": 2}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_reps))
-    assert c == {"train": 1, "gradient": 1, "explain_clean": 1, "attack": 6, "score": 1, "sanity": 1, "summarise": 1,
-                 "plot": 1, "all": 1}
+    assert c == {"train": 1, "gradient": 1, "explain_clean": 1, "attack": 7, "score": 1, "sanity": 1, "detect": 1,
+                 "summarise": 1, "plot": 1, "all": 1}
     fewer_reps = {**cfg, "models": {**models, "resnet50": {**models["resnet50"], "replicates": 1}}}
     assert job_counts(snakemake(smoke_run, "-n", config=fewer_reps)) == {"summarise": 1, "plot": 1, "all": 1}
     assert job_counts(snakemake(smoke_run, "-n", config={**cfg, "min_accuracy": 0.5})) == {"summarise": 1, "plot": 1,
@@ -278,7 +292,7 @@ def test_partial_reruns(smoke_run):
     more_models = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_models))
     assert c["train"] == 1 and c["gradient"] == 1 and c["explain_clean"] == 1
-    assert c["attack"] == 6 and c["score"] == 1  # fgsm, noise at 2 ε; explain, dual at 1
+    assert c["attack"] == 7 and c["score"] == 1 and c["detect"] == 1  # fgsm, noise at 2 ε; explain, dual, adaptive at 1
     assert "prepare" not in c and "synth" not in c
     # a measure dropped or k changed: only scoring and the summaries rerun
     fewer = {**cfg, "metrics": {"measures": ["spearman"], "k": 0.2}}
@@ -287,7 +301,9 @@ def test_partial_reruns(smoke_run):
     # a CAM method added: its heatmaps come from the attack and clean-explain jobs (no training, no gradient sign)
     more_cams = {**cfg, "cams": cfg["cams"] + ["gradcampp"]}
     c = job_counts(snakemake(smoke_run, "-n", config=more_cams))
-    assert c == {"explain_clean": 3, "attack": 18, "score": 3, "sanity": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
+    # (the attack jobs rewrite their attack files, which the detection jobs read)
+    assert c == {"explain_clean": 3, "attack": 21, "score": 3, "sanity": 3, "detect": 3, "summarise": 1, "plot": 1,
+                 "gallery": 2, "all": 1}
     # a CAM method removed: no heatmap is recomputed; scores, summaries and galleries drop it
     fewer_cams = {**cfg, "cams": ["gradcam"]}
     c = job_counts(snakemake(smoke_run, "-n", config=fewer_cams))
@@ -306,18 +322,26 @@ def test_partial_reruns(smoke_run):
                                        "mifgsm": {"eps": [0.05], "steps": 2, "targeted": "next"},
                                        "cw": {"eps": [0.5], "steps": 2}, "square": {"eps": [0.05], "n_queries": 4}}}
     c = job_counts(snakemake(smoke_run, "-n", config=more_attacks))
-    assert c == {"attack": 12, "score": 3, "summarise": 1, "plot": 1, "all": 1}
+    assert c == {"attack": 12, "score": 3, "detect": 3, "summarise": 1, "plot": 1, "all": 1}
     # an explanation attack's setting changed: only its own attack jobs and the scores
     longer = {**cfg, "attacks": {**cfg["attacks"], "explain": {**cfg["attacks"]["explain"], "steps": 3}}}
-    assert job_counts(snakemake(smoke_run, "-n", config=longer)) == {"attack": 3, "score": 3, "summarise": 1,
-                                                                        "plot": 1, "all": 1}
+    assert job_counts(snakemake(smoke_run, "-n", config=longer)) == {"attack": 3, "score": 3, "detect": 3,
+                                                                        "summarise": 1, "plot": 1, "all": 1}
+    # a detection setting changed: only the detection jobs and the summaries; the FPR read: only the summaries
+    quieter = {**cfg, "detection": {**cfg["detection"], "eps_d": 0.05, "scores": ["self_consistency", "squeeze"]}}
+    assert job_counts(snakemake(smoke_run, "-n", config=quieter)) == {"detect": 3, "summarise": 1, "plot": 1, "all": 1}
+    stricter_fpr = {**cfg, "detection": {**cfg["detection"], "fpr": 0.1}}
+    assert job_counts(snakemake(smoke_run, "-n", config=stricter_fpr)) == {"summarise": 1, "plot": 1, "all": 1}
+    # detection dropped: nothing upstream reruns
+    off = {k: v for k, v in cfg.items() if k != "detection"}
+    assert job_counts(snakemake(smoke_run, "-n", config=off)) == {"summarise": 1, "plot": 1, "all": 1}
     # a transfer pair (a model at the source's size added): only that model's own jobs and the pair's
     pair = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}},
             "transfer": [{"source": "resnet50", "target": "resnet18"}]}
     c = job_counts(snakemake(smoke_run, "-n", config=pair))
     # resnet50 has 2 replicates, resnet18 1: replicate 0 of each is paired
-    # fgsm at 2 ε, explain and dual at 1 are transferred (not the noise control)
-    assert c["transfer"] == 4 and c["score_transfer"] == 1 and c["train"] == 1 and c["attack"] == 6
+    # fgsm at 2 ε, explain, dual and adaptive at 1 are transferred (not the noise control)
+    assert c["transfer"] == 5 and c["score_transfer"] == 1 and c["train"] == 1 and c["attack"] == 7
     # a scheduling priority is not provenance: nothing reruns
     prio = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "priority": 5}}}
     proc = snakemake(smoke_run, "-n", config=prio)
@@ -326,7 +350,7 @@ def test_partial_reruns(smoke_run):
     later = {**cfg, "models": {**cfg["models"], "vgg16": {**cfg["models"]["vgg16"], "epochs": 2, "pixel_noise": 0.1,
                                                           "pixel_noise_from": 2}}}
     c = job_counts(snakemake(smoke_run, "-n", config=later))
-    assert c["train"] == 1 and c["attack"] == 6 and "prepare" not in c
+    assert c["train"] == 1 and c["attack"] == 7 and "prepare" not in c
 
 
 @pytest.mark.slow

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .errors import AdvcamError, InputError
-from .settings import ATTACKS, AttackSettings, CamSettings, ScoreSettings, TrainSettings, add_arguments, from_arguments
+from .settings import (
+    ATTACKS,
+    AttackSettings,
+    CamSettings,
+    DetectionSettings,
+    ScoreSettings,
+    TrainSettings,
+    add_arguments,
+    from_arguments,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +41,8 @@ STAGES = {
     "score": "NISSIM and other measures of each clean/adversarial heatmap pair, per method, attack and ε → per-image CSV",
     "sanity": "cascading model-parameter randomisation: CAMs of a few test images as the blocks are re-initialised "
               "from the output down, each compared with the trained model's → per-image CSV",
+    "detect": "detector scores from the input alone (self-consistency, CAM disagreement, max softmax, feature "
+              "squeezing) of the clean test images and their adversarial versions → per-image CSV",
     "summarise": "MOD, VID, accuracies per model, attack and ε → CSV",
     "plot": "MOD/accuracy/VID/NISSIM figures from the summaries",
     "gallery": "per-model gallery of clean and adversarial heatmaps, a row per CAM method",
@@ -187,6 +198,18 @@ def cmd_sanity(args) -> None:
               f"{g['spearman'].mean():.3f}, NISSIM {g['nissim'].mean():.3f}")
 
 
+def cmd_detect(args) -> None:
+    from .stages.detect import run_detect
+    from .stages.runtime import log_runtime
+
+    settings = from_arguments(DetectionSettings, args)
+    df = run_detect(args.model, args.data, args.out, settings, attack_files=args.attacks or (), sign_file=args.sign,
+                    ssim=args.ssim, batch_size=args.batch_size, device=_setup_torch(args), name=args.name)
+    means = df.groupby(["attack", "eps", "score"], sort=False)["value"].mean()
+    for (attack, eps), g in means.groupby(level=[0, 1], sort=False):
+        print(f"{args.out}: {attack} ε={eps:g}, mean score " + ", ".join(f"{k[2]} {v:.4f}" for k, v in g.items()))
+
+
 def cmd_summarise(args) -> None:
     from .stages.summarise import summarise
 
@@ -194,7 +217,8 @@ def cmd_summarise(args) -> None:
                      sanity=args.sanity, sanity_out=args.sanity_out, sanity_threshold=args.sanity_threshold,
                      confidence=args.confidence, n_resamples=args.resamples, seed=args.seed,
                      train_reports=args.train_reports, min_accuracy=args.min_accuracy, replicates_out=args.replicates,
-                     claims_out=args.claims)
+                     claims_out=args.claims, detection=args.detection, detection_out=args.detection_out,
+                     fpr=args.fpr)
     cols = ["model", "replicate", "cam", "attack", "eps", "n", "mod", "nissim_var", "acc_clean", "acc_adv", "flip_rate", "success_rate"]
     print(summ[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
@@ -203,7 +227,7 @@ def cmd_plot(args) -> None:
     from .stages.plot import plot_study
 
     files = plot_study(args.summary, args.out_dir, vid_images=args.vid_images, nissim=args.nissim, sanity=args.sanity,
-                       replicates=args.replicates, claims=args.claims)
+                       replicates=args.replicates, claims=args.claims, detection=args.detection)
     print(f"{len(files)} figure files written to {args.out_dir}")
 
 
@@ -339,6 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(s, device=True)
     s.set_defaults(func=cmd_sanity)
 
+    s = sub.add_parser("detect", help=STAGES["detect"], description=STAGES["detect"], formatter_class=fmt)
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True, help="per-image CSV: a row per input (clean, and each attack and ε) and score")
+    s.add_argument("--attacks", nargs="*", metavar="ATTACK_FILE",
+                   help="attack files of this model (advcam attack): their adversarial images are the positives")
+    s.add_argument("--sign", help="gradient sign file (untargeted fgsm)")
+    s.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
+                   help="the SSIM window of the NISSIM scores (the study's)")
+    s.add_argument("--name", help="model name to record (default: the checkpoint's arch)")
+    add_arguments(s, DetectionSettings)
+    _add_common(s, device=True)
+    s.set_defaults(func=cmd_detect)
+
     s = sub.add_parser("summarise", help=STAGES["summarise"], description=STAGES["summarise"], formatter_class=fmt)
     s.add_argument("scores", nargs="+", help="per-image CSVs (advcam score)")
     s.add_argument("--out", required=True, help="mod_vid.csv: one row per model, attack, ε")
@@ -361,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "bootstrap CIs (replicates, then test images)")
     s.add_argument("--claims", help="claims.csv: MOD differences of every pair of models and the paper's two claims, "
                                     "each with its two-level CI and a verdict")
+    s.add_argument("--detection", nargs="+", metavar="FILE",
+                   help="per-image detection tables (advcam detect) to summarise into --detection-out")
+    s.add_argument("--detection-out", help="detection.csv: ROC-AUC with its bootstrap CI and the TPR at --fpr of every "
+                                           "score, per model, run, attack and ε")
+    s.add_argument("--fpr", type=float, default=0.05, help="the false-positive rate at which detection's TPR is read")
     s.add_argument("--sanity-threshold", type=float, default=0.5,
                    help="mean Spearman with the trained maps at or above which a method is flagged as ignoring the head "
                         "(head randomised) or the weights (all randomised)")
@@ -374,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replicates", help="replicates.csv (advcam summarise --replicates): with several training runs the "
                                         "MOD, accuracy, localisation and transfer figures show their mean and two-level CI")
     s.add_argument("--claims", help="claims.csv (advcam summarise --claims): plots claims.png")
+    s.add_argument("--detection", nargs="+", metavar="FILE",
+                   help="per-image detection tables (advcam detect): a ROC figure per model, roc_<model>.png")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_plot)
 

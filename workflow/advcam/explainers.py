@@ -47,7 +47,7 @@ from .base_cam import CamOutput, LayerPass, layer_pass, upsample_cam
 from .batching import batches
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device, resolve_layer
-from .settings import DIFFERENTIABLE_CAMS
+from .settings import CAM_METHOD_NAMES, DIFFERENTIABLE_CAMS
 
 __all__ = [
     "CAM_METHODS", "GRADIENT_METHODS", "DIFFERENTIABLE_METHODS", "cam", "cams", "cams_batch", "check_differentiable",
@@ -137,6 +137,7 @@ GRADIENT_METHODS: tuple[str, ...] = tuple(m for m in _FROM_PASS if m != "eigenca
 #: channels, whose graph to x would cost K double-backward passes per image.
 DIFFERENTIABLE_METHODS: tuple[str, ...] = tuple(_FROM_PASS)
 assert DIFFERENTIABLE_METHODS == DIFFERENTIABLE_CAMS, "advcam.settings.DIFFERENTIABLE_CAMS names these methods"
+assert set(CAM_METHODS) == set(CAM_METHOD_NAMES), "advcam.settings.CAM_METHOD_NAMES names every method"
 
 
 def check_methods(methods: str | Iterable[str]) -> list[str]:

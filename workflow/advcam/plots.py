@@ -15,18 +15,19 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path
+from .detection import roc_auc, roc_curve
 from .explainers import CAM_METHODS
 from .settings import ATTACKS
 
 __all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "plot_transfer", "plot_localisation",
-           "plot_sanity", "plot_claims", "mean_over_runs", "save"]
+           "plot_sanity", "plot_claims", "plot_roc", "mean_over_runs", "save"]
 
 #: a line style per attack (the chance reference is a dash-dot horizontal line); every attack of the registry has one
 STYLE = {"fgsm": "-", "noise": ":", "pgd": "--", "bim": (0, (3, 1, 1, 1)), "mifgsm": (0, (5, 1, 1, 1, 1, 1)),
          "explain": (0, (8, 2)), "dual": (0, (1, 1)), "pgdl2": (0, (4, 2, 1, 2)), "apgd": (0, (6, 1)),
-         "square": (0, (2, 2)), "cw": (0, (1, 2, 4, 2)), "deepfool": (0, (3, 3))}
+         "square": (0, (2, 2)), "cw": (0, (1, 2, 4, 2)), "deepfool": (0, (3, 3)), "adaptive": (0, (5, 2, 1, 2, 1, 2))}
 MARKER = {"fgsm": "o", "pgd": "D", "bim": "s", "mifgsm": "^", "explain": "*", "dual": "x", "pgdl2": "P", "apgd": "v",
-          "square": "h", "cw": "<", "deepfool": ">"}
+          "square": "h", "cw": "<", "deepfool": ">", "adaptive": "p"}
 assert set(STYLE) == set(ATTACKS), "every attack of advcam.settings.ATTACKS has a line style"
 #: the x-axis of each ball an attack's ε can measure (an L2 radius is on another scale than an L∞ one: own panels)
 EPS_LABEL = {"Linf": "ε (L∞, pixel scale [0,1])", "L2": "ε (L2 radius, pixel scale [0,1])"}
@@ -404,6 +405,43 @@ def plot_claims(claims: pd.DataFrame, prefix: str | os.PathLike) -> list[Path]:
                         ha="center", va="center", fontsize=8, transform=axes[0, 1].transAxes)
     fig.suptitle(f"Claims about models across training runs (up to {n_rep} replicates each; bars: two-level "
                  "bootstrap CI; a claim needs 3 replicates a model to be more than inconclusive)", fontsize=8)
+    fig.tight_layout()
+    return save(fig, prefix)
+
+
+def plot_roc(per_image: pd.DataFrame, model: str, prefix: str | os.PathLike) -> list[Path]:
+    """ROC curves of the detector scores of one model (the detection stage's per-image rows,
+    :data:`advcam.stages.detect.DETECTION_COLUMNS`): a panel per attack at its largest ε, a curve per score with its
+    AUC in the legend, the clean test images against all their adversarial versions, of the model's first training
+    run; the diagonal is a detector that guesses."""
+    d = per_image[per_image["model"] == model]
+    if d.empty:
+        raise ValueError(f"no detection rows of model {model!r}")
+    rep = int(d["replicate"].min())
+    d = d[d["replicate"] == rep]
+    clean = d[d["attack"] == "clean"]
+    adv = d[d["attack"] != "clean"]
+    attacks = list(dict.fromkeys(adv["attack"]))
+    fig, axes = _panels(len(attacks), width=3.0, height=3.0, max_cols=4)
+    colours = _colors(list(dict.fromkeys(d["score"])))
+    for ax, attack in zip(axes, attacks):
+        a = adv[adv["attack"] == attack]
+        eps = a["eps"].max()
+        a = a[a["eps"] == eps]
+        for score, col in colours.items():
+            neg = clean.loc[clean["score"] == score, "value"].to_numpy(float)
+            pos = a.loc[a["score"] == score, "value"].to_numpy(float)
+            if not len(neg) or not len(pos):
+                continue
+            f, t, _ = roc_curve(neg, pos)
+            ax.plot(f, t, color=col, lw=1.3, drawstyle="steps-post", label=f"{score} ({roc_auc(neg, pos):.2f})")
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
+        ax.set_title(f"{attack}, ε = {eps:g}", fontsize=8)
+        ax.set_xlabel("false-positive rate (clean flagged)", fontsize=7)
+        ax.set_ylabel("true-positive rate", fontsize=7)
+        ax.legend(fontsize=6, loc="lower right", title="score (AUC)", title_fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{model} r{rep}: detecting adversarial inputs from the input alone", fontsize=9)
     fig.tight_layout()
     return save(fig, prefix)
 

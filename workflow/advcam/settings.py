@@ -26,6 +26,7 @@ __all__ = [
     "AttackSettings",
     "CamSettings",
     "ScoreSettings",
+    "DetectionSettings",
     "SettingsError",
     "OPTIMIZERS",
     "ATTACKS",
@@ -33,11 +34,14 @@ __all__ = [
     "L2_ATTACKS",
     "MIN_NORM_ATTACKS",
     "EXPLANATION_ATTACKS",
+    "ADAPTIVE_SCORES",
     "DIFFERENTIABLE_CAMS",
     "TARGET_RULES",
     "CAM_TARGETS",
     "SCORE_MEASURES",
     "SSIM_WINDOWS",
+    "DETECTION_SCORES",
+    "CAM_METHOD_NAMES",
     "WORKFLOW_ONLY",
     "FROM_STUDY",
     "add_arguments",
@@ -47,7 +51,8 @@ __all__ = [
 #: optimisers of the training loop
 OPTIMIZERS = ("adamw", "sgd")
 #: the attacks (the workflow's attack wildcard; :data:`advcam.attack_registry.REGISTRY` holds each one's function)
-ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm", "explain", "dual", "pgdl2", "apgd", "square", "cw", "deepfool")
+ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm", "explain", "dual", "pgdl2", "apgd", "square", "cw", "deepfool",
+           "adaptive")
 #: the settings each attack uses: its rule's JSON carries these alone, so a setting added for another attack (or a
 #: change to another attack's value) reruns none of its jobs; ``eps`` is each job's own
 ATTACK_PARAMS: dict[str, tuple[str, ...]] = {
@@ -63,6 +68,8 @@ ATTACK_PARAMS: dict[str, tuple[str, ...]] = {
     "square": ("loss", "n_queries", "n_restarts", "p_init", "targeted", "seed"),
     "cw": ("c", "kappa", "steps", "lr", "targeted"),
     "deepfool": ("steps", "overshoot"),
+    "adaptive": ("steps", "alpha", "lam", "random_start", "score", "method", "pair", "eps_d", "draws", "relu_beta", "ssim",
+                 "targeted", "seed"),
 }
 assert tuple(ATTACK_PARAMS) == ATTACKS
 #: attacks whose ε is an L2 radius on the [0, 1] pixel scale (> 0; apgd's too under ``norm: L2``); every other
@@ -74,8 +81,11 @@ MIN_NORM_ATTACKS = ("cw", "deepfool")
 #: APGD's norms and losses (torchattacks.APGD), Square's losses (torchattacks.Square)
 APGD_NORMS = ("Linf", "L2")
 ATTACK_LOSSES = {"apgd": ("ce", "dlr"), "square": ("margin", "ce")}
-#: the attacks on the explanation (they differentiate a CAM method: :data:`DIFFERENTIABLE_CAMS`)
-EXPLANATION_ATTACKS = ("explain", "dual")
+#: the attacks on the explanation (they differentiate a CAM method: :data:`DIFFERENTIABLE_CAMS`); ``adaptive`` evades
+#: the study's explanation-based detector (its CAM methods, noise and draws are the detection entry's)
+EXPLANATION_ATTACKS = ("explain", "dual", "adaptive")
+#: the detector scores the adaptive attack can evade (:data:`advcam.adaptive_attack.ADAPTIVE_SCORES`)
+ADAPTIVE_SCORES = ("disagreement", "self_consistency")
 #: CAM methods with a differentiable form (:data:`advcam.explainers.DIFFERENTIABLE_METHODS`; no torch here)
 DIFFERENTIABLE_CAMS = ("gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam", "layercam", "eigencam",
                        "eigengradcam")
@@ -87,6 +97,10 @@ CAM_TARGETS = ("predicted", "label")
 SCORE_MEASURES = ("spearman", "topk", "com_shift")
 #: SSIM windows of the scoring stage
 SSIM_WINDOWS = ("uniform", "gaussian")
+#: every CAM method (:data:`advcam.explainers.CAM_METHODS`; no torch here)
+CAM_METHOD_NAMES = DIFFERENTIABLE_CAMS + ("scorecam", "ablationcam")
+#: detector scores of the detection stage (:mod:`advcam.detection`), each computed from the input alone
+DETECTION_SCORES = ("self_consistency", "disagreement", "max_softmax", "squeeze")
 
 
 class SettingsError(InputError):
@@ -207,7 +221,8 @@ class AttackSettings(_Settings):
     PGD's; each attack's own defaults are in the schema."""
 
     attack: str = _opt("fgsm", "fgsm, noise (random-sign control), pgd, bim, mifgsm, explain (keep the label, move "
-                               "the map), dual (flip the label, keep the map), pgdl2, apgd, square, cw or deepfool")
+                               "the map), dual (flip the label, keep the map), pgdl2, apgd, square, cw, deepfool or "
+                               "adaptive (flip the label, keep an explanation-based detector quiet)")
     targeted: str = _opt("none", "step towards a target class per image: the next identity, the least likely one "
                                  "(clean logits), or one drawn at random (seeded); never the true label",
                          choices=("none",) + TARGET_RULES)
@@ -216,9 +231,11 @@ class AttackSettings(_Settings):
     decay: float = _opt(1.0, "mifgsm's momentum decay (>= 0)")
     random_start: bool = _opt(True, "pgd, explain and dual start in the ε-ball (--no-random-start: at the image)")
     seed: int = _opt(0, "noise signs / PGD random start / random targets")
-    method: str = _opt("gradcam", "explain, dual: the CAM method whose map is moved or kept (one with a "
+    method: str = _opt("gradcam", "explain, dual: the CAM method whose map is moved or kept; adaptive: the "
+                                  "self-consistency detector's method (one with a "
                                   "differentiable form)", choices=DIFFERENTIABLE_CAMS)
-    lam: float = _opt(1.0, "dual: the weight λ of the map term, CE + λ·(1 − SSIM) (>= 0)")
+    lam: float = _opt(1.0, "dual: the weight λ of the map term, CE + λ·(1 − SSIM); adaptive: of the detector term "
+                           "(>= 0)")
     relu_beta: float | None = _opt(None, "explain, dual: differentiate through softplus(β·x)/β in place of each ReLU "
                                          "(> 0; none = the model's own ReLUs); results are judged on the ReLU model",
                                    type=float)
@@ -234,6 +251,14 @@ class AttackSettings(_Settings):
     kappa: float = _opt(0.0, "cw: the confidence margin (>= 0)")
     lr: float = _opt(0.01, "cw: Adam's learning rate (> 0)")
     overshoot: float = _opt(0.02, "deepfool: the overshoot (>= 0)")
+    score: str = _opt("disagreement", "adaptive: the explanation-based detector score it drives to its clean value",
+                      choices=ADAPTIVE_SCORES)
+    pair: tuple[str, ...] = _opt(("gradcam", "layercam"), "adaptive, score disagreement: the detector's two CAM methods "
+                                 "(the workflow passes the detection entry's)", choices=DIFFERENTIABLE_CAMS)
+    eps_d: float = _opt(0.03, "adaptive, score self_consistency: the detector's noise size, in (0, 1] (the workflow "
+                              "passes the detection entry's)")
+    draws: int = _opt(1, "adaptive, score self_consistency: the attacker's own noise draws per step (>= 1; the "
+                         "workflow passes the detection entry's)")
 
     @property
     def eps_norm(self) -> str:
@@ -291,6 +316,13 @@ class AttackSettings(_Settings):
         self._number("kappa", float, 0)
         self._number("lr", float, 0, open_lo=True)
         self._number("overshoot", float, 0)
+        self._check(self.score in ADAPTIVE_SCORES, "score", f"choose one of {', '.join(ADAPTIVE_SCORES)}")
+        object.__setattr__(self, "pair", tuple(self.pair))
+        bad = [m for m in self.pair if m not in DIFFERENTIABLE_CAMS]
+        self._check(not bad, "pair", f"has no differentiable form: choose from {', '.join(DIFFERENTIABLE_CAMS)}")
+        self._check(len(self.pair) == 2 and self.pair[0] != self.pair[1], "pair", "must name two different CAM methods")
+        self._number("eps_d", float, 0, 1, open_lo=True)
+        self._number("draws", int, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -342,16 +374,80 @@ class ScoreSettings(_Settings):
         return float(self.k) if self.k < 1 else int(self.k)
 
 
+@dataclass(frozen=True, kw_only=True)
+class DetectionSettings(_Settings):
+    """How adversarial inputs are detected from the input alone: the config's ``detection`` entry
+    (:mod:`advcam.detection`). ``eps_d``: the self-consistency noise on the [0, 1] pixel scale, in (0, 1];
+    ``draws``: its seeded draws per image; ``method``: its CAM method; ``pair``: the two CAM methods whose maps'
+    disagreement is a score; ``bits`` (1–8) and ``median`` (a window side in pixels): feature squeezing's two
+    squeezers; ``fpr``: the false-positive rate at which the true-positive rate is read; ``seed``: the noise
+    draws."""
+
+    scores: tuple[str, ...] = _opt(DETECTION_SCORES, "detector scores, each from the input alone: self_consistency "
+                                   "(NISSIM of the map of x and of x plus random-sign noise), disagreement (NISSIM of "
+                                   "two methods' maps of x), max_softmax (1 - max softmax), squeeze (feature "
+                                   "squeezing)", choices=DETECTION_SCORES)
+    method: str = _opt("gradcam", "self_consistency: the CAM method", choices=CAM_METHOD_NAMES)
+    pair: tuple[str, ...] = _opt(("gradcam", "layercam"), "disagreement: the two CAM methods compared",
+                                 choices=CAM_METHOD_NAMES)
+    eps_d: float = _opt(0.03, "self_consistency: the noise's size on the [0,1] pixel scale, in (0, 1]")
+    draws: int = _opt(4, "self_consistency: noise draws averaged per image (>= 1)")
+    bits: int = _opt(5, "squeeze: bit depth of the bit-depth squeezer, in [1, 8]")
+    median: int = _opt(2, "squeeze: side of the median filter, pixels (>= 1)")
+    fpr: float = _opt(0.05, "the false-positive rate at which the true-positive rate is read, in (0, 1)")
+    seed: int = _opt(0, "seed of the self-consistency noise draws")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scores", tuple(self.scores))
+        object.__setattr__(self, "pair", tuple(self.pair))
+        unknown = [m for m in self.scores if m not in DETECTION_SCORES]
+        self._check(not unknown, "scores", f"unknown {', '.join(map(repr, unknown))}: choose from "
+                                           f"{', '.join(DETECTION_SCORES)}")
+        self._check(len(set(self.scores)) == len(self.scores), "scores", "lists a score twice")
+        self._check(self.method in CAM_METHOD_NAMES, "method", f"choose one of {', '.join(CAM_METHOD_NAMES)}")
+        bad = [m for m in self.pair if m not in CAM_METHOD_NAMES]
+        self._check(not bad, "pair", f"unknown CAM method {', '.join(map(repr, bad))}: choose from "
+                                     f"{', '.join(CAM_METHOD_NAMES)}")
+        self._check(len(self.pair) == 2 and self.pair[0] != self.pair[1], "pair", "must name two different CAM methods")
+        self._number("eps_d", float, 0, 1, open_lo=True)
+        self._number("draws", int, 1)
+        self._number("bits", int, 1, 8)
+        self._number("median", int, 1)
+        self._number("fpr", float, 0, open_lo=True)
+        self._check(self.fpr < 1, "fpr", "must be < 1")
+        self._number("seed", int)
+
+    def to_json(self) -> str:
+        """One line of JSON of the fields the detection stage uses, keys sorted: ``fpr`` is left out (the summaries
+        read it), so changing it reruns no detection job."""
+        d = self.as_dict()
+        d.pop("fpr")
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The CAM methods the chosen scores compute (self_consistency's, then the pair's)."""
+        out: list[str] = []
+        if "self_consistency" in self.scores:
+            out.append(self.method)
+        if "disagreement" in self.scores:
+            out += [m for m in self.pair if m not in out]
+        return tuple(out)
+
+
 #: config keys of each family that steer the workflow, not the stage (the schema's keys are the fields plus these)
 WORKFLOW_ONLY: dict[str, tuple[str, ...]] = {
     "train": ("arch", "size", "replicates", "priority"),  # the rule's --arch, the store, the runs, the scheduling
     "attack": ("eps",),  # each ε is its own job
     "cam": (),
     "score": (),  # the config's metrics entry and its top-level ssim
+    "detection": (),
 }
 #: fields of each family the workflow fills from the study's top-level keys, not from the family's entries
 FROM_STUDY: dict[str, tuple[str, ...]] = {
-    "train": (), "attack": ("ssim",), "cam": (), "score": (),  # the explanation attacks use the study's SSIM window
+    # the explanation attacks use the study's SSIM window; the adaptive attack the detection entry's pair, noise, draws
+    "train": (), "attack": ("ssim", "pair", "eps_d", "draws"), "cam": (), "score": (),
+    "detection": (),
 }
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import ExecMode
 
+# `detection:` left empty in YAML reads as null: the same as leaving it out (no detection)
+if "detection" in config and config["detection"] is None:
+    del config["detection"]
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 RESULTS = config["results"]
@@ -33,6 +36,7 @@ if ADVCAM_PATH not in sys.path:
 from advcam.settings import ATTACKS as ATTACK_NAMES
 from advcam.settings import EXPLANATION_ATTACKS
 from advcam.settings import WORKFLOW_ONLY, AttackSettings, CamSettings, ScoreSettings, SettingsError, TrainSettings
+from advcam.settings import DetectionSettings
 
 if not ATTACKS:
     raise ValueError("config: attacks: give at least one attack with a non-empty eps list")
@@ -78,14 +82,45 @@ def _settings(cls, where, spec, family):
 
 
 TRAIN_SETTINGS = {m: _settings(TrainSettings, f"models: {m}", spec, "train") for m, spec in MODELS.items()}
-# the explanation attacks measure their map's dissimilarity with the study's SSIM window
+# detection from the input alone (advcam.detection): off unless the config has a detection entry
+DETECTION = config.get("detection") is not None
+DETECTION_SETTINGS = _settings(DetectionSettings, "detection", config["detection"], "detection") if DETECTION else None
+for _m in DETECTION_SETTINGS.methods if DETECTION else ():  # the CAM methods the chosen scores use
+    if _m not in CAMS:
+        _key = (
+            "method" if "self_consistency" in DETECTION_SETTINGS.scores and _m == DETECTION_SETTINGS.method else "pair"
+        )
+        raise ValueError(
+            f"config: detection: {_key}: '{_m}' is not one of the study's cams ({', '.join(CAMS)}): "
+            "a detector score must use a method the study runs"
+        )
+
+
+def _from_study(attack, spec):
+    """What an attack's settings take from the study's other entries: the explanation attacks measure their map's
+    dissimilarity with the study's SSIM window; the adaptive attack evades the study's detector (its CAM methods,
+    noise and draws are the detection entry's)."""
+    extra = {"ssim": config["ssim"]} if attack in EXPLANATION_ATTACKS else {}
+    if attack == "adaptive":
+        if not DETECTION:
+            raise ValueError("config: attacks: adaptive: evades the study's detector: give a detection entry")
+        d = DETECTION_SETTINGS
+        score = spec.get("score", "disagreement")
+        if score not in d.scores:
+            raise ValueError(
+                f"config: attacks: adaptive: score '{score}' is not one of detection: scores ({', '.join(d.scores)})"
+            )
+        if score == "self_consistency" and spec.get("method", d.method) != d.method:
+            raise ValueError(
+                f"config: attacks: adaptive: method '{spec['method']}' is not the detector's (detection: method "
+                f"'{d.method}')"
+            )
+        extra.update(pair=d.pair, eps_d=d.eps_d, draws=d.draws, method=spec.get("method") or d.method)
+    return extra
+
+
 ATTACK_SETTINGS = {
-    a: _settings(
-        AttackSettings,
-        f"attacks: {a}",
-        {"attack": a, **spec, **({"ssim": config["ssim"]} if a in EXPLANATION_ATTACKS else {})},
-        "attack",
-    )
+    a: _settings(AttackSettings, f"attacks: {a}", {"attack": a, **spec, **_from_study(a, spec)}, "attack")
     for a, spec in ATTACKS.items()
 }
 for _name, _spec in ATTACKS.items():  # an L∞ radius lies in (0, 1]; an L2 one is > 0 (advcam.settings.L2_ATTACKS)
@@ -94,7 +129,7 @@ for _name, _spec in ATTACKS.items():  # an L∞ radius lies in (0, 1]; an L2 one
             ATTACK_SETTINGS[_name].check_eps(_e)
         except SettingsError as e:
             raise ValueError(f"config: attacks: {_name}: {e}") from None
-for _name in set(ATTACKS) & set(EXPLANATION_ATTACKS):
+for _name in set(ATTACKS) & set(EXPLANATION_ATTACKS) - {"adaptive"}:  # the adaptive attack's are the detector's
     if ATTACK_SETTINGS[_name].method not in CAMS:
         raise ValueError(
             f"config: attacks: {_name}: method '{ATTACK_SETTINGS[_name].method}' is not one of the study's cams "
@@ -104,7 +139,6 @@ CAM_SETTINGS = _settings(CamSettings, "cam", config["cam"], "cam")
 # the white-box tables carry the chance reference; a transfer table's would repeat its target's
 SCORE_SETTINGS = _settings(ScoreSettings, "metrics", {**config["metrics"], "ssim": config["ssim"]}, "score")
 TRANSFER_SCORE_SETTINGS = dataclasses.replace(SCORE_SETTINGS, chance_seed=None)
-
 # what every job that loads a model asks of a cluster node (the GPU and the limits of one attack or CAM job)
 GPU_JOB = dict(gpu=1, runtime=60, mem_mb=8000)
 
@@ -331,11 +365,26 @@ def sanity_files():
     return [f for m, r in runs() for f in sanity_model_files(m, r)] if SANITY else []
 
 
+def model_attack_files(model, rep):
+    """Every white-box attack file of one training run: each attack and ε."""
+    return [
+        f"{RESULTS}/attacks/{run_dir(m, r)}/{a}/{e}.h5"
+        for m, r, a, e in attack_jobs()
+        if (m, str(r)) == (model, str(rep))
+    ]
+
+
+def detection_files():
+    """One per-image detection table per training run, when detection is on."""
+    return [f"{RESULTS}/detection/{run_dir(m, r)}/scores.csv" for m, r in runs()] if DETECTION else []
+
+
 def summary_plots():
     """The figures rule plot draws from the summaries."""
     plots = [f"{RESULTS}/plots/{name}.png" for name in ("mod", "accuracy", "vid")]
     plots += [f"{RESULTS}/plots/localisation.png"] if LOCALISE else []
     plots += [f"{RESULTS}/plots/sanity_{m}.png" for m in MODELS] if SANITY else []
+    plots += [f"{RESULTS}/plots/roc_{m}.png" for m in MODELS] if DETECTION else []
     return plots
 
 
@@ -347,6 +396,7 @@ def final_targets():
     plots += [f"{RESULTS}/plots/claims.png"]
     tables = [f"{RESULTS}/summary/{name}.csv" for name in ("mod_vid", "vid", "replicates", "claims")]
     tables += [f"{RESULTS}/summary/sanity.csv"] if SANITY else []
+    tables += [f"{RESULTS}/summary/detection.csv"] if DETECTION else []
     return tables + plots
 
 

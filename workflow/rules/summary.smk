@@ -12,6 +12,7 @@ rule summarise:
         scores=score_files() + transfer_score_files(),
         sanity=sanity_files(),
         reports=train_reports(),
+        detection=detection_files(),
     output:
         mod_vid=f"{RESULTS}/summary/mod_vid.csv",
         vid=f"{RESULTS}/summary/vid.csv",
@@ -20,6 +21,7 @@ rule summarise:
         replicates=f"{RESULTS}/summary/replicates.csv",
         claims=f"{RESULTS}/summary/claims.csv",
         sanity=[f"{RESULTS}/summary/sanity.csv"] if SANITY else [],
+        detection=[f"{RESULTS}/summary/detection.csv"] if DETECTION else [],
     log:
         f"{RESULTS}/logs/summarise.log",
     benchmark:
@@ -36,12 +38,17 @@ rule summarise:
         sanity=lambda w, input, output: (
             f"--sanity {' '.join(input.sanity)} --sanity-out {output.sanity}" if input.sanity else ""
         ),
+        # the detection tables and the FPR their TPR is read at (a plain value: changing it reruns this job)
+        fpr=f"--fpr {DETECTION_SETTINGS.fpr}" if DETECTION else "",
+        detection=lambda w, input, output: (
+            f"--detection {' '.join(input.detection)} --detection-out {output.detection}" if input.detection else ""
+        ),
     shell:
         "python -m advcam summarise {input.scores} --out {output.mod_vid} --vid {output.vid} --vid-images {output.vid_images} "
         "--nissim {output.nissim} --train-reports {input.reports} --min-accuracy {params.min_accuracy} "
         "--replicates {output.replicates} --claims {output.claims} --confidence {params.confidence} "
-        "--resamples {params.resamples} {params.sanity} {params.sanity_threshold} "
-        "> {log} 2>&1"
+        "--resamples {params.resamples} {params.sanity} {params.sanity_threshold} {params.detection} "
+        "{params.fpr} > {log} 2>&1"
 
 
 rule plot:
@@ -52,6 +59,7 @@ rule plot:
         vid_images=f"{RESULTS}/summary/vid_per_image.csv",
         nissim=f"{RESULTS}/summary/nissim.csv",
         sanity=[f"{RESULTS}/summary/sanity.csv"] if SANITY else [],
+        detection=detection_files(),
     output:
         mod=report(f"{RESULTS}/plots/mod.png", caption="../report/mod.rst", category="Summary"),
         accuracy=report(f"{RESULTS}/plots/accuracy.png", caption="../report/accuracy.rst", category="Summary"),
@@ -77,6 +85,11 @@ rule plot:
             caption="../report/sanity.rst",
             category="Sanity check",
         ),
+        roc=report(
+            [f"{RESULTS}/plots/roc_{m}.png" for m in MODELS] if DETECTION else [],
+            caption="../report/roc.rst",
+            category="Detection",
+        ),
     log:
         f"{RESULTS}/logs/plot.log",
     benchmark:
@@ -87,9 +100,10 @@ rule plot:
     params:
         outdir=lambda w, output: os.path.dirname(output.mod),
         sanity=lambda w, input: f"--sanity {input.sanity}" if input.sanity else "",
+        detection=lambda w, input: f"--detection {' '.join(input.detection)}" if input.detection else "",
     shell:
         "python -m advcam plot --summary {input.summary} --replicates {input.replicates} --claims {input.claims} --vid-images {input.vid_images} --nissim {input.nissim} "
-        "{params.sanity} --out-dir {params.outdir} > {log} 2>&1"
+        "{params.sanity} {params.detection} --out-dir {params.outdir} > {log} 2>&1"
 
 
 rule gallery:

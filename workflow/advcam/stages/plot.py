@@ -19,6 +19,7 @@ from ..plots import (
     plot_localisation,
     plot_mod,
     plot_nissim,
+    plot_roc,
     plot_sanity,
     plot_transfer,
     plot_vid,
@@ -36,12 +37,14 @@ def plot_study(
     sanity: str | os.PathLike | None = None,
     replicates: str | os.PathLike | None = None,
     claims: str | os.PathLike | None = None,
+    detection: list[str | os.PathLike] | None = None,
 ) -> list[Path]:
     """The plot stage: every figure of a study into ``out_dir`` from its summaries — MOD and accuracy against
     ε (``summary``, the MOD table), localisation when the table has it, one transfer figure per target model,
     and where given the VID violins (``vid_images``), the NISSIM violins per attack (``nissim``, all per-image
     rows, every training run pooled), the sanity check per model (``sanity``, the sanity summary) and the claims
-    (``claims``, :func:`plot_claims`). With ``replicates`` (the across-replicate table) and more than one training
+    (``claims``, :func:`plot_claims`), and a ROC figure per model of the per-image ``detection`` tables
+    (:func:`plot_roc`, ``roc_<model>``). With ``replicates`` (the across-replicate table) and more than one training
     run, the MOD, accuracy, localisation and transfer figures show the mean over runs with its two-level CI.
     Returns the files written."""
     summ = pd.read_csv(summary)
@@ -67,6 +70,10 @@ def plot_study(
         table = pd.read_csv(nissim)
         for attack in sorted(set(table["attack"].unique()) - {"chance"}):
             files += plot_nissim(table, out / f"nissim_{attack}", attack)
+    if detection:
+        det = pd.concat([pd.read_csv(f) for f in detection], ignore_index=True)
+        for model in sorted(det["model"].unique()):
+            files += plot_roc(det, model, out / f"roc_{model}")
     if sanity:
         sanity_table = pd.read_csv(sanity)
         for model in sorted(sanity_table["model"].unique()):

@@ -9,6 +9,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..atomic import atomic_path
+from ..detection import detection_summary
 from ..errors import InputError
 from ..summary import (
     check_table,
@@ -79,13 +80,17 @@ def summarise(
     min_accuracy: float = 0.0,
     replicates_out: str | os.PathLike | None = None,
     claims_out: str | os.PathLike | None = None,
+    detection: Sequence[str | os.PathLike] | None = None,
+    detection_out: str | os.PathLike | None = None,
+    fpr: float = 0.05,
 ) -> pd.DataFrame:
     """The summarise stage: the score tables at ``scores`` → :func:`mod_vid` at ``out``, one row per training
     run (with its ``training_flag``, :func:`training_flags` from the ``train_reports`` and ``min_accuracy``, and
     the sanity verdict per run and method as column ``sanity`` when per-image ``sanity`` tables are given), and,
     where a path is given, :func:`vid` at ``vid_out``, :func:`vid_per_image` at ``vid_images_out``, all
     per-image rows at ``nissim_out``, :func:`sanity_summary` at ``sanity_out``, :func:`replicate_summary` at
-    ``replicates_out`` and :func:`claims` at ``claims_out``; each computed before the first is written, each
+    ``replicates_out``, :func:`claims` at ``claims_out`` and :func:`advcam.detection.detection_summary` of the
+    per-image ``detection`` tables (at ``fpr``, with each run's flag) at ``detection_out``; each computed before the first is written, each
     written atomically. The runs left out and the claims skipped are printed. Returns the MOD table."""
 
     if not 0 <= min_accuracy <= 1:
@@ -119,6 +124,12 @@ def summarise(
         for note in notes:
             print(f"summarise: {note}")
         outs.append((claims_out, claim_table))
+    if detection_out:
+        if not detection:
+            raise InputError("--detection-out needs the per-image detection tables (--detection)")
+        det = pd.concat([_read_table(p, "detection") for p in detection], ignore_index=True)
+        outs.append((detection_out, detection_summary(det, fpr, confidence, n_resamples, seed).merge(
+            flag_of, on=["model", "replicate"], how="left")))
     for path, frame in outs:
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
