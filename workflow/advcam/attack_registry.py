@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .adaptive_attack import adaptive_attack
 from .attacks import bim, fgsm, mifgsm, pgd
 from .autoattack import apgd, square
 from .errors import InputError
@@ -48,6 +49,12 @@ def _dual(m, x, y, e, s: AttackSettings, g, t, *, layer, explain_label):
                        s.ssim == "gaussian", explain_label, target=t)
 
 
+def _adaptive(m, x, y, e, s: AttackSettings, g, t, *, layer, explain_label):
+    # the detector's maps explain the predicted class (a defender has no label): explain_label does not apply
+    return adaptive_attack(m, layer, x, y, e, s.alpha, s.steps, s.lam, s.score, s.method, s.pair, s.eps_d, s.draws,
+                           s.random_start, g, s.relu_beta, s.ssim == "gaussian", target=t)
+
+
 REGISTRY: dict[str, Attack] = {a.name: a for a in (
     # untargeted FGSM is rebuilt from the gradient sign (one gradient per model, every ε a cheap step);
     # targeted FGSM is a per-ε gradient and stores its delta
@@ -74,6 +81,8 @@ REGISTRY: dict[str, Attack] = {a.name: a for a in (
            True, "torchattacks.CW, clipped to the L2 ball of ε"),
     Attack("deepfool", lambda m, x, y, e, s, g, t, **_: clip_l2(x, deepfool(m, x, y, s.steps, s.overshoot), e), True,
            "torchattacks.DeepFool, clipped to the L2 ball of ε"),
+    Attack("adaptive", _adaptive, True, "Carlini & Wagner 2017; Tramèr et al. 2020 (an adaptive attacker: flip the "
+           "label, keep the explanation-based detector's score at its clean value)", needs_cam=True),
 )}
 assert tuple(REGISTRY) == ATTACKS, "advcam.settings.ATTACKS names the registry's attacks, in its order"
 #: attacks computed per ε in the attack job, whose perturbation the attack file stores (``delta``)

@@ -33,7 +33,7 @@ from .explainers import check_differentiable, differentiable_cams, explain_cams
 from .models import frozen_parameters, model_device, relu_beta as smooth_copy
 from .similarity import ssim
 
-__all__ = ["explain_attack", "dual_attack", "map_dissimilarity"]
+__all__ = ["explain_attack", "dual_attack", "map_dissimilarity", "start_point", "project_linf"]
 
 
 def map_dissimilarity(a: torch.Tensor, b: torch.Tensor, gaussian: bool = False) -> torch.Tensor:
@@ -42,7 +42,9 @@ def map_dissimilarity(a: torch.Tensor, b: torch.Tensor, gaussian: bool = False) 
     return 1.0 - ssim(a, b, gaussian=gaussian)
 
 
-def _start(x: torch.Tensor, eps: float, random_start: bool, generator: torch.Generator | None) -> torch.Tensor:
+def start_point(x: torch.Tensor, eps: float, random_start: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """The first iterate: x itself, or with ``random_start`` a uniform draw in its ε-ball (L∞) clipped to [0, 1],
+    drawn on the CPU from ``generator`` (the same draws on every device)."""
     if not random_start:
         return x.clone()
     noise = torch.empty(x.shape, dtype=x.dtype)
@@ -50,7 +52,8 @@ def _start(x: torch.Tensor, eps: float, random_start: bool, generator: torch.Gen
     return (x + noise.to(x.device)).clamp(0, 1)
 
 
-def _project(adv: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
+def project_linf(adv: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
+    """``adv`` projected onto the L∞ ball of radius ε around ``x0`` and onto [0, 1], detached."""
     return (x0 + (adv - x0).clamp(-eps, eps)).clamp(0, 1).detach()
 
 
@@ -109,7 +112,7 @@ def _iterate(model, grad_model, layer, method, explained, x0, eps, alpha, steps,
         (g,) = torch.autograd.grad(objective(maps, logits).sum(), xg)
         own = (maps, logits) if grad_model is model else (None, None)
         consider(adv, *judge(adv, *own))
-        adv = _project(adv + direction * alpha * g.sign(), x0, eps)
+        adv = project_linf(adv + direction * alpha * g.sign(), x0, eps)
     consider(adv, *judge(adv))
     return adv
 
@@ -150,7 +153,8 @@ def explain_attack(
         best = torch.where(better[:, None, None, None], candidate, best)
         best_d = torch.where(better, d, best_d)
 
-    _iterate(model, grad_model, layer, method, explained, x0, eps, alpha, steps, _start(x0, eps, random_start, generator),
+    _iterate(model, grad_model, layer, method, explained, x0, eps, alpha, steps,
+             start_point(x0, eps, random_start, generator),
              +1, lambda maps, logits: map_dissimilarity(maps, clean.maps, gaussian), judge, consider)
     return best.to(x.device)
 
@@ -199,7 +203,7 @@ def dual_attack(
         return (ce if goal is not None else -ce) + lam * map_dissimilarity(maps, clean.maps, gaussian)
 
     adv = _iterate(model, grad_model, layer, method, explained, x0, eps, alpha, steps,
-                   _start(x0, eps, random_start, generator), -1, objective, judge, consider)
+                   start_point(x0, eps, random_start, generator), -1, objective, judge, consider)
     never = torch.isinf(best_d)  # no iterate succeeded: the last one
     best = torch.where(never[:, None, None, None], adv, best)
     return best.to(x.device)
