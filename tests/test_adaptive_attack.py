@@ -14,27 +14,12 @@ from advcam.detection import detection_scores, noise_seed
 from advcam.errors import InputError
 from advcam.explainers import differentiable_cams
 from advcam.settings import DetectionSettings
-
-
-class _Net(torch.nn.Module):
-    """A small random ReLU CNN on 24² images whose decisions an ε = 0.1 attack can flip."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1))
-        self.act = torch.nn.ReLU()
-        self.fc = torch.nn.Linear(16 * 12 * 12, 4)
-
-    def forward(self, x):
-        return self.fc(self.act(self.body(x)).flatten(1))
+from test_explanation_attacks import small
 
 
 @pytest.fixture(scope="module")
 def net():
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        return _Net().eval()
+    return small()  # the explanation attacks' small random ReLU CNN on 24² images (CAM layer "act")
 
 
 def _nissim_sk(a, b):

@@ -26,26 +26,12 @@ from advcam.detection import (
 )
 from advcam.errors import InputError
 from advcam.settings import DetectionSettings, SettingsError
-
-
-class _Net(torch.nn.Module):
-    """A small random ReLU CNN whose decisions vary with the input (layer ``body`` for the CAMs)."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU())
-        self.fc = torch.nn.Linear(16 * 12 * 12, 5)
-
-    def forward(self, x):
-        return self.fc(self.body(x).flatten(1))
+from test_explanation_attacks import small
 
 
 @pytest.fixture(scope="module")
 def net():
-    with torch.random.fork_rng():
-        torch.manual_seed(5)
-        return _Net().eval()
+    return small()  # the explanation attacks' small random ReLU CNN on 24² images (CAM layer "act")
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
@@ -99,16 +85,16 @@ def _nissim_sk(a, b):
 def test_self_consistency_is_the_mean_nissim_over_seeded_noise_draws(net, rng):
     x = torch.from_numpy(rng.random((5, 3, 24, 24)).astype(np.float32))
     idx = np.array([3, 9, 11, 20, 21])
-    ours = self_consistency_score(net, "body", x, idx, method="layercam", eps_d=0.1, draws=2, seed=7).numpy()
-    clean = advcam.cam(net, "body", x, "layercam")
+    ours = self_consistency_score(net, "act", x, idx, method="layercam", eps_d=0.1, draws=2, seed=7).numpy()
+    clean = advcam.cam(net, "act", x, "layercam")
     target = net(x).argmax(1)
     ref = np.zeros(5)
     for d in range(2):
         s = random_sign((3, 24, 24), idx, noise_seed(7, d)).float()
-        ref += _nissim_sk(clean, advcam.cam(net, "body", (x + 0.1 * s).clamp(0, 1), "layercam", target))
+        ref += _nissim_sk(clean, advcam.cam(net, "act", (x + 0.1 * s).clamp(0, 1), "layercam", target))
     np.testing.assert_allclose(ours, ref / 2, atol=1e-6)
     # an image's draws depend on its test index and the seed, not on its batch
-    one = self_consistency_score(net, "body", x[2:3], idx[2:3], method="layercam", eps_d=0.1, draws=2, seed=7)
+    one = self_consistency_score(net, "act", x[2:3], idx[2:3], method="layercam", eps_d=0.1, draws=2, seed=7)
     np.testing.assert_allclose(one.numpy(), ours[2:3], atol=1e-6)  # float32 convolutions of another batch size
     # the defender's signs are not the noise control's (random_sign with the attack's seed)
     assert not torch.equal(random_sign((3, 24, 24), idx, noise_seed(0, 0)), random_sign((3, 24, 24), idx, 0))
@@ -119,18 +105,18 @@ def test_detection_scores_share_one_pass_and_equal_each_score(net, rng):
     xf = x.float() / 255
     idx = np.arange(7) + 100
     st = DetectionSettings(pair=("gradcam", "eigencam"), method="gradcampp", draws=1, eps_d=0.05, bits=4, median=3)
-    out = detection_scores(net, "body", x, idx, st, batch_size=3)
+    out = detection_scores(net, "act", x, idx, st, batch_size=3)
     assert set(out) == {"self_consistency", "disagreement", "max_softmax", "squeeze", "pred"}
     with torch.no_grad():
         logits = net(xf)
     np.testing.assert_array_equal(out["pred"], logits.argmax(1).numpy())
     np.testing.assert_allclose(out["max_softmax"], 1 - _softmax(logits.numpy()).max(1), atol=1e-6)
-    m = advcam.cams(net, "body", xf, ["gradcam", "eigencam"])
+    m = advcam.cams(net, "act", xf, ["gradcam", "eigencam"])
     np.testing.assert_allclose(out["disagreement"], _nissim_sk(m["gradcam"], m["eigencam"]), atol=1e-6)
     np.testing.assert_allclose(out["squeeze"], squeeze_score(net, xf, 4, 3).numpy(), atol=1e-6)
-    ref = self_consistency_score(net, "body", xf, idx, method="gradcampp", eps_d=0.05, draws=1, seed=0)
+    ref = self_consistency_score(net, "act", xf, idx, method="gradcampp", eps_d=0.05, draws=1, seed=0)
     np.testing.assert_allclose(out["self_consistency"], ref.numpy(), atol=1e-6)
-    only = detection_scores(net, "body", x, idx, DetectionSettings(scores=("max_softmax",)), batch_size=4)
+    only = detection_scores(net, "act", x, idx, DetectionSettings(scores=("max_softmax",)), batch_size=4)
     assert set(only) == {"max_softmax", "pred"}
     np.testing.assert_allclose(only["max_softmax"], out["max_softmax"], atol=1e-6)
 
