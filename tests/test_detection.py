@@ -2,6 +2,7 @@
 from the study's own CAMs and SSIM, and the judging of a detector equals scikit-learn (AUC, ROC, the TPR read at an
 FPR) and a plain numpy loop over bootstrap resamples — on inputs drawn fresh."""
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.ndimage
 import torch
@@ -171,3 +172,36 @@ def test_auc_bootstrap_equals_a_loop_over_resamples(rng, seed):
 def test_bad_detection_settings_are_named(values, key):
     with pytest.raises(SettingsError, match=rf"^{key} "):
         DetectionSettings.from_mapping(values)
+
+
+def test_detection_summary_pairs_each_attack_with_its_runs_clean_images(rng):
+    from advcam.detection import detection_summary
+
+    n, rows = 12, []
+    flips = rng.random(n) < 0.5
+    for rep in (0, 1):
+        for attack, eps, shift in (("clean", 0.0, 0.0), ("fgsm", 0.1, 0.5), ("explain", 0.1, 0.2)):
+            v = rng.random(n) + shift
+            for i in range(n):
+                rows.append(dict(model="m", replicate=rep, attack=attack, eps=eps, norm="Linf", targeted="none",
+                                 index=10 + i, label=0, pred_clean=0, pred=int(attack == "fgsm" and flips[i]),
+                                 flipped=bool(attack == "fgsm" and flips[i]), score="squeeze", cam="none",
+                                 value=v[i]))
+    table = pd.DataFrame(rows)
+    out = detection_summary(table, fpr=0.1, n_resamples=300, seed=1)
+    assert len(out) == 2 * 2 * 2  # runs × attacks × positives
+    for rep in (0, 1):
+        t = table[table["replicate"] == rep]
+        neg = t.loc[t["attack"] == "clean", "value"].to_numpy()
+        pos = t.loc[t["attack"] == "fgsm", "value"].to_numpy()
+        row = out[(out["replicate"] == rep) & (out["attack"] == "fgsm")].set_index("positives")
+        y = lambda k: np.r_[np.zeros(n), np.ones(k)]  # noqa: E731
+        assert row.loc["all", "auc"] == pytest.approx(roc_auc_score(y(n), np.r_[neg, pos]))
+        assert row.loc["flipped", "auc"] == pytest.approx(roc_auc_score(y(flips.sum()), np.r_[neg, pos[flips]]))
+        assert row.loc["flipped", "n_adv"] == flips.sum() and row.loc["all", "n_clean"] == n
+        assert row.loc["all", "tpr_at_fpr"] == pytest.approx(tpr_at_fpr(neg, pos, 0.1))
+        kept = out[(out["replicate"] == rep) & (out["attack"] == "explain")].set_index("positives")
+        assert kept.loc["flipped", "n_adv"] == 0 and np.isnan(kept.loc["flipped", "auc"])  # nothing flipped
+    broken = table[~((table["attack"] == "clean") & (table["index"] == 10) & (table["replicate"] == 1))]
+    with pytest.raises(InputError, match=r"m/r1 fgsm ε=0.1 squeeze: the clean and adversarial rows hold other"):
+        detection_summary(broken, n_resamples=100)

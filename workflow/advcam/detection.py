@@ -249,11 +249,11 @@ def detection_summary(table: pd.DataFrame, fpr: float = 0.05, confidence: float 
     alpha = (1 - confidence) / 2
     rows = []
     run_keys = ["model", "replicate", "score", "cam"]
-    clean = table[table["attack"] == "clean"]
+    clean = {k: c.drop_duplicates("index").set_index("index")["value"]
+             for k, c in table[table["attack"] == "clean"].groupby(run_keys, sort=False)}
     for key, g in table[table["attack"] != "clean"].groupby(DETECTION_KEYS, sort=False, dropna=False):
         k = dict(zip(DETECTION_KEYS, key))
-        c = clean[(clean[run_keys] == pd.Series({r: k[r] for r in run_keys})).all(1)]
-        c = c.drop_duplicates("index").set_index("index")["value"]
+        c = clean.get(tuple(k[r] for r in run_keys), pd.Series(dtype=float))
         g = g.drop_duplicates("index").set_index("index")
         if not c.index.equals(g.index):
             missing = sorted(set(c.index) ^ set(g.index))[:10]
