@@ -111,8 +111,9 @@ def test_paper_dag(tmp_path):
     cfg["dataset"]["root"] = str(root)
     c = job_counts(snakemake(tmp_path, "-n", config=cfg))
     assert "synth" not in c and c["prepare"] == 2  # 224 and 299
-    # fgsm, noise, bim, targeted mifgsm, explain, dual; pgdl2, apgd, square, cw, deepfool
-    assert c["train"] == 5 and c["attack"] == 5 * (4 + 4 + 3 + 3 + 3 + 3 + 3 * 5)
+    # fgsm, noise, bim, targeted mifgsm, explain, dual; pgdl2, apgd, square, cw, deepfool; adaptive
+    assert c["train"] == 5 and c["attack"] == 5 * (4 + 4 + 3 + 3 + 3 + 3 + 3 * 5 + 3)
+    assert c["detect"] == 5  # every detector score, one job per model
 
 
 def test_smoke_dag(tmp_path):
