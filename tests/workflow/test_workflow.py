@@ -306,7 +306,9 @@ def test_partial_reruns(smoke_run):
     assert c == {"explain_clean": 3, "attack": 21, "score": 3, "sanity": 3, "detect": 3, "summarise": 1, "plot": 1,
                  "gallery": 2, "all": 1}
     # a CAM method removed: no heatmap is recomputed; scores, summaries and galleries drop it
-    fewer_cams = {**cfg, "cams": ["gradcam"]}
+    # (the detection pair and the adaptive attack use eigencam: they are left out with it, which reruns nothing upstream)
+    without_adaptive = {k: v for k, v in cfg["attacks"].items() if k != "adaptive"}
+    fewer_cams = {**{k: v for k, v in cfg.items() if k != "detection"}, "cams": ["gradcam"], "attacks": without_adaptive}
     c = job_counts(snakemake(smoke_run, "-n", config=fewer_cams))
     assert c == {"score": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
     # the chance pairing reseeded: only scoring and the summaries; the sanity threshold: only the summaries; its
@@ -329,13 +331,16 @@ def test_partial_reruns(smoke_run):
     assert job_counts(snakemake(smoke_run, "-n", config=longer)) == {"attack": 3, "score": 3, "detect": 3,
                                                                         "summarise": 1, "plot": 1, "all": 1}
     # a detection setting changed: only the detection jobs and the summaries; the FPR read: only the summaries
-    quieter = {**cfg, "detection": {**cfg["detection"], "eps_d": 0.05, "scores": ["self_consistency", "squeeze"]}}
-    assert job_counts(snakemake(smoke_run, "-n", config=quieter)) == {"detect": 3, "summarise": 1, "plot": 1, "all": 1}
+    quieter = {**cfg, "detection": {**cfg["detection"], "eps_d": 0.05,
+                                    "scores": ["self_consistency", "disagreement", "squeeze"]}}
+    # (the adaptive attack evades this detector with its eps_d: its attack jobs and the scores rerun too)
+    assert job_counts(snakemake(smoke_run, "-n", config=quieter)) == {"attack": 3, "score": 3, "detect": 3, "summarise": 1,
+                                                                      "plot": 1, "all": 1}
     stricter_fpr = {**cfg, "detection": {**cfg["detection"], "fpr": 0.1}}
     assert job_counts(snakemake(smoke_run, "-n", config=stricter_fpr)) == {"summarise": 1, "plot": 1, "all": 1}
-    # detection dropped: nothing upstream reruns
-    off = {k: v for k, v in cfg.items() if k != "detection"}
-    assert job_counts(snakemake(smoke_run, "-n", config=off)) == {"summarise": 1, "plot": 1, "all": 1}
+    # detection dropped (with the adaptive attack, which evades it): nothing upstream reruns; the score jobs drop its rows
+    off = {**{k: v for k, v in cfg.items() if k != "detection"}, "attacks": without_adaptive}
+    assert job_counts(snakemake(smoke_run, "-n", config=off)) == {"score": 3, "summarise": 1, "plot": 1, "all": 1}
     # a transfer pair (a model at the source's size added): only that model's own jobs and the pair's
     pair = {**cfg, "models": {**cfg["models"], "resnet18": {"size": 64, "epochs": 1, "batch_size": 8}},
             "transfer": [{"source": "resnet50", "target": "resnet18"}]}
