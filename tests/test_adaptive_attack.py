@@ -102,7 +102,7 @@ def test_adaptive_attack_equals_the_minimal_loop(net, seed, score, targeted):
 @pytest.mark.parametrize("kwargs, message", [
     ({"score": "max_softmax"}, "score 'max_softmax'"),
     ({"lam": -1}, "lam"),
-    ({"draws": 0, "score": "self_consistency"}, "draws 0"),
+    ({"draws": 0, "score": "self_consistency"}, "draws must be an integer >= 1, got 0"),
     ({"pair": ("gradcam", "gradcam")}, "pair"),
     ({"pair": ("gradcam", "scorecam")}, "'scorecam' has no differentiable form"),
     ({"steps": 0}, "steps"),

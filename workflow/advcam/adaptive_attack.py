@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import check_eps, check_positive, check_steps, labels_on_device
+from .attacks import check_count, check_eps, check_positive, check_steps, labels_on_device
 from .errors import InputError
 from .explainers import check_differentiable, differentiable_cams, explain_cams
 from .explanation_attacks import map_dissimilarity, project_linf, start_point
@@ -102,8 +102,7 @@ def adaptive_attack(
         raise InputError(f"pair {tuple(pair)!r}: must name two different CAM methods")
     check_differentiable(methods)
     check_positive("eps_d", eps_d)
-    if isinstance(draws, bool) or int(draws) != draws or draws < 1:
-        raise InputError(f"draws {draws!r}: must be a whole number >= 1")
+    draws = check_count("draws", draws)
     if relu_beta is not None:
         check_positive("relu_beta", relu_beta, note=" (or None: the model's own ReLUs)")
     dev = model_device(model)
