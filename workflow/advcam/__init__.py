@@ -14,6 +14,7 @@ from ._version import __version__
 _EXPORTS = {
     **dict.fromkeys(["apply_sign", "bim", "fgsm", "gradient_sign", "mifgsm", "pgd", "random_sign"], "attacks"),
     "upsample_cam": "base_cam",
+    **dict.fromkeys(["ATTRIBUTION_METHODS", "attribution", "attribution_map"], "attributions"),
     **dict.fromkeys(["CAM_METHODS", "cam", "cams", "explain_cams", "gradcam"], "explainers"),
     **dict.fromkeys(["energy_in_mask", "pointing_game"], "localisation"),
     **dict.fromkeys(["PAPER_MODELS", "build_model", "relu_beta"], "models"),

@@ -25,6 +25,7 @@ __all__ = [
     "TrainSettings",
     "AttackSettings",
     "CamSettings",
+    "AttributionSettings",
     "ScoreSettings",
     "DetectionSettings",
     "SettingsError",
@@ -42,6 +43,9 @@ __all__ = [
     "SSIM_WINDOWS",
     "DETECTION_SCORES",
     "CAM_METHOD_NAMES",
+    "ATTRIBUTION_METHOD_NAMES",
+    "EXPLAINER_NAMES",
+    "IG_METHODS",
     "WORKFLOW_ONLY",
     "FROM_STUDY",
     "add_arguments",
@@ -99,6 +103,13 @@ SCORE_MEASURES = ("spearman", "topk", "com_shift")
 SSIM_WINDOWS = ("uniform", "gaussian")
 #: every CAM method (:data:`advcam.explainers.CAM_METHODS`; no torch here)
 CAM_METHOD_NAMES = DIFFERENTIABLE_CAMS + ("scorecam", "ablationcam")
+#: every gradient attribution (:data:`advcam.attributions.ATTRIBUTION_METHODS`; no torch here)
+ATTRIBUTION_METHOD_NAMES = ("saliency", "inputxgradient", "integrated_gradients", "smoothgrad", "guided_backprop",
+                            "guided_gradcam")
+#: every explainer a study's ``cams`` list can name: the CAMs, then the attributions (one name space)
+EXPLAINER_NAMES = CAM_METHOD_NAMES + ATTRIBUTION_METHOD_NAMES
+#: integrated_gradients' quadratures (Captum's ``method``)
+IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 #: detector scores of the detection stage (:mod:`advcam.detection`), each computed from the input alone
 DETECTION_SCORES = ("self_consistency", "disagreement", "max_softmax", "squeeze")
 
@@ -338,6 +349,25 @@ class CamSettings(_Settings):
         self._check(self.target in CAM_TARGETS, "target", f"choose one of {', '.join(CAM_TARGETS)}")
         self._number("batch_size", int, 1)
         self._check(isinstance(self.amp, bool), "amp", "must be true or false")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttributionSettings(_Settings):
+    """The gradient attributions' parameters: the config's ``attribution`` entry (used by the methods of
+    :data:`ATTRIBUTION_METHOD_NAMES` among the study's explainers; the CAMs ignore it)."""
+
+    n_steps: int = _opt(32, "integrated_gradients: integration nodes (>= 1; >= 2 for a Riemann rule)")
+    ig_method: str = _opt("gausslegendre", "integrated_gradients: the quadrature (Captum's method)", choices=IG_METHODS)
+    nt_samples: int = _opt(8, "smoothgrad: noisy copies per image (>= 1)")
+    stdevs: float = _opt(0.15, "smoothgrad: the noise's standard deviation on the [0,1] pixel scale (>= 0)")
+    seed: int = _opt(0, "smoothgrad: seed of the noise (an image's draws depend on it and its store position only)")
+
+    def __post_init__(self) -> None:
+        self._check(self.ig_method in IG_METHODS, "ig_method", f"choose one of {', '.join(IG_METHODS)}")
+        self._number("n_steps", int, 1 if self.ig_method == "gausslegendre" else 2)
+        self._number("nt_samples", int, 1)
+        self._number("stdevs", float, 0)
+        self._number("seed", int)
 
 
 @dataclass(frozen=True, kw_only=True)
