@@ -194,9 +194,9 @@ def test_principal_projection_matches_pgc_sign_corrected(seed):
 def test_bad_inputs_name_what_is_wrong():
     model = model_for("resnet50")
     x = torch.rand(1, 3, 67, 67)
-    with pytest.raises(ValueError, match=r"unknown CAM method 'gradcam\+\+'.*gradcampp.*ablationcam"):
+    with pytest.raises(ValueError, match=r"unknown explainer 'gradcam\+\+'.*gradcampp.*ablationcam.*saliency.*guided_gradcam"):
         advcam.cams(model, "layer4", x, ["gradcam", "gradcam++"])
-    with pytest.raises(ValueError, match="unknown CAM method 'score'"):
+    with pytest.raises(ValueError, match="unknown explainer 'score'"):
         advcam.cam(model, "layer4", x, method="score")
     with pytest.raises(TypeError, match="CAM layer 'fc' must output a 4-D tensor"):
         advcam.cam(model, "fc", x)

@@ -12,8 +12,10 @@ from advcam.settings import (
     ATTACK_PARAMS,
     ATTACKS,
     FROM_STUDY,
+    IG_METHODS,
     WORKFLOW_ONLY,
     AttackSettings,
+    AttributionSettings,
     CamSettings,
     DETECTION_SCORES,
     DetectionSettings,
@@ -45,6 +47,8 @@ def test_schema_keys_are_the_fields_plus_the_workflow_only_keys():
     assert set(SCHEMA["metrics"]["properties"]) | {"ssim"} == _fields(ScoreSettings) | set(WORKFLOW_ONLY["score"])
     assert set(SCHEMA["detection"]["properties"]) == _fields(DetectionSettings) | set(WORKFLOW_ONLY["detection"])
     assert tuple(SCHEMA["detection"]["properties"]["scores"]["items"]["enum"]) == DETECTION_SCORES
+    assert set(SCHEMA["attribution"]["properties"]) == _fields(AttributionSettings) | set(WORKFLOW_ONLY["attribution"])
+    assert tuple(SCHEMA["attribution"]["properties"]["ig_method"]["enum"]) == IG_METHODS
 
 
 def test_schema_defaults_are_the_fields_defaults_where_they_share_one():
@@ -58,6 +62,9 @@ def test_schema_defaults_are_the_fields_defaults_where_they_share_one():
         assert spec["default"] == cam[key], key
     assert ScoreSettings().k == SCHEMA["metrics"]["properties"]["k"]["default"]
     assert list(ScoreSettings().measures) == SCHEMA["metrics"]["properties"]["measures"]["default"]
+    attr = {f.name: f.default for f in dataclasses.fields(AttributionSettings)}
+    for key, spec in SCHEMA["attribution"]["properties"].items():
+        assert spec["default"] == attr[key], key
     det = {f.name: f.default for f in dataclasses.fields(DetectionSettings)}
     for key, spec in SCHEMA["detection"]["properties"].items():
         assert spec["default"] == (list(det[key]) if isinstance(det[key], tuple) else det[key]), key
@@ -96,6 +103,11 @@ def test_schema_defaults_are_the_fields_defaults_where_they_share_one():
     (ScoreSettings, {"k": 0}, "k"),
     (ScoreSettings, {"measures": ["spearman", "iou"]}, "measures"),
     (ScoreSettings, {"ssim": "box"}, "ssim"),
+    (AttributionSettings, {"n_steps": 0}, "n_steps"),
+    (AttributionSettings, {"ig_method": "riemann_left", "n_steps": 1}, "n_steps"),
+    (AttributionSettings, {"ig_method": "simpson"}, "ig_method"),
+    (AttributionSettings, {"nt_samples": 0}, "nt_samples"),
+    (AttributionSettings, {"stdevs": -0.1}, "stdevs"),
 ])
 def test_a_bad_value_names_its_key_and_value(cls, values, key):
     with pytest.raises(SettingsError, match=f"^({key}|unknown {key}) "):

@@ -224,8 +224,8 @@ def test_cam_methods_one_file_each(tiny_store, trained, tmp_path, capsys):
     # a file name that names no method, a method without a partner, a method named twice: named errors
     assert run("explain", "--model", model, "--data", tiny_store, "--out", clean[0], tmp_path / "maps.h5") == 2
     assert "maps.h5': cannot tell its CAM method" in capsys.readouterr().err
-    assert run("explain", "--model", model, "--data", tiny_store, "--out", tmp_path / "a.h5", "--cams", "gradcam", "smoothgrad") == 2
-    assert "unknown CAM method 'smoothgrad'" in capsys.readouterr().err
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", tmp_path / "a.h5", "--cams", "gradcam", "lime") == 2
+    assert "unknown explainer 'lime'" in capsys.readouterr().err
     assert run("score", "--clean", clean[0], clean[2], "--adv", adv[0], adv[1], "--out", tmp_path / "x.csv") == 2
     assert "holds eigencam maps but no adversarial file does" in capsys.readouterr().err
     assert run("score", "--clean", clean[0], clean[1], "--adv", adv[0], adv[0], "--out", tmp_path / "x.csv") == 2

@@ -141,7 +141,14 @@ def test_smoke_dag(tmp_path):
         ({"sanity": {"images": 1}}, "sanity: images 1"),
         ({"sanity": {"treshold": 0.5}}, "treshold"),
         ({"dataset": {"source": "synthetic", "maks": True}}, "maks"),
-        ({"cams": ["gradcam", "smoothgrad"]}, "'smoothgrad' is not one of ['gradcam', 'hirescam'"),
+        ({"cams": ["gradcam", "eigencam", "lime"]}, "'lime' is not one of ['gradcam', 'hirescam'"),
+        ({"attribution": {"n_steps": 0}}, "n_steps"),
+        ({"attribution": {"ig_method": "riemann_left", "n_steps": 1}}, "config: attribution: n_steps 1: must be >= 2"),
+        ({"attribution": {"nt_samples": 0}}, "nt_samples"),
+        ({"attribution": {"stdevs": -0.5}}, "stdevs"),
+        ({"attribution": {"ig_method": "simpson"}}, "simpson"),
+        ({"models": {"vit_tiny_patch16_224": {"size": 32}}},
+         "config: models: vit_tiny_patch16_224: has no nn.ReLU module, so guided_gradcam"),
         ({"cams": []}, "cams"),
         ({"attacks": {"bim": {"eps": [0.05], "steps": 0}}}, "steps"),
         ({"attacks": {"mifgsm": {"eps": [0.05], "alpha": 0}}}, "alpha"),
@@ -190,11 +197,11 @@ def test_bad_config_fails_before_any_job(tmp_path, patch, message):
 
 
 def test_the_schema_lists_every_cam_method():
-    from advcam import CAM_METHODS
+    from advcam.explainers import METHODS
 
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    assert tuple(schema["properties"]["cams"]["items"]["enum"]) == CAM_METHODS
-    assert load("configs/paper.yaml")["cams"] == list(CAM_METHODS)
+    assert tuple(schema["properties"]["cams"]["items"]["enum"]) == METHODS
+    assert load("configs/paper.yaml")["cams"] == list(METHODS)  # every CAM and every gradient attribution
     # the CPU default: a method of each family served by the shared pass (none that equals another on these
     # models, not the K-forward ones)
     assert load("config.yaml")["cams"] == ["gradcam", "gradcampp", "layercam", "eigencam", "eigengradcam"]

@@ -165,13 +165,15 @@ def _gather_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, target[:, None]).sum()
 
 
-def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(∂y_c/∂x (N,3,H,W), logits (N,C)) of one forward and one backward of ``x`` on the model's device, the logit
-    ``target`` (N,) of each image; parameters frozen, the model in eval mode, nothing kept."""
+    ``target`` (N,) of each image (None: its predicted class); parameters frozen, the model in eval mode, nothing
+    kept."""
     xg = x.detach().clone().requires_grad_(True)
     with eval_mode(model), frozen_parameters(model), torch.enable_grad():
         logits = model(xg)
-        (g,) = torch.autograd.grad(_gather_sum(logits, target), xg)
+        t = logits.detach().argmax(1) if target is None else target
+        (g,) = torch.autograd.grad(_gather_sum(logits, t), xg)
     return g, logits.detach().float()
 
 
@@ -192,7 +194,7 @@ def attributions_batch(
     model: nn.Module,
     x: torch.Tensor,
     methods: Iterable[str],
-    target: torch.Tensor,
+    target: torch.Tensor | None,
     *,
     gradcam_raw: torch.Tensor | None = None,
     n_steps: int = 50,
@@ -206,7 +208,7 @@ def attributions_batch(
     name: str | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """({method: attribution (N,3,H,W) float32}, logits (N,C) at ``x``) for one batch ``x`` (N,3,H,W) in [0,1] on
-    the model's device and the explained classes ``target`` (N,). saliency and inputxgradient share one forward and
+    the model's device and the explained classes ``target`` (N,) (None: each image's predicted class). saliency and inputxgradient share one forward and
     backward (which gives the logits; otherwise one forward without a graph does); guided_gradcam needs
     ``gradcam_raw`` (N,h,w), ReLU(Grad-CAM) of the CAM layer for the same classes. ``batch_size`` bounds the rows of
     integrated_gradients' and smoothgrad's passes. smoothgrad's noise: ``noise`` (N·nt_samples,3,H,W) when given,
@@ -221,6 +223,11 @@ def attributions_batch(
             out["saliency"] = g.abs()
         if "inputxgradient" in names:
             out["inputxgradient"] = x * g
+    if target is None:
+        if logits is None:
+            with eval_mode(model), torch.no_grad():
+                logits = model(x).float()
+        target = logits.argmax(1)
     if "integrated_gradients" in names:
         alphas, weights = ig_nodes(n_steps, ig_method)
         # Captum's scaled inputs: baseline + α·(x − baseline) with a float α, a black (zero) baseline

@@ -19,7 +19,9 @@ from ._version import __version__
 from .errors import AdvcamError, InputError
 from .settings import (
     ATTACKS,
+    EXPLAINER_NAMES,
     AttackSettings,
+    AttributionSettings,
     CamSettings,
     DetectionSettings,
     ScoreSettings,
@@ -69,17 +71,22 @@ def _add_common(p: argparse.ArgumentParser, device: bool = False) -> None:
 
 def _add_cam_options(p: argparse.ArgumentParser) -> None:
     """Options of the stages that write CAM heatmaps (attack --heatmaps, explain)."""
-    from .explainers import CAM_METHODS
-
     p.add_argument("--cams", nargs="+", metavar="METHOD",
-                   help="the CAM method of each heatmap file, in order (default: each file's name, <method>.h5; a "
-                        f"single file of another name gets gradcam). Methods: {', '.join(CAM_METHODS)}")
+                   help="the explainer of each heatmap file, in order (default: each file's name, <method>.h5; a "
+                        f"single file of another name gets gradcam). Methods: {', '.join(EXPLAINER_NAMES)}")
     p.add_argument("--name", help="model name to record in the heatmaps (default: the checkpoint's arch)")
     p.add_argument("--layer", help="override the checkpoint's Grad-CAM layer")
     p.add_argument("--target", choices=["predicted", "label"], default="predicted",
                    help="class each map explains: the predicted one or the true label")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast for the Grad-CAM on CUDA (maps moved by 9e-3 to 9e-2 vs fp32 on an H200)")
+    _add_attribution_option(p)
+
+
+def _add_attribution_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attribution", type=AttributionSettings.from_json, default=AttributionSettings(), metavar="JSON",
+                   help="the gradient attributions' settings as a JSON object (advcam.settings.AttributionSettings: "
+                        "n_steps, ig_method, nt_samples, stdevs, seed; default: its defaults)")
 
 
 def _cam_settings(args) -> CamSettings:
@@ -146,7 +153,8 @@ def cmd_attack(args) -> None:
     settings = from_arguments(AttackSettings, args)
     heatmaps = dict(zip(methods_for(args.heatmaps, args.cams), args.heatmaps)) if args.heatmaps else None
     a = run_attack(
-        args.model, args.data, args.out, settings, args.eps, cam=_cam_settings(args), sign_file=args.sign,
+        args.model, args.data, args.out, settings, args.eps, cam=_cam_settings(args), attribution=args.attribution,
+        sign_file=args.sign,
         transfer_from=args.transfer_from, clean_logits_file=args.clean_logits, heatmaps=heatmaps, layer=args.layer,
         name=args.name, device=_setup_torch(args), meta=_meta(args.meta),
     )
@@ -163,13 +171,14 @@ def cmd_explain(args) -> None:
     from .stages.explain import run_explain
 
     out = dict(zip(methods_for(args.out, args.cams), args.out))
-    outs = run_explain(args.model, args.data, out, cam=_cam_settings(args), attack_file=args.attack_file,
+    outs = run_explain(args.model, args.data, out, cam=_cam_settings(args), attribution=args.attribution,
+                       attack_file=args.attack_file,
                        sign_file=args.sign, layer=args.layer, name=args.name, device=_setup_torch(args),
                        meta=_meta(args.meta))
     for m, path in out.items():
         o = outs[m]
         print(f"{path}: {o.raw.shape[0]} {m} maps of {args.attack_file or 'the clean test set'}, "
-              f"CAM {tuple(o.raw.shape[1:])}, all-zero {int((o.raw.flatten(1).amax(1) == 0).sum())}")
+              f"raw map {tuple(o.raw.shape[1:])}, all-zero {int((o.raw.flatten(1).amax(1) == 0).sum())}")
 
 
 def cmd_score(args) -> None:
@@ -192,7 +201,7 @@ def cmd_sanity(args) -> None:
 
     out = dict(zip(methods_for(args.out, args.cams), args.out))
     df = run_sanity(args.model, args.data, out, images=args.images, seed=args.seed, target_mode=args.target,
-                    batch_size=args.batch_size, device=_setup_torch(args), name=args.name)
+                    batch_size=args.batch_size, device=_setup_torch(args), name=args.name, attribution=args.attribution)
     for (cam, blocks), g in df.groupby(["cam", "blocks"], sort=False):
         print(f"{args.name or args.model}: {cam} with {blocks} block(s) randomised ({g['block'].iloc[0]}): Spearman "
               f"{g['spearman'].mean():.3f}, NISSIM {g['nissim'].mean():.3f}")
@@ -354,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True, nargs="+", metavar="FILE",
                    help="per-image CSVs, one per CAM method, each named <method>.csv (or give --cams)")
-    s.add_argument("--cams", nargs="+", metavar="METHOD", help="the CAM method of each --out file, in order")
+    s.add_argument("--cams", nargs="+", metavar="METHOD", help="the explainer of each --out file, in order")
+    _add_attribution_option(s)
     s.add_argument("--images", type=int, default=16, help="test images (a seeded draw)")
     s.add_argument("--seed", type=int, default=0, help="seed of the draw and of the re-initialisation")
     s.add_argument("--target", choices=["predicted", "label"], default="predicted",

@@ -38,19 +38,21 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.fx as fx
 from timm.layers import get_notrace_functions, get_notrace_modules
 from torch import nn
 
-from .base_cam import CamOutput, LayerPass, layer_pass, upsample_cam
+from .attributions import ATTRIBUTION_METHODS, attribution_map, attributions_batch, image_noise_seed
+from .base_cam import CamOutput, LayerPass, _as_target, layer_pass, upsample_cam
 from .batching import batches
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device, resolve_layer
-from .settings import CAM_METHOD_NAMES, DIFFERENTIABLE_CAMS
+from .settings import CAM_METHOD_NAMES, DIFFERENTIABLE_CAMS, EXPLAINER_NAMES, AttributionSettings
 
 __all__ = [
-    "CAM_METHODS", "GRADIENT_METHODS", "DIFFERENTIABLE_METHODS", "cam", "cams", "cams_batch", "check_differentiable",
+    "CAM_METHODS", "METHODS", "GRADIENT_METHODS", "DIFFERENTIABLE_METHODS", "cam", "cams", "cams_batch", "check_differentiable",
     "differentiable_cams", "explain_cams", "network_after", "raw_cams", "principal_projection", "gradcam",
 ]
 
@@ -138,17 +140,22 @@ GRADIENT_METHODS: tuple[str, ...] = tuple(m for m in _FROM_PASS if m != "eigenca
 DIFFERENTIABLE_METHODS: tuple[str, ...] = tuple(_FROM_PASS)
 assert DIFFERENTIABLE_METHODS == DIFFERENTIABLE_CAMS, "advcam.settings.DIFFERENTIABLE_CAMS names these methods"
 assert set(CAM_METHODS) == set(CAM_METHOD_NAMES), "advcam.settings.CAM_METHOD_NAMES names every method"
+#: every explainer of a study, one name space: the CAMs, then the gradient attributions (:mod:`advcam.attributions`)
+METHODS: tuple[str, ...] = CAM_METHODS + ATTRIBUTION_METHODS
+assert METHODS == EXPLAINER_NAMES, "advcam.settings.EXPLAINER_NAMES names every explainer"
 
 
-def check_methods(methods: str | Iterable[str]) -> list[str]:
-    """The method names as a list without repeats; ValueError naming an unknown one and listing
-    :data:`CAM_METHODS`."""
+def check_methods(methods: str | Iterable[str], cams_only: bool = False) -> list[str]:
+    """The explainer names as a list without repeats; InputError naming an unknown one and listing :data:`METHODS`
+    (with ``cams_only``, :data:`CAM_METHODS`: where a gradient attribution has no meaning)."""
     names = [methods] if isinstance(methods, str) else list(methods)
+    known = CAM_METHODS if cams_only else METHODS
+    what = "CAM method" if cams_only else "explainer"
     for m in names:
-        if m not in CAM_METHODS:
-            raise InputError(f"unknown CAM method '{m}': choose from {', '.join(CAM_METHODS)}")
+        if m not in known:
+            raise InputError(f"unknown {what} '{m}': choose from {', '.join(known)}")
     if not names:
-        raise InputError(f"no CAM method given: choose from {', '.join(CAM_METHODS)}")
+        raise InputError(f"no {what} given: choose from {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
@@ -276,8 +283,8 @@ def raw_cams(
     """Raw maps of one batch for each method: ({method: (N,h,w) float32 ≥ 0}, the shared
     :class:`~advcam.base_cam.LayerPass`). ``x`` (N,3,H,W) in [0,1] on the model's device; ``batch_size``
     bounds the perturbed forwards of scorecam/ablationcam. The gradient is computed only when a
-    gradient method is asked for."""
-    names = check_methods(methods)
+    gradient method is asked for. CAM methods only (the attributions: :func:`explain_cams`)."""
+    names = check_methods(methods, cams_only=True)
     need_grad = any(m in GRADIENT_METHODS for m in names)
     raw: dict[str, torch.Tensor] = {}
     # eval mode for every pass, the perturbed forwards of scorecam/ablationcam included (as pgc sets it)
@@ -385,22 +392,58 @@ def explain_cams(
     batch_size: int = 64,
     amp: bool = False,
     out_device: str | torch.device | None = "cpu",
+    *,
+    attribution: AttributionSettings | None = None,
+    index: torch.Tensor | np.ndarray | None = None,
+    name: str | None = None,
 ) -> dict[str, CamOutput]:
-    """Every method's full result for ``x`` (N,3,H,W) in [0,1] or uint8, batched on the model's device:
-    {method: :class:`~advcam.base_cam.CamOutput`} with the maps (N,H,W) in [0,1], the raw maps (N,h,w),
-    and the logits and explained classes of the shared forward (the same object for every method).
+    """Every explainer's full result for ``x`` (N,3,H,W) in [0,1] or uint8, batched on the model's device:
+    {method: :class:`~advcam.base_cam.CamOutput`} with the maps (N,H,W) in [0,1], the raw maps (N,h,w), and the
+    logits and explained classes of the shared forward (the same object for every method).
+
+    ``methods``: any of :data:`METHODS`. A gradient attribution's raw map is
+    :func:`advcam.attributions.attribution_map` at the input's size (Σ_c |attribution|), its map that min-maxed;
+    ``attribution`` holds their parameters (default :class:`~advcam.settings.AttributionSettings`), smoothgrad's
+    noise drawn per image from (its seed, the image's ``index``: store positions (N,), default 0…N−1), so an image's
+    clean and adversarial maps share their draws. They run in float32 whatever ``amp``. guided_gradcam takes the
+    Grad-CAM of ``layer`` from the CAMs' shared pass. ``name``: the model's name in errors (guided backprop on a
+    model without ``nn.ReLU`` modules).
 
     What the explain and attack stages write, one file per method. ``out_device``: where the results go
     ("cpu", for writing to disk); None keeps them on the model's device. Other arguments as in :func:`cams`.
     """
     names = check_methods(methods)
+    cam_names = [m for m in names if m in CAM_METHODS]
+    attr_names = [m for m in names if m in ATTRIBUTION_METHODS]
+    pass_names = cam_names + (["gradcam"] if "guided_gradcam" in attr_names and "gradcam" not in cam_names else [])
+    settings = attribution or AttributionSettings()
+    index = np.arange(x.shape[0]) if index is None else np.asarray(index)
+    if len(index) != x.shape[0]:
+        raise InputError(f"{len(index)} image positions (index) for {x.shape[0]} images")
     dev = model_device(model)
     parts: dict[str, list[CamOutput]] = {m: [] for m in names}
     for sl, xb in batches(x, batch_size, dev):
         tb = None if target is None else torch.as_tensor(target)[sl].to(dev)
-        maps, raw, lp = cams_batch(model, layer, xb, names, tb, batch_size, amp)
-        logits, tgt = (lp.logits, lp.target) if out_device is None else (lp.logits.to(out_device), lp.target.to(out_device))
-        for m in names:  # the shared logits and targets moved once, not once per method
+        maps: dict[str, torch.Tensor] = {}
+        raw: dict[str, torch.Tensor] = {}
+        logits = tgt = None
+        if pass_names:
+            maps, raw, lp = cams_batch(model, layer, xb, pass_names, tb, batch_size, amp)
+            logits, tgt = lp.logits, lp.target
+        if attr_names:
+            seeds = [image_noise_seed(settings.seed, i) for i in index[sl]]
+            attrs, alog = attributions_batch(
+                model, xb, attr_names, tgt if tgt is not None else tb, gradcam_raw=raw.get("gradcam"),
+                n_steps=settings.n_steps, ig_method=settings.ig_method, nt_samples=settings.nt_samples,
+                stdevs=settings.stdevs, noise_seeds=seeds, batch_size=batch_size, name=name)
+            if logits is None:
+                logits, tgt = alog, _as_target(tb, alog)
+            for m in attr_names:
+                raw[m] = attribution_map(attrs[m])
+                maps[m] = upsample_cam(raw[m], xb.shape[-2:])
+        if out_device is not None:  # the shared logits and targets moved once, not once per method
+            logits, tgt = logits.to(out_device), tgt.to(out_device)
+        for m in names:
             parts[m].append(CamOutput(maps[m], raw[m], logits, tgt) if out_device is None
                             else CamOutput(maps[m].to(out_device), raw[m].to(out_device), logits, tgt))
     return {m: CamOutput.cat(v) for m, v in parts.items()}

@@ -16,8 +16,7 @@ import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path
 from .detection import roc_auc, roc_curve
-from .explainers import CAM_METHODS
-from .settings import ATTACKS
+from .settings import ATTACKS, EXPLAINER_NAMES
 
 __all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "plot_transfer", "plot_localisation",
            "plot_sanity", "plot_claims", "plot_roc", "mean_over_runs", "save"]
@@ -76,10 +75,10 @@ def _norms(frame: pd.DataFrame) -> list[str]:
 
 
 def _cam_order(frame: pd.DataFrame) -> list[str]:
-    """The CAM methods of ``frame`` in the order of :data:`advcam.explainers.CAM_METHODS` (others after)."""
+    """The CAM methods of ``frame`` in the order of :data:`advcam.settings.EXPLAINER_NAMES` (others after)."""
 
     present = list(frame["cam"].unique())
-    return [m for m in CAM_METHODS if m in present] + sorted(m for m in present if m not in CAM_METHODS)
+    return [m for m in EXPLAINER_NAMES if m in present] + sorted(m for m in present if m not in EXPLAINER_NAMES)
 
 
 def _panels(n: int, width: float = 3.4, height: float = 2.8, max_cols: int = 3, sharey: bool = True):

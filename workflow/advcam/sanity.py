@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import InputError
 from .explainers import explain_cams
+from .settings import AttributionSettings
 
 __all__ = ["randomisation_blocks", "reinitialise", "cascading_randomisation", "flag"]
 
@@ -75,11 +76,15 @@ def cascading_randomisation(
     target: torch.Tensor,
     seed: int = 0,
     batch_size: int = 64,
+    attribution: AttributionSettings | None = None,
+    index: Sequence[int] | None = None,
 ) -> Iterator[tuple[int, str, dict[str, torch.Tensor]]]:
     """Yield (number of randomised blocks, the block just randomised, {method: maps (N,H,W) in [0,1]}) for the
     trained model (0, ``"none"``) and after each further block of :func:`randomisation_blocks`, from the
     output down. ``x`` (N,3,H,W) in [0,1] or uint8; ``target`` (N,) the classes explained at every step.
-    Changes ``model`` in place (its weights are gone afterwards)."""
+    Changes ``model`` in place (its weights are gone afterwards). ``methods``: any explainers
+    (:func:`advcam.explainers.explain_cams`, with ``attribution`` and the images' store positions ``index``: a
+    smoothgrad map draws the same noise at every step)."""
 
     blocks = randomisation_blocks(model)
     gen_state = torch.random.get_rng_state()
@@ -88,7 +93,7 @@ def cascading_randomisation(
         for step in range(len(blocks) + 1):
             if step:
                 reinitialise(blocks[step - 1][1])
-            outs = explain_cams(model, layer, x, list(methods), target, batch_size)
+            outs = explain_cams(model, layer, x, list(methods), target, batch_size, attribution=attribution, index=index)
             yield step, "none" if step == 0 else blocks[step - 1][0], {m: o.maps for m, o in outs.items()}
     finally:
         torch.random.set_rng_state(gen_state)

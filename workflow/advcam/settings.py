@@ -470,13 +470,14 @@ WORKFLOW_ONLY: dict[str, tuple[str, ...]] = {
     "train": ("arch", "size", "replicates", "priority"),  # the rule's --arch, the store, the runs, the scheduling
     "attack": ("eps",),  # each ε is its own job
     "cam": (),
+    "attribution": (),
     "score": (),  # the config's metrics entry and its top-level ssim
     "detection": (),
 }
 #: fields of each family the workflow fills from the study's top-level keys, not from the family's entries
 FROM_STUDY: dict[str, tuple[str, ...]] = {
     # the explanation attacks use the study's SSIM window; the adaptive attack the detection entry's pair, noise, draws
-    "train": (), "attack": ("ssim", "pair", "eps_d", "draws"), "cam": (), "score": (),
+    "train": (), "attack": ("ssim", "pair", "eps_d", "draws"), "cam": (), "attribution": (), "score": (),
     "detection": (),
 }
 

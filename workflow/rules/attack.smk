@@ -54,7 +54,7 @@ rule attack:
         "python -m advcam attack --model {input.model} --data {input.data} --attack {wildcards.attack} "
         "--eps {wildcards.eps} --settings {params.settings:q} {params.transfer} {params.sign} "
         "--clean-logits {input.gradient} --out {output.attack} --heatmaps {output.heatmaps} "
-        "--name {wildcards.model} --target {params.target} {params.amp} --batch-size {params.batch} "
+        "--name {wildcards.model} --target {params.target} {params.amp} {params.attribution} --batch-size {params.batch} "
         "--device {params.device} --threads {threads} > {log} 2>&1"
 
 

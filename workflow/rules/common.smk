@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from advcam.settings import ATTACKS as ATTACK_NAMES
 from advcam.settings import EXPLANATION_ATTACKS
 from advcam.settings import WORKFLOW_ONLY, AttackSettings, CamSettings, ScoreSettings, SettingsError, TrainSettings
 from advcam.settings import DetectionSettings
+from advcam.settings import ATTRIBUTION_METHOD_NAMES, AttributionSettings
 
 if not ATTACKS:
     raise ValueError("config: attacks: give at least one attack with a non-empty eps list")
@@ -136,6 +138,11 @@ for _name in set(ATTACKS) & set(EXPLANATION_ATTACKS) - {"adaptive"}:  # the adap
             f"({', '.join(CAMS)}): its map would not be scored"
         )
 CAM_SETTINGS = _settings(CamSettings, "cam", config["cam"], "cam")
+# the gradient attributions among the study's explainers, and their parameters (passed only when there is one, so
+# that a change to them reruns no job of a CAM-only study)
+ATTRIBUTIONS = [m for m in CAMS if m in ATTRIBUTION_METHOD_NAMES]
+ATTRIBUTION_SETTINGS = _settings(AttributionSettings, "attribution", config["attribution"], "attribution")
+ATTRIBUTION_ARG = f"--attribution {shlex.quote(ATTRIBUTION_SETTINGS.to_json())}" if ATTRIBUTIONS else ""
 # the white-box tables carry the chance reference; a transfer table's would repeat its target's
 SCORE_SETTINGS = _settings(ScoreSettings, "metrics", {**config["metrics"], "ssim": config["ssim"]}, "score")
 TRANSFER_SCORE_SETTINGS = dataclasses.replace(SCORE_SETTINGS, chance_seed=None)
@@ -147,6 +154,7 @@ CAM_PARAMS = dict(
     target=CAM_SETTINGS.target,
     batch=CAM_SETTINGS.batch_size,
     amp="--amp" if CAM_SETTINGS.amp else "",
+    attribution=ATTRIBUTION_ARG,
     device=DEVICE,
 )
 
@@ -162,6 +170,18 @@ def _check_models():
             raise ValueError(f"config: models: {key}: unknown model '{arch}' (not a timm architecture)")
         if spec["pretrained_file"] and not Path(spec["pretrained_file"]).is_file():
             raise ValueError(f"config: models: {key}: pretrained_file '{spec['pretrained_file']}' does not exist")
+    guided = [m for m in CAMS if m in ("guided_backprop", "guided_gradcam")]
+    if guided:  # guided backprop rewrites nn.ReLU modules: a network without one cannot be given it
+        import torch
+
+        for key, spec in MODELS.items():
+            with torch.device("meta"):  # the architecture without weights: no memory, no time
+                net = timm.create_model(timm_name(spec["arch"] or key), num_classes=2)
+            if not any(type(m) is torch.nn.ReLU for m in net.modules()):
+                raise ValueError(
+                    f"config: models: {key}: has no nn.ReLU module, so {', '.join(guided)} (guided backprop) cannot "
+                    "be given to it; drop it from cams or the model from the study"
+                )
 
 
 # Only where the run is planned: a job's own snakemake (inside a SLURM job, or a subprocess) re-parses this file,

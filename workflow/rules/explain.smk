@@ -22,7 +22,8 @@ rule explain_clean:
         **CAM_PARAMS,
     shell:
         "python -m advcam explain --model {input.model} --data {input.data} --out {output} --name {wildcards.model} "
-        "--target {params.target} --batch-size {params.batch} {params.amp} --device {params.device} --threads {threads} "
+        "--target {params.target} --batch-size {params.batch} {params.amp} {params.attribution} --device {params.device} "
+        "--threads {threads} "
         "> {log} 2>&1"
 
 
@@ -96,8 +97,9 @@ rule sanity:
         seed=config["sanity"]["seed"],
         target=CAM_SETTINGS.target,
         batch=CAM_SETTINGS.batch_size,
+        attribution=ATTRIBUTION_ARG,
         device=DEVICE,
     shell:
         "python -m advcam sanity --model {input.model} --data {input.data} --out {output} --name {wildcards.model} "
-        "--images {params.images} --seed {params.seed} --target {params.target} "
+        "--images {params.images} --seed {params.seed} --target {params.target} {params.attribution} "
         "--batch-size {params.batch} --device {params.device} --threads {threads} > {log} 2>&1"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..explainers import CAM_METHODS, check_methods
+from ..explainers import METHODS, check_methods
 from .store import provenance, read_attrs, read_h5, write_h5
 
 __all__ = ["HeatmapPair", "methods_for", "require_finite", "heatmap_record", "heatmap_attrs", "write_heatmaps", "read_pairs",
@@ -52,13 +52,13 @@ def methods_for(paths: Sequence[str | os.PathLike], cams: Sequence[str] | None =
             raise InputError(f"give one CAM method per output file, without repeats: {len(paths)} file(s), "
                              f"methods {' '.join(cams)}")
         return names
-    if len(paths) == 1 and paths[0].stem not in CAM_METHODS:
+    if len(paths) == 1 and paths[0].stem not in METHODS:
         return ["gradcam"]
     names = []
     for p in paths:
-        if p.stem not in CAM_METHODS:
+        if p.stem not in METHODS:
             raise InputError(f"'{p}': cannot tell its CAM method from the name; name each file <method>.h5 with "
-                             f"<method> one of {', '.join(CAM_METHODS)}, or pass --cams")
+                             f"<method> one of {', '.join(METHODS)}, or pass --cams")
         names.append(p.stem)
     if len(set(names)) != len(names):
         raise InputError(f"two output files for one CAM method: {' '.join(map(str, paths))}")

@@ -24,7 +24,7 @@ from ..io.attack_file import h5_keys, stored_perturbation
 from ..io.heatmap_file import heatmap_attrs, require_finite, write_heatmaps
 from ..io.store import provenance, read_attrs, read_h5, write_h5
 from ..models import predict
-from ..settings import ATTACK_PARAMS, AttackSettings, CamSettings, SettingsError
+from ..settings import ATTACK_PARAMS, AttackSettings, AttributionSettings, CamSettings, SettingsError
 from .runtime import load_for_inference, replicate_of, test_set
 
 __all__ = ["run_gradient", "run_attack"]
@@ -60,6 +60,7 @@ def run_attack(
     eps: float,
     *,
     cam: CamSettings = CamSettings(),
+    attribution: AttributionSettings = AttributionSettings(),
     sign_file: str | os.PathLike | None = None,
     transfer_from: str | os.PathLike | None = None,
     clean_logits_file: str | os.PathLike | None = None,
@@ -79,7 +80,8 @@ def run_attack(
     (and explains) instead of attacking it. ``clean_logits_file``: the gradient file, whose clean logits are
     reused. ``heatmaps``: {CAM method: path} to also write the adversarial maps (:mod:`advcam.io.heatmap_file`),
     made in the same forward pass as the predictions, of ``layer`` (default: the checkpoint's), for the class
-    and with the batch size and precision of ``cam``. Returns the attack file's attributes (acc_clean, acc_adv,
+    and with the batch size and precision of ``cam`` (any explainer: ``attribution`` holds the gradient attributions'
+    parameters). Returns the attack file's attributes (acc_clean, acc_adv,
     success_rate, …)."""
 
     try:
@@ -145,7 +147,8 @@ def run_attack(
         if methods:
             # one forward (and one logit→layer backward) gives the adversarial prediction and every method's map
             outs = explain_cams(model, layer, xa, methods, None if cam.target == "predicted" else y[sl], batch_size,
-                                amp=cam.amp)
+                                amp=cam.amp, attribution=attribution, index=idx[sl],
+                                name=name or info["arch"])
             for m, o in outs.items():
                 cams[m].append(o)
             preds.append(outs[methods[0]].pred)

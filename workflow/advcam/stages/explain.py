@@ -15,7 +15,7 @@ from ..explainers import explain_cams
 from ..io.attack_file import stored_perturbation
 from ..io.heatmap_file import heatmap_attrs, write_heatmaps
 from ..io.store import read_attrs, read_h5
-from ..settings import CamSettings
+from ..settings import AttributionSettings, CamSettings
 from .runtime import load_for_inference, replicate_of, test_set
 
 __all__ = ["run_explain"]
@@ -27,6 +27,7 @@ def run_explain(
     out: Mapping[str, str | os.PathLike],
     *,
     cam: CamSettings = CamSettings(),
+    attribution: AttributionSettings = AttributionSettings(),
     attack_file: str | os.PathLike | None = None,
     sign_file: str | os.PathLike | None = None,
     layer: str | None = None,
@@ -38,7 +39,8 @@ def run_explain(
     ``model_path``, one heatmap file per method (``out``: {CAM method: path}). Clean images, or with
     ``attack_file`` (the attack stage's output; ``sign_file``, the gradient stage's, for untargeted FGSM) the
     same adversarial images the attack stage classified. ``layer`` defaults to the checkpoint's;
-    ``cam``: the class each map explains, images per batch, bf16 autocast on CUDA. Returns {method: CamOutput} (on the CPU)."""
+    ``cam``: the class each map explains, images per batch, bf16 autocast on CUDA; ``attribution``: the gradient
+    attributions' parameters (for those among ``out``'s methods). Returns {method: CamOutput} (on the CPU)."""
     target_mode, amp, batch_size = cam.target, cam.amp, cam.batch_size
     methods = list(out)
     model, info = load_for_inference(model_path, torch.device(device))
@@ -58,7 +60,8 @@ def run_explain(
         if attack != "clean":
             xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
                          None if delta is None else delta[sl], seed=seed)
-        outs = explain_cams(model, layer, xb, methods, None if target_mode == "predicted" else y[sl], batch_size, amp=amp)
+        outs = explain_cams(model, layer, xb, methods, None if target_mode == "predicted" else y[sl], batch_size, amp=amp,
+                            attribution=attribution, index=idx[sl], name=name or info["arch"])
         for m, o in outs.items():
             cams[m].append(o)
     outs = {m: CamOutput.cat(v) for m, v in cams.items()}

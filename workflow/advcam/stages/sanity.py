@@ -11,6 +11,7 @@ import torch
 from ..atomic import atomic_path
 from ..errors import InputError
 from ..explainers import check_methods
+from ..settings import AttributionSettings
 from ..models import predict
 from ..references import derangement
 from ..sanity import cascading_randomisation
@@ -31,14 +32,15 @@ def run_sanity(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     name: str | None = None,
+    attribution: AttributionSettings = AttributionSettings(),
 ):
     """The sanity stage: ``images`` test images of the store ``data`` (a seeded draw, at most the whole test
     set) explained by the checkpoint ``model_path`` at every step of :func:`cascading_randomisation`, each
     step compared with the trained model's maps. ``out``: {CAM method: CSV path}; each method's per-image table
     is written atomically to its path (model, replicate, cam, blocks (how many randomised), block (the last one), index,
     spearman, nissim, zero_cam, and the chance level on the same images — spearman_chance and nissim_chance
-    between the trained maps of the image and of its partner in a seeded derangement). Returns all of them in
-    one table."""
+    between the trained maps of the image and of its partner in a seeded derangement). ``attribution``: the
+    gradient attributions' parameters. Returns all of them in one table."""
 
 
     methods = check_methods(list(out))
@@ -52,7 +54,8 @@ def run_sanity(
     target = predict(model, x, batch_size).argmax(1) if target_mode == "predicted" else y
     perm = torch.as_tensor(derangement(len(idx), seed))
     rows, trained, chance = [], None, {}
-    for step, block, maps in cascading_randomisation(model, layer, x, methods, target, seed, batch_size):
+    for step, block, maps in cascading_randomisation(model, layer, x, methods, target, seed, batch_size, attribution,
+                                                     idx):
         if trained is None:
             trained = maps
             chance = {m: {"spearman_chance": spearman(maps[m], maps[m][perm]).numpy(),
