@@ -193,6 +193,45 @@ class Bench:
                         {"target": "≥ 5x pgc (GPU)"} if meth in ("scorecam", "ablationcam") else {}))
             self.row("cams", arch, f"  pytorch-grad-cam {classes[meth].__name__}", t_ref, k)
 
+    def attributions(self, arch, m, x, y, n_steps: int = 16, nt_samples: int = 4):
+        """Every gradient attribution, ours (``advcam.attribution``) against Captum's class of the same name at the
+        same batch: ``2N`` rows per pass for integrated_gradients and smoothgrad (Captum's ``internal_batch_size``
+        and ``nt_samples_batch_size``), the N images for the others; the floor is the forward+backward passes to
+        the input the method needs (``advcam.attributions.input_gradients`` on the same rows)."""
+        from captum.attr import (GuidedBackprop, GuidedGradCam, InputXGradient, IntegratedGradients, NoiseTunnel,
+                                 Saliency)
+
+        from advcam.attributions import ATTRIBUTION_METHODS, input_gradients
+
+        layer = PAPER_MODELS[arch].layer
+        n, it, rows = x.shape[0], self.iters, 2 * x.shape[0]
+        t = m(x).argmax(1).detach()
+        big = torch.cat([x] * (rows // n))
+        t_pass = timed(lambda: input_gradients(m, big, torch.cat([t] * (rows // n))), self.dev, iters=it)
+        t_one = timed(lambda: input_gradients(m, x, t), self.dev, iters=it)
+        passes = {"integrated_gradients": n_steps * n / rows, "smoothgrad": nt_samples * n / rows}
+        refs = {
+            "saliency": lambda: Saliency(m).attribute(x, target=t),
+            "inputxgradient": lambda: InputXGradient(m).attribute(x, target=t),
+            "integrated_gradients": lambda: IntegratedGradients(m).attribute(x, target=t, n_steps=n_steps,
+                                                                              internal_batch_size=rows),
+            "smoothgrad": lambda: NoiseTunnel(Saliency(m)).attribute(x, nt_type="smoothgrad", target=t,
+                                                                     nt_samples=nt_samples, stdevs=0.15,
+                                                                     nt_samples_batch_size=rows // n),
+            "guided_backprop": lambda: GuidedBackprop(m).attribute(x, target=t),
+            "guided_gradcam": lambda: GuidedGradCam(m, m.net.get_submodule(layer)).attribute(x, target=t),
+        }
+        for meth in ATTRIBUTION_METHODS:
+            kw = {"integrated_gradients": dict(n_steps=n_steps, batch_size=rows),
+                  "smoothgrad": dict(nt_samples=nt_samples, stdevs=0.15, batch_size=rows),
+                  "guided_gradcam": dict(layer=layer)}.get(meth, {})
+            t_ours = timed(lambda: advcam.attribution(m, x, meth, t, **kw), self.dev, iters=it)
+            t_ref = timed(refs[meth], self.dev, iters=it)
+            floor = t_pass * passes[meth] if meth in passes else t_one
+            self.row("attributions", arch, f"advcam {meth}", t_ours, n, vs_ref=t_ref / t_ours, ours_over_floor=t_ours / floor,
+                     **({"target": "≥ 2x Captum (CPU)"} if meth == "integrated_gradients" else {}))
+            self.row("attributions", arch, f"  Captum {meth}", t_ref, n)
+
     def fgsm(self, arch, m, x, y):
         import torchattacks
 
@@ -521,7 +560,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=None, help="subset of resnet50 vgg16 inception_v3 xception")
     p.add_argument("--stages", nargs="+",
                    default=["gradcam", "cams", "fgsm", "iterative", "l2", "explanation", "ssim", "train", "pipeline"],
-                   help="gradcam cams cams_perturbation fgsm iterative l2 explanation ssim train pipeline (l2: PGD-L2, CW, "
+                   help="gradcam cams cams_perturbation attributions fgsm iterative l2 explanation ssim train pipeline "
+                        "(attributions: the six gradient attributions against Captum's; l2: PGD-L2, CW, "
                         "DeepFool, APGD, Square; explanation: the "
                         "keep-label and dual attacks on the map; cams_perturbation: ScoreCAM and "
                         "AblationCAM, K forwards per image: minutes on a CPU)")
@@ -546,7 +586,8 @@ def main(argv=None) -> int:
     versions = {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(), "advcam": advcam.__version__}
     from importlib.metadata import PackageNotFoundError, version
 
-    for mod, dist in (("pytorch_grad_cam", "grad-cam"), ("torchattacks", "torchattacks"), ("skimage", "scikit-image")):
+    for mod, dist in (("pytorch_grad_cam", "grad-cam"), ("torchattacks", "torchattacks"), ("skimage", "scikit-image"),
+                      ("captum", "captum")):
         try:
             versions[mod] = version(dist)
         except PackageNotFoundError:
@@ -560,6 +601,8 @@ def main(argv=None) -> int:
             b.gradcam(arch, m, x, y)
         if "cams" in args.stages or "cams_perturbation" in args.stages:
             b.cams(arch, m, x, y, perturbation="cams_perturbation" in args.stages)
+        if "attributions" in args.stages:
+            b.attributions(arch, m, x, y)
         if "fgsm" in args.stages:
             b.fgsm(arch, m, x, y)
         if "iterative" in args.stages:

@@ -185,6 +185,8 @@ def test_attribution_map_is_the_cam_tail(seed):
     (dict(method="smoothgrad", nt_samples=0), "nt_samples must be a whole number >= 1, got 0"),
     (dict(method="smoothgrad", stdevs=-0.1), "stdevs must be a number >= 0, got -0.1"),
     (dict(method="guided_gradcam"), "guided_gradcam needs the Grad-CAM layer"),
+    (dict(method="saliency", target=7), r"target classes must lie in \[0, 4\]"),
+    (dict(method="integrated_gradients", target=[1, 2]), "target has 2 entries for 1 images"),
 ])
 def test_bad_arguments(kw, msg):
     model = model_for("resnet50")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -211,8 +212,10 @@ def test_the_schema_lists_every_cam_method():
 def test_smoke_end_to_end(smoke_run):
     res = smoke_run / "results"
     s = pd.read_csv(res / "summary" / "mod_vid.csv")
-    # run (model, replicate) × cam × (fgsm and noise at 2 ε, explain and dual at 1, the chance reference)
-    assert len(s) == 3 * 2 * (2 * 2 + 3 + 1)
+    # run (model, replicate) × explainer (2 CAMs, 3 attributions) × (fgsm and noise at 2 ε, explain, dual and adaptive
+    # at 1, the chance reference)
+    cams = {"gradcam", "eigencam", "saliency", "smoothgrad", "guided_gradcam"}
+    assert len(s) == 3 * 5 * (2 * 2 + 3 + 1)
     assert set(s["model"]) == {"resnet50", "vgg16"}
     assert set(s["attack"]) == {"fgsm", "noise", "explain", "dual", "adaptive", "chance"}
     kept = s[s["attack"] == "explain"]  # keep the label, move the map: no prediction changes
@@ -244,9 +247,11 @@ def test_smoke_end_to_end(smoke_run):
     assert claims["verdict"].isin(["supported", "contradicted", "inconclusive", "skipped"]).all()
     s = s[s["replicate"] == 0]
     san = pd.read_csv(res / "summary" / "sanity.csv")
-    assert set(san["model"]) == {"resnet50", "vgg16"} and set(san["cam"]) == {"gradcam", "eigencam"}
+    assert set(san["model"]) == {"resnet50", "vgg16"} and set(san["cam"]) == cams
     assert san["blocks"].max() == 6 and san.loc[san["blocks"] == 0, "nissim_mean"].eq(0).all()
-    assert set(s["cam"]) == {"gradcam", "eigencam"}
+    assert set(s["cam"]) == cams
+    # the robustness columns of every run: standard training here, and each run's mean gradient–image alignment
+    assert s["adv_train"].eq("none").all() and s["robust_acc"].isna().all() and s["alignment"].between(0, 1).all()
     # the predictions do not depend on the method
     assert s.groupby(["model", "attack", "eps"])["acc_adv"].nunique().eq(1).all()
     assert set(s["eps"]) == {0.05, 0.1} and set(s.loc[s["attack"].isin(["explain", "dual"]), "eps"]) == {0.1}
@@ -260,9 +265,15 @@ def test_smoke_end_to_end(smoke_run):
     assert s["spearman_mean"].between(-1, 1).all() and s["topk_mean"].between(0, 1).all()
     assert (s["com_shift_mean"] >= 0).all()
     v = pd.read_csv(res / "summary" / "vid.csv")
-    assert len(v) == 12 and v["vid"].between(0, 1).all() and set(v["attack"]) == {"fgsm", "noise"}  # 1-ε attacks: none and set(v["cam"]) == {"gradcam", "eigencam"}
+    assert len(v) == 3 * 5 * 2 and v["vid"].between(0, 1).all() and set(v["attack"]) == {"fgsm", "noise"}  # 1-ε attacks: none
+    assert set(v["cam"]) == cams
     assert "training_flag" in v and set(v["replicate"]) == {0, 1}
-    for m in ("gradcam", "eigencam"):
+    # an attribution's raw map is at the input's size (the CAMs' at their layer's); the clean files hold the alignment
+    with h5py.File(res / "heatmaps" / "vgg16" / "r0" / "clean" / "saliency.h5") as f:
+        assert f["raw"].shape == f["maps"].shape and f["alignment"].shape == f["index"].shape
+    with h5py.File(res / "heatmaps" / "vgg16" / "r0" / "clean" / "gradcam.h5") as f:
+        assert f["raw"].shape[1:] < f["maps"].shape[1:]
+    for m in cams:
         assert (res / "heatmaps" / "vgg16" / "r0" / "clean" / f"{m}.h5").is_file()
         assert (res / "heatmaps" / "vgg16" / "r0" / "fgsm" / "0.1" / f"{m}.h5").is_file()
         assert (res / "heatmaps" / "resnet50" / "r1" / "fgsm" / "0.1" / f"{m}.h5").is_file()
@@ -292,6 +303,11 @@ def test_partial_reruns(smoke_run):
     c = job_counts(snakemake(smoke_run, "-n", config=more_reps))
     assert c == {"train": 1, "gradient": 1, "explain_clean": 1, "attack": 7, "score": 1, "sanity": 1, "detect": 1,
                  "summarise": 1, "plot": 1, "all": 1}
+    # an attribution setting reruns every job that writes heatmaps and what reads them, as a CAM setting does; a
+    # study without attributions is not passed it (dropping the last attribution reruns them too, for that reason)
+    c = job_counts(snakemake(smoke_run, "-n", config={**cfg, "attribution": {"nt_samples": 3}}))
+    assert c == {"attack": 21, "explain_clean": 3, "sanity": 3, "detect": 3, "gallery": 2, "score": 3, "summarise": 1,
+                 "plot": 1, "all": 1}
     fewer_reps = {**cfg, "models": {**models, "resnet50": {**models["resnet50"], "replicates": 1}}}
     assert job_counts(snakemake(smoke_run, "-n", config=fewer_reps)) == {"summarise": 1, "plot": 1, "all": 1}
     assert job_counts(snakemake(smoke_run, "-n", config={**cfg, "min_accuracy": 0.5})) == {"summarise": 1, "plot": 1,
@@ -315,7 +331,8 @@ def test_partial_reruns(smoke_run):
     # a CAM method removed: no heatmap is recomputed; scores, summaries and galleries drop it
     # (the detection pair and the adaptive attack use eigencam: they are left out with it, which reruns nothing upstream)
     without_adaptive = {k: v for k, v in cfg["attacks"].items() if k != "adaptive"}
-    fewer_cams = {**{k: v for k, v in cfg.items() if k != "detection"}, "cams": ["gradcam"], "attacks": without_adaptive}
+    fewer_cams = {**{k: v for k, v in cfg.items() if k != "detection"}, "attacks": without_adaptive,
+                  "cams": [m for m in cfg["cams"] if m != "eigencam"]}
     c = job_counts(snakemake(smoke_run, "-n", config=fewer_cams))
     assert c == {"score": 3, "summarise": 1, "plot": 1, "gallery": 2, "all": 1}
     # the chance pairing reseeded: only scoring and the summaries; the sanity threshold: only the summaries; its

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base_cam import _as_target, layer_pass
+from .base_cam import layer_pass
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device
 from .settings import ATTRIBUTION_METHOD_NAMES, IG_METHODS
@@ -162,6 +162,10 @@ def smoothgrad_noise(x: torch.Tensor, nt_samples: int, stdevs: float, generator:
 
 
 def _gather_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target.shape != logits.shape[:1]:
+        raise InputError(f"target has {target.numel()} entries for {logits.shape[0]} images")
+    if bool(((target < 0) | (target >= logits.shape[1])).any()):
+        raise InputError(f"target classes must lie in [0, {logits.shape[1] - 1}]")
     return logits.gather(1, target[:, None]).sum()
 
 
@@ -206,15 +210,21 @@ def attributions_batch(
     noise: torch.Tensor | None = None,
     batch_size: int = 64,
     name: str | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    need_logits: bool = True,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """({method: attribution (N,3,H,W) float32}, logits (N,C) at ``x``) for one batch ``x`` (N,3,H,W) in [0,1] on
     the model's device and the explained classes ``target`` (N,) (None: each image's predicted class). saliency and inputxgradient share one forward and
     backward (which gives the logits; otherwise one forward without a graph does); guided_gradcam needs
     ``gradcam_raw`` (N,h,w), ReLU(Grad-CAM) of the CAM layer for the same classes. ``batch_size`` bounds the rows of
     integrated_gradients' and smoothgrad's passes. smoothgrad's noise: ``noise`` (N·nt_samples,3,H,W) when given,
     else drawn by :func:`smoothgrad_noise` from ``generator`` or per image from ``noise_seeds``. ``name``: the
-    model's name in errors. Other parameters as in :func:`attribution`."""
+    model's name in errors. ``need_logits`` False: no forward is run only to return the logits (None then, unless
+    a pass gave them). Other parameters as in :func:`attribution`."""
     names = check_attributions(methods)
+    if target is not None:
+        target = torch.as_tensor(target, device=x.device).long().view(-1)
+        if target.numel() == 1 and len(x) != 1:
+            target = target.expand(len(x))
     out: dict[str, torch.Tensor] = {}
     logits = None
     if "saliency" in names or "inputxgradient" in names:
@@ -255,7 +265,7 @@ def attributions_batch(
                 raise InputError("guided_gradcam needs the Grad-CAM of the CAM layer (gradcam_raw)")
             up = F.interpolate(gradcam_raw[:, None].to(gb.dtype), size=tuple(x.shape[-2:]), mode="nearest")
             out["guided_gradcam"] = gb * up
-    if logits is None:
+    if logits is None and need_logits:
         with eval_mode(model), torch.no_grad():
             logits = model(x).float()
     return {m: out[m] for m in names}, logits
@@ -297,6 +307,8 @@ def attribution(
     if method == "smoothgrad":  # drawn for the whole call, as Captum draws it: the batching does not change it
         nt_samples = _whole("nt_samples", nt_samples, 1)
         noise = smoothgrad_noise(x, nt_samples, stdevs, generator)
+    if target is not None and torch.as_tensor(target).numel() not in (1, x.shape[0]):
+        raise InputError(f"target has {torch.as_tensor(target).numel()} entries for {x.shape[0]} images")
     parts = []
     for s in range(0, x.shape[0], batch_size):
         xb = x[s:s + batch_size].to(dev)
@@ -304,19 +316,18 @@ def attribution(
         if tb is not None and tb.numel() > 1:
             tb = tb[s:s + batch_size]
         raw_cam = None
+        tt = None if tb is None else tb.to(dev)
         if method == "guided_gradcam":
             if layer is None:
                 raise InputError("guided_gradcam needs the Grad-CAM layer: pass layer=")
             with eval_mode(model):
-                lp = layer_pass(model, layer, xb, None if tb is None else tb.to(dev))
+                lp = layer_pass(model, layer, xb, tt)
             tt = lp.target
             raw_cam = (lp.grads.mean(dim=(2, 3), keepdim=True) * lp.acts).sum(1).clamp_min(0)
-        else:
-            with eval_mode(model), torch.no_grad():
-                tt = _as_target(None if tb is None else tb.to(dev), model(xb))
         nb = None if noise is None else noise[s * nt_samples:(s + len(xb)) * nt_samples]
         a, _ = attributions_batch(model, xb, [method], tt, gradcam_raw=raw_cam, n_steps=n_steps, ig_method=ig_method,
-                                  nt_samples=nt_samples, stdevs=stdevs, noise=nb, batch_size=batch_size)
+                                  nt_samples=nt_samples, stdevs=stdevs, noise=nb, batch_size=batch_size,
+                                  need_logits=False)
         parts.append(a[method].to(x.device))
     return torch.cat(parts)
 

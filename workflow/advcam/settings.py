@@ -23,6 +23,7 @@ from .errors import InputError
 
 __all__ = [
     "TrainSettings",
+    "AdvTrainSettings",
     "AttackSettings",
     "CamSettings",
     "AttributionSettings",
@@ -30,6 +31,7 @@ __all__ = [
     "DetectionSettings",
     "SettingsError",
     "OPTIMIZERS",
+    "ADV_TRAIN_ATTACKS",
     "ATTACKS",
     "ATTACK_PARAMS",
     "L2_ATTACKS",
@@ -54,6 +56,8 @@ __all__ = [
 
 #: optimisers of the training loop
 OPTIMIZERS = ("adamw", "sgd")
+#: adversarial training's attacks: PGD (Madry et al. 2018) and FGSM from a random start (Wong, Rice & Kolter 2020)
+ADV_TRAIN_ATTACKS = ("pgd", "fgsm_rs")
 #: the attacks (the workflow's attack wildcard; :data:`advcam.attack_registry.REGISTRY` holds each one's function)
 ATTACKS = ("fgsm", "noise", "pgd", "bim", "mifgsm", "explain", "dual", "pgdl2", "apgd", "square", "cw", "deepfool",
            "adaptive")
@@ -176,6 +180,43 @@ class _Settings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdvTrainSettings(_Settings):
+    """Adversarial training (a model entry's ``adv_train``): every training batch is replaced by its adversarial
+    version under ``attack`` at L∞ radius ``eps`` ([0,1] pixel scale) before the step. ``pgd``: ``steps`` steps of
+    size ``alpha`` from a uniform random start in the ε-ball (Madry et al. 2018; defaults 7 steps, α = 2.5·ε/steps);
+    ``fgsm_rs``: one step of α from a uniform random start (Wong, Rice & Kolter 2020; steps 1, α = 1.25·ε). Unset
+    ``steps``/``alpha`` take those defaults here, so the JSON a job gets holds the values it ran with."""
+
+    attack: str = _opt("fgsm_rs", "the attack of adversarial training", choices=ADV_TRAIN_ATTACKS)
+    eps: float = _opt(8 / 255, "L∞ radius on the [0,1] pixel scale, in (0, 1]")
+    steps: int | None = _opt(None, "attack steps (pgd; default 7; fgsm_rs takes 1)")
+    alpha: float | None = _opt(None, "step size (default: pgd 2.5·eps/steps, fgsm_rs 1.25·eps)")
+
+    def __post_init__(self) -> None:
+        self._check(self.attack in ADV_TRAIN_ATTACKS, "attack", f"choose one of {', '.join(ADV_TRAIN_ATTACKS)}")
+        self._number("eps", float, 0, 1, open_lo=True)
+        pgd = self.attack == "pgd"
+        if self.steps is None:
+            object.__setattr__(self, "steps", 7 if pgd else 1)
+        self._number("steps", int, 1)
+        self._check(pgd or self.steps == 1, "steps", "fgsm_rs takes exactly one step (use pgd for more)")
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", 2.5 * self.eps / self.steps if pgd else 1.25 * self.eps)
+        self._number("alpha", float, 0, open_lo=True)
+
+
+def _json_object(text: str) -> dict:
+    """A command-line JSON object (argparse ``type``); SettingsError otherwise."""
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SettingsError(f"not a JSON object: {e}") from None
+    if v is not None and not isinstance(v, dict):
+        raise SettingsError(f"not a JSON object: {text!r}")
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainSettings(_Settings):
     """How one model is built and fine-tuned: a model entry of the config, less :data:`WORKFLOW_ONLY` ``["train"]``.
 
@@ -201,6 +242,9 @@ class TrainSettings(_Settings):
     layer: str | None = _opt(None, "Grad-CAM target layer (default: the paper's, else timm feature_info[-1])")
     pretrained: bool = _opt(False, "timm ImageNet weights (needs network or a warm cache)")
     pretrained_file: str | None = _opt(None, "local weights file loaded through timm")
+    adv_train: AdvTrainSettings | None = _opt(None, "adversarial training as a JSON object {attack: pgd|fgsm_rs, eps, "
+                                                    "steps, alpha} (advcam.settings.AdvTrainSettings; none: standard)",
+                                              type=_json_object, metavar="JSON")
 
     def __post_init__(self) -> None:
         self._number("epochs", int, 1)
@@ -213,6 +257,21 @@ class TrainSettings(_Settings):
         self._number("augment", float, 0)
         self._number("pixel_noise", float, 0, 1)
         self._number("pixel_noise_from", int, 1)
+        if isinstance(self.adv_train, Mapping):
+            try:
+                object.__setattr__(self, "adv_train", AdvTrainSettings.from_mapping(self.adv_train))
+            except SettingsError as e:
+                raise SettingsError(f"adv_train: {e}") from None
+        self._check(self.adv_train is None or isinstance(self.adv_train, AdvTrainSettings), "adv_train",
+                    "must be an object {attack, eps, steps, alpha} or none")
+
+    def to_json(self) -> str:
+        """One line of JSON, keys sorted; ``adv_train`` only when set, so the recipe of a standard model (and the
+        training jobs of results made before adversarial training existed) stays as it was."""
+        d = self.as_dict()
+        if d["adv_train"] is None:
+            d.pop("adv_train")
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
         self._number("seed", int)
         self._check(self.amp in (None, True, False), "amp", "must be null (auto), true or false")
         self._check(isinstance(self.pretrained, bool), "pretrained", "must be true or false")

@@ -324,8 +324,11 @@ def training_flags(table: pd.DataFrame, reports: pd.DataFrame | None = None, min
                    confidence: float = 0.95) -> pd.DataFrame:
     """One row per training run (model, replicate) of the score ``table``: its clean test accuracy (n, correct,
     acc_clean from the white-box rows' clean predictions, one per test image), n_classes (from ``reports``,
-    :func:`read_train_reports`; else the labels the table holds), arch, and ``training_flag``
-    (:func:`advcam.replicates.training_flag`: ``ok``, ``at chance``, ``below min_accuracy``)."""
+    :func:`read_train_reports`; else the labels the table holds), arch, ``training_flag``
+    (:func:`advcam.replicates.training_flag`: ``ok``, ``at chance``, ``below min_accuracy``), and what makes a robust
+    model comparable with a standard one: ``adv_train`` and ``robust_acc`` from ``reports`` ("none" and NaN without),
+    and ``alignment``, the mean over the run's test images of Etmann et al.'s |⟨x, ∇ₓ y_c⟩| / (‖x‖·‖∇ₓ y_c‖) (the
+    table's per-image ``alignment``; NaN where it has none)."""
     table = check_table(table)
     own = table[table["source_model"] == table["model"]]
     rep_info = {} if reports is None else {(r.model, int(r.replicate)): r for r in reports.itertuples()}
@@ -337,9 +340,12 @@ def training_flags(table: pd.DataFrame, reports: pd.DataFrame | None = None, min
         n_classes = int(info.num_classes) if info is not None else int(table.loc[table["model"] == model, "label"].nunique())
         rows.append({"model": model, "replicate": int(rep), "arch": info.arch if info is not None else model, "n": n,
                      "correct": correct, "acc_clean": correct / n, "n_classes": n_classes,
-                     "training_flag": training_flag(correct, n, n_classes, min_accuracy, confidence)})
+                     "training_flag": training_flag(correct, n, n_classes, min_accuracy, confidence),
+                     "adv_train": getattr(info, "adv_train", "none") if info is not None else "none",
+                     "robust_acc": float(getattr(info, "robust_acc", np.nan)) if info is not None else np.nan,
+                     "alignment": float(first["alignment"].mean()) if "alignment" in first else np.nan})
     return pd.DataFrame(rows, columns=["model", "replicate", "arch", "n", "correct", "acc_clean", "n_classes",
-                                       "training_flag"])
+                                       "training_flag", "adv_train", "robust_acc", "alignment"])
 
 
 def _usable(flags: pd.DataFrame) -> set[tuple[str, int]]:

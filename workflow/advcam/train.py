@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .adversarial_training import adversarial_batch
 from .errors import InputError
 from .models import model_device, predict
 from .precision import Precision, choose_precision, probe_batch_for
@@ -131,6 +132,8 @@ def train_model(
     ``pixel_noise_from`` is the first epoch (1-based) that adds it. Models that learn slowly from scratch
     (Inception-v3 here) lose accuracy when noise comes from the start, and keep it when the noise
     starts once the clean task is half learnt.
+    ``settings.adv_train``: adversarial training, each batch (after augmentation and noise) replaced by
+    :func:`advcam.adversarial_training.adversarial_batch` before the step.
     The learning rate warms up linearly for ``warmup_epochs`` then follows a cosine to zero.
     A NaN or infinite loss raises :class:`TrainingDiverged` naming the epoch and step (on the CPU at that
     step; on CUDA, where a per-step check would stall the device, at the end of that epoch).
@@ -203,6 +206,8 @@ def train_model(
                 noise = torch.randn(xb.shape, device=dev, generator=gen, dtype=xb.dtype)
                 xb = (xb + sigma * noise).clamp_(0, 1)
             xb = xb.contiguous(memory_format=fmt)
+            if c.adv_train is not None:  # the batch replaced by its adversarial version (advcam.adversarial_training)
+                xb = adversarial_batch(model, xb, yb, c.adv_train, gen, amp)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=c.label_smoothing)

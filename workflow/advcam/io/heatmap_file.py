@@ -7,7 +7,8 @@ method to a study only adds files and removing one touches none. Datasets:
 * ``maps`` (N,H,W) float32 in [0,1]: the normalised map at input size (all zero when ``raw`` is);
 * ``raw`` (N,h,w) float32 ≥ 0: the method's map at the layer's resolution (``upsample_cam(raw)`` = ``maps``);
 * ``logits`` (N,C) float32, ``pred`` and ``target`` (N,) int64 (the explained class), ``labels``, ``index``
-  (N,) (position in the prepared store), ``zero_cam`` (N,) bool, and for FGSM/noise ``zero_grad`` (N,) bool.
+  (N,) (position in the prepared store), ``zero_cam`` (N,) bool, and for FGSM/noise ``zero_grad`` (N,) bool; the
+  clean files also ``alignment`` (N,) float32, each image's gradient–image alignment (Etmann et al. 2019).
 
 File attributes: ``cam`` (the method), ``model``, ``replicate`` (the training run), ``arch``, ``layer``, ``attack``, ``eps``, ``seed``,
 ``target_mode``, ``input_size``, ``cam_size``, ``amp`` and provenance.

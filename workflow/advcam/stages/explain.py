@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..adversarial_training import alignment
 from ..attacks import perturb
 from ..base_cam import CamOutput
 from ..batching import batches
@@ -15,6 +16,7 @@ from ..explainers import explain_cams
 from ..io.attack_file import stored_perturbation
 from ..io.heatmap_file import heatmap_attrs, write_heatmaps
 from ..io.store import read_attrs, read_h5
+from ..models import model_device
 from ..settings import AttributionSettings, CamSettings
 from .runtime import load_for_inference, replicate_of, test_set
 
@@ -40,7 +42,9 @@ def run_explain(
     ``attack_file`` (the attack stage's output; ``sign_file``, the gradient stage's, for untargeted FGSM) the
     same adversarial images the attack stage classified. ``layer`` defaults to the checkpoint's;
     ``cam``: the class each map explains, images per batch, bf16 autocast on CUDA; ``attribution``: the gradient
-    attributions' parameters (for those among ``out``'s methods). Returns {method: CamOutput} (on the CPU)."""
+    attributions' parameters (for those among ``out``'s methods). The clean files also hold ``alignment`` (N,),
+    Etmann et al.'s |⟨x, ∇ₓ y_c⟩| / (‖x‖·‖∇ₓ y_c‖) of each image for its predicted class
+    (:func:`advcam.adversarial_training.alignment`). Returns {method: CamOutput} (on the CPU)."""
     target_mode, amp, batch_size = cam.target, cam.amp, cam.batch_size
     methods = list(out)
     model, info = load_for_inference(model_path, torch.device(device))
@@ -56,6 +60,7 @@ def run_explain(
         if not np.array_equal(stored, idx):
             raise InputError(f"{attack_file}: test indices do not match {data}; rerun the attack stage")
     cams: dict[str, list] = {m: [] for m in methods}
+    align: list[np.ndarray] = []
     for sl, xb in batches(x, batch_size):  # on the CPU: explain_cams moves each batch
         if attack != "clean":
             xb = perturb(xb, attack, eps, idx[sl], None if sign is None else sign[sl],
@@ -64,8 +69,11 @@ def run_explain(
                             attribution=attribution, index=idx[sl], name=name or info["arch"])
         for m, o in outs.items():
             cams[m].append(o)
+        if attack == "clean":  # one more forward and backward: how each clean image aligns with its saliency
+            align.append(alignment(model, xb.to(model_device(model))).cpu().numpy())
     outs = {m: CamOutput.cat(v) for m, v in cams.items()}
+    extra = {"alignment": np.concatenate(align).astype(np.float32)} if align else None
     write_heatmaps(out, outs, y.numpy(), idx, zero, model_path,
                    heatmap_attrs(name or info["arch"], info["arch"], layer, attack, eps, seed, target_mode, x.shape[-1],
-                                 amp, meta, replicate_of(info)))
+                                 amp, meta, replicate_of(info)), extra)
     return outs

@@ -93,6 +93,8 @@ def score(
             "attack": attrs.get("attack"), "eps": float(attrs.get("eps")), "norm": attrs.get("norm", "Linf"),
             "index": c["index"], "label": c["labels"], "pred_clean": c["pred"], "pred_adv": pred_adv, **scores,
             "zero_cam_clean": c["zero_cam"], "zero_cam_adv": zero_adv,
+            # the clean image's gradient–image alignment (Etmann et al. 2019; clean files written before it: NaN)
+            "alignment": c["alignment"] if "alignment" in c else np.nan,
             "zero_grad": a["zero_grad"] if a is not None and "zero_grad" in a else False,
             "targeted": attrs.get("targeted", "none"),
             "attack_target": a["attack_target"] if a is not None and "attack_target" in a else -1,

@@ -50,17 +50,21 @@ def read_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
 
 def read_train_reports(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """model, replicate, arch, num_classes, test_acc of each train.json at ``paths`` (the train stage's
-    reports; ``model`` is the study's name for the model, its arch where the report has none)."""
+    """model, replicate, arch, num_classes, test_acc, adv_train (``none``, or e.g. ``pgd eps=0.0314 steps=7``) and
+    robust_acc (accuracy under PGD at the training ε; NaN for a standard model) of each train.json at ``paths`` (the
+    train stage's reports; ``model`` is the study's name for the model, its arch where the report has none)."""
 
     rows = []
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"train report '{p}' does not exist")
         r = json.loads(Path(p).read_text())
+        at = r.get("adv_train")
         rows.append({"model": r.get("model") or r["arch"], "replicate": int(r.get("replicate", 0)), "arch": r["arch"],
-                     "num_classes": int(r["num_classes"]), "test_acc": float(r.get("test_acc", float("nan")))})
-    return pd.DataFrame(rows, columns=["model", "replicate", "arch", "num_classes", "test_acc"])
+                     "num_classes": int(r["num_classes"]), "test_acc": float(r.get("test_acc", float("nan"))),
+                     "adv_train": "none" if not at else f"{at['attack']} eps={at['eps']:.4g} steps={at['steps']}",
+                     "robust_acc": float(r.get("robust_acc", float("nan")))})
+    return pd.DataFrame(rows, columns=["model", "replicate", "arch", "num_classes", "test_acc", "adv_train", "robust_acc"])
 
 
 def summarise(
@@ -98,7 +102,8 @@ def summarise(
     table = check_table(read_scores(scores))
     reports = read_train_reports(train_reports) if train_reports else None
     flags = training_flags(table, reports, min_accuracy, confidence)
-    flag_of = flags[["model", "replicate", "training_flag"]]
+    # every summary carries each run's flag and what tells a robust model from a standard one
+    flag_of = flags[["model", "replicate", "training_flag", "adv_train", "robust_acc", "alignment"]]
     summ = mod_vid(table, confidence=confidence, n_resamples=n_resamples, seed=seed).merge(
         flag_of, on=["model", "replicate"], how="left")
     sanity_table = None

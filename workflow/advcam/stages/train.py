@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import torch
 
 from .._version import __version__
+from ..adversarial_training import robust_accuracy
 from ..datasets import load_prepared
 from ..io.checkpoint import save_checkpoint
 from ..io.store import write_json
@@ -42,7 +43,9 @@ def run_training(
     ``replicate``: which training run of this model it is (0, 1, …); it trains with
     :func:`replicate_seed` (``settings.seed``, ``replicate``) on the same split, and the checkpoint, train.json and
     every output made from the checkpoint record it. ``name``: the study's name for the model (default ``arch``),
-    recorded as ``model``. Returns the result and the checkpoint's metadata."""
+    recorded as ``model``. ``settings.adv_train``: adversarial training; the report and checkpoint then also hold
+    ``robust_acc``, the test accuracy under PGD at the training ε (``robust_eps``). Returns the result and the
+    checkpoint's metadata."""
 
     dev = torch.device(device)
     ds = load_prepared(data)
@@ -67,10 +70,17 @@ def run_training(
         precision=precision, progress=progress, on_epoch=lambda rec: log_epoch(rec, settings.epochs),
     )
     test_acc = accuracy(predict(model, to_tensor_images(xs)), torch.as_tensor(ys))
+    robust = {}
+    if settings.adv_train is not None:  # robust accuracy under PGD at the training ε (10 steps of ε/4, seeded)
+        at = settings.adv_train
+        robust = {"robust_eps": at.eps, "robust_acc": robust_accuracy(model, to_tensor_images(xs), torch.as_tensor(ys),
+                                                                      at.eps, seed=train_seed)}
+        print(f"robust accuracy under PGD at the training eps {at.eps:g}: {robust['robust_acc']:.3f} "
+              f"(clean {test_acc:.3f})", flush=True)
     info = {"model": name or arch, "arch": arch, "timm_name": timm_name(arch), "num_classes": len(ds.identities), "identities": ds.identities,
             "input_size": size, "layer": layer, "pretrained": bool(settings.pretrained or settings.pretrained_file),
             "replicate": int(replicate), "config_seed": settings.seed, "train_seed": train_seed,
-            "best_epoch": res.best_epoch, "val_acc": res.best_val_acc, "test_acc": test_acc, "data": str(data),
+            "best_epoch": res.best_epoch, "val_acc": res.best_val_acc, "test_acc": test_acc, **robust, "data": str(data),
             "advcam_version": __version__, **dict(meta or {})}
     save_checkpoint(out, model, info)
     write_json(report or Path(out).with_name("train.json"), {
