@@ -642,3 +642,57 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_attributions_through_the_stages(tiny_store, trained, tmp_path, capsys):
+    """Gradient attributions are explainers of the explain, attack and score stages like the CAMs: a file each, the
+    raw map at the input's size, the same maps as the library's, smoothgrad's noise shared by the clean and the
+    adversarial run (the noise control at a tiny ε barely moves it), the clean files' alignment in the score rows."""
+    import advcam
+    from advcam.datasets import load_prepared
+    from advcam.models import to_tensor_images
+    from advcam.stages.runtime import load_for_inference
+
+    d, model = trained
+    methods = ["gradcam", "saliency", "smoothgrad", "guided_gradcam"]
+    settings = '{"nt_samples": 2, "stdevs": 0.1, "seed": 3}'
+    clean = [tmp_path / "clean" / f"{m}.h5" for m in methods]
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", *clean, "--attribution", settings) == 0
+    with h5py.File(clean[1]) as f:
+        assert f["raw"].shape == f["maps"].shape and f.attrs["cam"] == "saliency"
+        maps, align = f["maps"][()], f["alignment"][()]
+    assert ((align > 0) & (align <= 1)).all()
+    net, _ = load_for_inference(model, torch.device("cpu"))
+    _, x, _, _ = (lambda ds: (None, *ds.subset("test")))(load_prepared(tiny_store))
+    xs = to_tensor_images(x).float() / 255
+    np.testing.assert_allclose(maps, advcam.cams(net, "layer4", xs, ["saliency"])["saliency"].numpy(), atol=1e-5)
+    adv = [tmp_path / "noise" / f"{m}.h5" for m in methods]
+    assert run("attack", "--model", model, "--data", tiny_store, "--attack", "noise", "--eps", "0.001",
+               "--out", tmp_path / "noise.h5", "--heatmaps", *adv, "--attribution", settings) == 0
+    scores = tmp_path / "sc.csv"
+    assert run("score", "--clean", *clean, "--adv", *adv, "--out", scores) == 0
+    t = pd.read_csv(scores)
+    assert set(t["cam"]) == set(methods) and t["alignment"].between(0, 1).all()
+    assert t.loc[t["cam"] == "smoothgrad", "nissim"].max() < 0.05  # the same draws for clean and adversarial
+    capsys.readouterr()
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", clean[2], "--attribution",
+               '{"nt_samples": 0}') == 2
+    assert "nt_samples 0: must be >= 1" in capsys.readouterr().err
+    assert run("explain", "--model", model, "--data", tiny_store, "--out", clean[2], "--attribution", "[1]") == 2
+    assert "--attribution must be a JSON object, got '[1]'" in capsys.readouterr().err
+
+
+def test_adversarial_training_through_the_train_stage(tiny_store, tmp_path, capsys):
+    out = tmp_path / "at" / "model.pt"
+    assert run("train", "--data", tiny_store, "--arch", "resnet18", "--out", out, "--epochs", "1", "--batch-size", "8",
+               "--adv-train", '{"attack": "pgd", "eps": 0.03, "steps": 2}', "--no-progress") == 0
+    rep = json.loads((tmp_path / "at" / "train.json").read_text())
+    assert rep["adv_train"] == {"attack": "pgd", "eps": 0.03, "steps": 2, "alpha": pytest.approx(0.0375)}
+    assert rep["robust_eps"] == 0.03 and 0 <= rep["robust_acc"] <= rep["test_acc"] + 1e-9
+    assert "robust accuracy under PGD at the training eps 0.03" in capsys.readouterr().out
+    assert run("train", "--data", tiny_store, "--arch", "resnet18", "--out", out, "--epochs", "1",
+               "--adv-train", '{"attack": "fgsm_rs", "eps": 0.03, "steps": 3}', "--no-progress") == 2
+    assert "adv_train: steps 3: fgsm_rs takes exactly one step" in capsys.readouterr().err
+    assert run("train", "--data", tiny_store, "--arch", "resnet18", "--out", out, "--epochs", "1",
+               "--adv-train", "{oops", "--no-progress") == 2
+    assert "not a JSON object" in capsys.readouterr().err

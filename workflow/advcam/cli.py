@@ -84,9 +84,14 @@ def _add_cam_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_attribution_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--attribution", type=AttributionSettings.from_json, default=AttributionSettings(), metavar="JSON",
+    p.add_argument("--attribution", metavar="JSON",
                    help="the gradient attributions' settings as a JSON object (advcam.settings.AttributionSettings: "
                         "n_steps, ig_method, nt_samples, stdevs, seed; default: its defaults)")
+
+
+def _attribution_settings(args) -> AttributionSettings:
+    """The attribution settings of a command with :func:`_add_attribution_option` (SettingsError naming a bad one)."""
+    return AttributionSettings.from_json(args.attribution, "--attribution") if args.attribution else AttributionSettings()
 
 
 def _cam_settings(args) -> CamSettings:
@@ -153,7 +158,7 @@ def cmd_attack(args) -> None:
     settings = from_arguments(AttackSettings, args)
     heatmaps = dict(zip(methods_for(args.heatmaps, args.cams), args.heatmaps)) if args.heatmaps else None
     a = run_attack(
-        args.model, args.data, args.out, settings, args.eps, cam=_cam_settings(args), attribution=args.attribution,
+        args.model, args.data, args.out, settings, args.eps, cam=_cam_settings(args), attribution=_attribution_settings(args),
         sign_file=args.sign,
         transfer_from=args.transfer_from, clean_logits_file=args.clean_logits, heatmaps=heatmaps, layer=args.layer,
         name=args.name, device=_setup_torch(args), meta=_meta(args.meta),
@@ -171,7 +176,7 @@ def cmd_explain(args) -> None:
     from .stages.explain import run_explain
 
     out = dict(zip(methods_for(args.out, args.cams), args.out))
-    outs = run_explain(args.model, args.data, out, cam=_cam_settings(args), attribution=args.attribution,
+    outs = run_explain(args.model, args.data, out, cam=_cam_settings(args), attribution=_attribution_settings(args),
                        attack_file=args.attack_file,
                        sign_file=args.sign, layer=args.layer, name=args.name, device=_setup_torch(args),
                        meta=_meta(args.meta))
@@ -201,7 +206,7 @@ def cmd_sanity(args) -> None:
 
     out = dict(zip(methods_for(args.out, args.cams), args.out))
     df = run_sanity(args.model, args.data, out, images=args.images, seed=args.seed, target_mode=args.target,
-                    batch_size=args.batch_size, device=_setup_torch(args), name=args.name, attribution=args.attribution)
+                    batch_size=args.batch_size, device=_setup_torch(args), name=args.name, attribution=_attribution_settings(args))
     for (cam, blocks), g in df.groupby(["cam", "blocks"], sort=False):
         print(f"{args.name or args.model}: {cam} with {blocks} block(s) randomised ({g['block'].iloc[0]}): Spearman "
               f"{g['spearman'].mean():.3f}, NISSIM {g['nissim'].mean():.3f}")

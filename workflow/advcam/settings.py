@@ -147,13 +147,14 @@ class _Settings:
             raise SettingsError(str(e)) from None
 
     @classmethod
-    def from_json(cls: type[S], text: str) -> S:
+    def from_json(cls: type[S], text: str, flag: str = "--settings") -> S:
+        """Build from one JSON object given on the command line as ``flag``; SettingsError naming the flag."""
         try:
             values = json.loads(text)
         except json.JSONDecodeError as e:
-            raise SettingsError(f"--settings is not a JSON object: {e}") from None
+            raise SettingsError(f"{flag} is not a JSON object: {e}") from None
         if not isinstance(values, dict):
-            raise SettingsError(f"--settings must be a JSON object, got {text!r}")
+            raise SettingsError(f"{flag} must be a JSON object, got {text!r}")
         return cls.from_mapping(values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -205,14 +206,14 @@ class AdvTrainSettings(_Settings):
         self._number("alpha", float, 0, open_lo=True)
 
 
-def _json_object(text: str) -> dict:
-    """A command-line JSON object (argparse ``type``); SettingsError otherwise."""
+def _json_object(name: str, text: str) -> dict | None:
+    """The JSON object (or null) a command line gives for setting ``name``; SettingsError naming it otherwise."""
     try:
         v = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SettingsError(f"not a JSON object: {e}") from None
+        raise SettingsError(f"{name} {text!r}: not a JSON object ({e})") from None
     if v is not None and not isinstance(v, dict):
-        raise SettingsError(f"not a JSON object: {text!r}")
+        raise SettingsError(f"{name} {text!r}: not a JSON object")
     return v
 
 
@@ -244,7 +245,7 @@ class TrainSettings(_Settings):
     pretrained_file: str | None = _opt(None, "local weights file loaded through timm")
     adv_train: AdvTrainSettings | None = _opt(None, "adversarial training as a JSON object {attack: pgd|fgsm_rs, eps, "
                                                     "steps, alpha} (advcam.settings.AdvTrainSettings; none: standard)",
-                                              type=_json_object, metavar="JSON")
+                                              metavar="JSON")
 
     def __post_init__(self) -> None:
         self._number("epochs", int, 1)
@@ -257,11 +258,18 @@ class TrainSettings(_Settings):
         self._number("augment", float, 0)
         self._number("pixel_noise", float, 0, 1)
         self._number("pixel_noise_from", int, 1)
+        if isinstance(self.adv_train, str):  # the command line's --adv-train
+            object.__setattr__(self, "adv_train", _json_object("adv_train", self.adv_train))
         if isinstance(self.adv_train, Mapping):
             try:
                 object.__setattr__(self, "adv_train", AdvTrainSettings.from_mapping(self.adv_train))
             except SettingsError as e:
                 raise SettingsError(f"adv_train: {e}") from None
+        self._number("seed", int)
+        self._check(self.amp in (None, True, False), "amp", "must be null (auto), true or false")
+        self._check(isinstance(self.pretrained, bool), "pretrained", "must be true or false")
+        self._check(not (self.pixel_noise > 0 and self.pixel_noise_from > self.epochs), "pixel_noise_from",
+                    f"is after the last epoch ({self.epochs}), so pixel_noise would never be added")
         self._check(self.adv_train is None or isinstance(self.adv_train, AdvTrainSettings), "adv_train",
                     "must be an object {attack, eps, steps, alpha} or none")
 
@@ -272,11 +280,6 @@ class TrainSettings(_Settings):
         if d["adv_train"] is None:
             d.pop("adv_train")
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
-        self._number("seed", int)
-        self._check(self.amp in (None, True, False), "amp", "must be null (auto), true or false")
-        self._check(isinstance(self.pretrained, bool), "pretrained", "must be true or false")
-        self._check(not (self.pixel_noise > 0 and self.pixel_noise_from > self.epochs), "pixel_noise_from",
-                    f"is after the last epoch ({self.epochs}), so pixel_noise would never be added")
 
 
 @dataclass(frozen=True, kw_only=True)
