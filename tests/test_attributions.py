@@ -146,13 +146,15 @@ def test_ig_nodes_are_captums():
 
 
 def test_integrated_gradients_completeness(seed):
-    """IG's axiom: the attributions sum to y_c(x) − y_c(0); the Gauss–Legendre rule gets there in few nodes."""
+    """IG's axiom: the attributions sum to y_c(x) − y_c(0). A ReLU network's gradient is piecewise constant along the
+    path, so the quadrature converges slowly: at 64 nodes 2 of 12 fresh draws missed by 11% (seeds 2124232070,
+    1559202180); at 256 all 12 and those two pass."""
     model = model_for("resnet50")
     x = torch.rand(2, 3, 67, 67)
     with torch.no_grad():
         pred = model(x).argmax(1)
         gap = (model(x) - model(torch.zeros_like(x))).gather(1, pred[:, None])[:, 0]
-    a = advcam.attribution(model, x, "integrated_gradients", n_steps=64)
+    a = advcam.attribution(model, x, "integrated_gradients", n_steps=256)
     np.testing.assert_allclose(a.flatten(1).sum(1).numpy(), gap.numpy(), rtol=0.05, atol=0.05 * gap.abs().max().item())
 
 
