@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import check_count, check_eps, check_positive, check_steps, labels_on_device
+from .attacks import check_count, check_eps, check_positive, check_steps, labels_on_device, project_linf
 from .errors import InputError
 from .explainers import check_differentiable, differentiable_cams, explain_cams
-from .explanation_attacks import map_dissimilarity, project_linf, start_point
+from .explanation_attacks import map_dissimilarity, start_point
 from .models import frozen_parameters, model_device, relu_beta as smooth_copy
 
 __all__ = ["ADAPTIVE_SCORES", "detector_score", "adaptive_attack"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import pgd
+from .attacks import pgd, project_linf
 from .attributions import input_gradients
 from .batching import batches
 from .errors import InputError
@@ -45,8 +45,8 @@ def adversarial_batch(
             with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(adv)
             (g,) = torch.autograd.grad(F.cross_entropy(logits.float(), y), adv)
-            adv = (x + (adv.detach() + alpha * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
-    return adv.detach()
+            adv = project_linf(adv.detach() + alpha * g.sign(), x, eps)
+    return adv
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,

@@ -27,6 +27,7 @@ from .settings import ATTACKS, TARGET_RULES
 
 __all__ = [
     "ATTACKS",
+    "project_linf",
     "check_eps",
     "gradient_sign",
     "GradientSign",
@@ -217,10 +218,14 @@ def _iterate(
             # an image with an all-zero gradient keeps a zero step (torchattacks divides 0 by 0: NaN images)
             g = g / m.masked_fill(m == 0, 1) + decay * momentum
             momentum = g
-        adv = adv.detach() + alpha * g.sign()
-        delta = (adv - x0).clamp(-eps, eps)
-        adv = (x0 + delta).clamp(0, 1).detach()
+        adv = project_linf(adv.detach() + alpha * g.sign(), x0, eps)
     return adv.to(x.device)
+
+
+def project_linf(adv: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
+    """``adv`` projected onto the L∞ ball of radius ε around ``x0`` and onto [0, 1], detached: every L∞ iterate's
+    last step (the iterative attacks here, the explanation and adaptive attacks, adversarial training)."""
+    return (x0 + (adv - x0).clamp(-eps, eps)).clamp(0, 1).detach()
 
 
 def pgd(

@@ -182,14 +182,15 @@ def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor | No
 
 
 def _rows_gradients(model: nn.Module, rows: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, n: int,
-                    batch_size: int) -> torch.Tensor:
+                    batch_size: int, absolute: bool = False) -> torch.Tensor:
     """Σ_k weights[k]·∂y_c/∂x at the rows (K·N,3,H,W) (row k·N + i is image i's k-th point; ``target`` (N,)), in
-    forward+backward chunks of ``batch_size`` rows, accumulated per image: (N,3,H,W)."""
+    forward+backward chunks of ``batch_size`` rows, accumulated per image: (N,3,H,W); ``absolute``: of |∂y_c/∂x|."""
     total = torch.zeros((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
     image = torch.arange(rows.shape[0], device=rows.device) % n
     w = weights.to(rows.device, rows.dtype).repeat_interleave(n)
     for s in range(0, rows.shape[0], batch_size):
         g, _ = input_gradients(model, rows[s:s + batch_size], target[image[s:s + batch_size]])
+        g = g.abs() if absolute else g
         total.index_add_(0, image[s:s + batch_size], g * w[s:s + batch_size, None, None, None])
     return total
 
@@ -205,7 +206,6 @@ def attributions_batch(
     ig_method: str = "gausslegendre",
     nt_samples: int = 5,
     stdevs: float = 1.0,
-    generator: torch.Generator | None = None,
     noise_seeds: Sequence[int] | None = None,
     noise: torch.Tensor | None = None,
     batch_size: int = 64,
@@ -217,7 +217,7 @@ def attributions_batch(
     backward (which gives the logits; otherwise one forward without a graph does); guided_gradcam needs
     ``gradcam_raw`` (N,h,w), ReLU(Grad-CAM) of the CAM layer for the same classes. ``batch_size`` bounds the rows of
     integrated_gradients' and smoothgrad's passes. smoothgrad's noise: ``noise`` (N·nt_samples,3,H,W) when given,
-    else drawn by :func:`smoothgrad_noise` from ``generator`` or per image from ``noise_seeds``. ``name``: the
+    else drawn by :func:`smoothgrad_noise` per image from ``noise_seeds`` (None: from the global RNG). ``name``: the
     model's name in errors. ``need_logits`` False: no forward is run only to return the logits (None then, unless
     a pass gave them). Other parameters as in :func:`attribution`."""
     names = check_attributions(methods)
@@ -246,16 +246,11 @@ def attributions_batch(
     if "smoothgrad" in names:
         nt = _whole("nt_samples", nt_samples, 1)
         if noise is None:
-            noise = smoothgrad_noise(x, nt, stdevs, generator, noise_seeds)
+            noise = smoothgrad_noise(x, nt, stdevs, seeds=noise_seeds)
         noisy = x.repeat_interleave(nt, dim=0) + noise.to(x.device)
-        # image-major rows → step-major, the order _rows_gradients sums over
+        # image-major rows → step-major, the order _rows_gradients sums over; Captum's mean: the sum, then / nt
         rows = noisy.view(len(x), nt, *x.shape[1:]).transpose(0, 1).reshape(-1, *x.shape[1:])
-        total = torch.zeros_like(x)
-        image = torch.arange(rows.shape[0], device=x.device) % len(x)
-        for s in range(0, rows.shape[0], batch_size):
-            g, _ = input_gradients(model, rows[s:s + batch_size], target[image[s:s + batch_size]])
-            total.index_add_(0, image[s:s + batch_size], g.abs())
-        out["smoothgrad"] = total / nt
+        out["smoothgrad"] = _rows_gradients(model, rows, target, torch.ones(nt), len(x), batch_size, absolute=True) / nt
     if "guided_backprop" in names or "guided_gradcam" in names:
         gb, _ = input_gradients(guided_model(model, name), x, target)
         if "guided_backprop" in names:

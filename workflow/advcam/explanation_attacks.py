@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import check_eps, check_positive, check_steps, labels_on_device
+from .attacks import check_eps, check_positive, check_steps, labels_on_device, project_linf
 from .errors import InputError
 from .explainers import check_differentiable, differentiable_cams, explain_cams
 from .models import frozen_parameters, model_device, relu_beta as smooth_copy
 from .similarity import ssim
 
-__all__ = ["explain_attack", "dual_attack", "map_dissimilarity", "start_point", "project_linf"]
+__all__ = ["explain_attack", "dual_attack", "map_dissimilarity", "start_point"]
 
 
 def map_dissimilarity(a: torch.Tensor, b: torch.Tensor, gaussian: bool = False) -> torch.Tensor:
@@ -50,11 +50,6 @@ def start_point(x: torch.Tensor, eps: float, random_start: bool, generator: torc
     noise = torch.empty(x.shape, dtype=x.dtype)
     noise.uniform_(-eps, eps, generator=generator)  # drawn on the CPU: the same draws on every device
     return (x + noise.to(x.device)).clamp(0, 1)
-
-
-def project_linf(adv: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
-    """``adv`` projected onto the L∞ ball of radius ε around ``x0`` and onto [0, 1], detached."""
-    return (x0 + (adv - x0).clamp(-eps, eps)).clamp(0, 1).detach()
 
 
 class _Judge:
