@@ -40,10 +40,8 @@ def run_bounded(cmd: list[str], timeout: float = TIMEOUT_S) -> Run:
     return Run(proc.returncode, out, err, time.perf_counter() - t0)
 
 
-def snakemake(workdir: Path, *args: str, config: dict | Path | None = None, check: bool = True,
-              cores: str | None = "2", timeout: float = TIMEOUT_S) -> Run:
-    """``snakemake -s Snakefile -d workdir [--cores N] [--configfile ...] *args``; a dict config is written
-    to ``workdir/config.test.yaml`` first."""
+def snakemake_cmd(workdir: Path, *args: str, config: dict | Path | None = None, cores: str | None = "2") -> list[str]:
+    """The command line of :func:`snakemake` (a dict config is written to ``workdir/config.test.yaml`` here)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
     if cores:
         cmd += ["--cores", cores]
@@ -54,7 +52,14 @@ def snakemake(workdir: Path, *args: str, config: dict | Path | None = None, chec
             path.write_text(yaml.safe_dump(config))
             config = path
         cmd += ["--configfile", str(config)]
-    proc = run_bounded(cmd + list(args), timeout=timeout)
+    return cmd + list(args)
+
+
+def snakemake(workdir: Path, *args: str, config: dict | Path | None = None, check: bool = True,
+              cores: str | None = "2", timeout: float = TIMEOUT_S) -> Run:
+    """``snakemake -s Snakefile -d workdir [--cores N] [--configfile ...] *args``; a dict config is written
+    to ``workdir/config.test.yaml`` first."""
+    proc = run_bounded(snakemake_cmd(workdir, *args, config=config, cores=cores), timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

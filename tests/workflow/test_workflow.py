@@ -124,6 +124,52 @@ def test_smoke_dag(tmp_path):
     assert c["detect"] == 3  # one detection job per training run
 
 
+def _job_resources(proc) -> dict[str, list[dict[str, str]]]:
+    """rule → the resources of each of its jobs in a dry run ('resources: a=1, b=2' lines)."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for block in re.split(r"\n\s*rule ", proc.stdout + proc.stderr)[1:]:
+        rule = block.split(":", 1)[0]
+        m = re.search(r"resources: (.*)", block.split("\n\n")[0])
+        if m:
+            out.setdefault(rule, []).append(dict(kv.split("=", 1) for kv in m.group(1).split(", ")))
+    return out
+
+
+MODEL_RULES = {"train", "gradient", "attack", "explain_clean", "sanity", "detect"}
+
+
+@pytest.mark.parametrize("device,gpu", [("cpu", "0"), ("cuda", "1"), ("auto", "1")])
+def test_gpu_resource_follows_device(tmp_path, device, gpu):
+    """Every job that loads a model asks a cluster for a GPU unless the study runs on the CPU; CPU stages never."""
+    cfg = {**load("configs/smoke.yaml"), "device": device}
+    res = _job_resources(snakemake(tmp_path, "-n", config=cfg))
+    assert MODEL_RULES <= set(res)
+    for rule, jobs in res.items():
+        for r in jobs:
+            assert r.get("gpu", "0") == (gpu if rule in MODEL_RULES else "0"), (rule, r)
+
+
+def test_cluster_plan_one_submission_per_training_run(tmp_path):
+    """Through profiles/slurm (group-components included): synth, prepare and train are jobs of their own, and
+    everything after each training run's training is one group job named after the run, holding every one of
+    its jobs; train and prepare ask for `attempt` times their memory on a retry (first attempt shown here)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles/slurm"), "--slurm-no-account",
+                     config=REPO / "configs/smoke.yaml", cores=None)
+    text = proc.stdout + proc.stderr
+    groups = re.split(r"Group job (run_\w+) \(jobs in lexicogr\. order\):", text)
+    members = {name: re.findall(r"\n\s+rule (\w+):", body.split("Group job")[0])
+               for name, body in zip(groups[1::2], groups[2::2])}
+    assert set(members) == {"run_resnet50_r0", "run_resnet50_r1", "run_vgg16_r0"}, list(members)
+    for name, rules in members.items():
+        # per run: gradient, clean CAMs, 7 attacks, score, sanity, detect
+        assert sorted(rules) == sorted(["gradient", "explain_clean", "score", "sanity", "detect"] + ["attack"] * 7), (
+            name, rules)
+    res = _job_resources(proc)
+    assert [r["mem_mb"] for r in res["prepare"]] == ["16000"] * 2
+    assert {r["mem_mb"] for r in res["train"]} == {"24000"}
+
+
 @pytest.mark.parametrize(
     "patch,message",
     [

@@ -12,6 +12,8 @@ rule gradient:
     benchmark:
         f"{RESULTS}/benchmarks/gradient/{{model}}/r{{rep}}.tsv"
     priority: model_priority
+    group:
+        RUN_GROUP
     conda:
         "../../envs/advcam.yaml"
     threads: 1
@@ -40,6 +42,8 @@ rule attack:
     benchmark:
         f"{RESULTS}/benchmarks/attack/{{model}}/r{{rep}}/{{attack}}/{{eps}}.tsv"
     priority: model_priority
+    group:
+        RUN_GROUP
     conda:
         "../../envs/advcam.yaml"
     threads: 1

@@ -146,8 +146,28 @@ ATTRIBUTION_ARG = f"--attribution {shlex.quote(ATTRIBUTION_SETTINGS.to_json())}"
 # the white-box tables carry the chance reference; a transfer table's would repeat its target's
 SCORE_SETTINGS = _settings(ScoreSettings, "metrics", {**config["metrics"], "ssim": config["ssim"]}, "score")
 TRANSFER_SCORE_SETTINGS = dataclasses.replace(SCORE_SETTINGS, chance_seed=None)
+# The GPU a job that loads a model asks of a cluster node follows `device`: none under `device: cpu`, one under
+# `cuda` or `auto` (auto uses CUDA wherever the node has it). CPU-only stages never ask for one.
+GPU = 0 if DEVICE == "cpu" else 1
 # what every job that loads a model asks of a cluster node (the GPU and the limits of one attack or CAM job)
-GPU_JOB = dict(gpu=1, runtime=60, mem_mb=8000)
+GPU_JOB = dict(gpu=GPU, runtime=60, mem_mb=8000)
+# Train and prepare are retried (a node lost, a job cancelled, memory or time too short), each attempt with
+# `attempt` times the first one's memory and time: snakemake passes attempt = 1, 2, 3.
+RETRIES = 2
+
+
+def scaled(base):
+    """A resource of ``base`` on the first attempt, ``attempt`` times that on the next ones."""
+    return lambda wildcards, attempt: base * attempt
+
+
+# On a cluster, every job after a training run's training (its gradient, attacks, transfers onto it, clean CAMs,
+# score tables, sanity check, detection) goes as one submission, `run_<model>_r<replicate>`: a group job runs its
+# jobs one after another inside its allocation (profiles/slurm scopes `gpu` per submission), so the chain pays one
+# queue wait and one snakemake start-up instead of one per job. The sanity check shares no file with the rest of
+# the chain, so the profile lets a group span its connected components (`group-components`). Locally groups are
+# ignored.
+RUN_GROUP = "run_{model}_r{rep}"
 
 # the CAM settings of every job that writes heatmaps (a plain dict: snakemake reruns a job when a value changes)
 CAM_PARAMS = dict(

@@ -36,12 +36,13 @@ rule prepare:
     benchmark:
         f"{RESULTS}/benchmarks/prepare/{{size}}.tsv"
     priority: prepare_priority
+    retries: RETRIES
     conda:
         "../../envs/advcam.yaml"
     threads: 1
     resources:
-        runtime=120,
-        mem_mb=16000,
+        runtime=scaled(120),
+        mem_mb=scaled(16000),
     params:
         root=synthetic_dir() if DATASET["source"] == "synthetic" else DATASET["root"],
         identities="" if DATASET["identities"] is None else f"--identities {DATASET['identities']}",

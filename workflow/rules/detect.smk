@@ -17,6 +17,8 @@ rule detect:
     benchmark:
         f"{RESULTS}/benchmarks/detect/{{model}}/r{{rep}}.tsv"
     priority: model_priority
+    group:
+        RUN_GROUP
     conda:
         "../../envs/advcam.yaml"
     threads: 1

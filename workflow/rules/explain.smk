@@ -13,6 +13,8 @@ rule explain_clean:
     benchmark:
         f"{RESULTS}/benchmarks/explain/{{model}}/r{{rep}}/clean.tsv"
     priority: model_priority
+    group:
+        RUN_GROUP
     conda:
         "../../envs/advcam.yaml"
     threads: 1
@@ -43,6 +45,8 @@ rule score:
     benchmark:
         f"{RESULTS}/benchmarks/score/{{model}}/r{{rep}}/white_box.tsv"
     priority: collect_priority
+    group:
+        RUN_GROUP
     conda:
         "../../envs/advcam.yaml"
     threads: 1
@@ -87,6 +91,8 @@ rule sanity:
     benchmark:
         f"{RESULTS}/benchmarks/sanity/{{model}}/r{{rep}}.tsv"
     priority: model_priority
+    group:
+        RUN_GROUP
     conda:
         "../../envs/advcam.yaml"
     threads: 1

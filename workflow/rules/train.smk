@@ -12,13 +12,14 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/r{{rep}}.tsv"
     priority: train_priority
+    retries: RETRIES
     conda:
         "../../envs/advcam.yaml"
     threads: config["threads"]
     resources:
-        gpu=1,
-        runtime=240,
-        mem_mb=24000,
+        gpu=GPU,
+        runtime=scaled(240),
+        mem_mb=scaled(24000),
     params:
         arch=lambda w: arch(w.model),
         settings=train_settings,
