@@ -50,6 +50,7 @@ from .batching import batches
 from .errors import InputError
 from .models import eval_mode, frozen_parameters, model_device, resolve_layer
 from .settings import CAM_METHOD_NAMES, DIFFERENTIABLE_CAMS, EXPLAINER_NAMES, AttributionSettings
+from .settings import check_methods  # noqa: F401 (the explainers' name check; lives with the names)
 
 __all__ = [
     "CAM_METHODS", "METHODS", "GRADIENT_METHODS", "DIFFERENTIABLE_METHODS", "cam", "cams", "cams_batch", "check_differentiable",
@@ -143,20 +144,6 @@ assert set(CAM_METHODS) == set(CAM_METHOD_NAMES), "advcam.settings.CAM_METHOD_NA
 #: every explainer of a study, one name space: the CAMs, then the gradient attributions (:mod:`advcam.attributions`)
 METHODS: tuple[str, ...] = CAM_METHODS + ATTRIBUTION_METHODS
 assert METHODS == EXPLAINER_NAMES, "advcam.settings.EXPLAINER_NAMES names every explainer"
-
-
-def check_methods(methods: str | Iterable[str], cams_only: bool = False) -> list[str]:
-    """The explainer names as a list without repeats; InputError naming an unknown one and listing :data:`METHODS`
-    (with ``cams_only``, :data:`CAM_METHODS`: where a gradient attribution has no meaning)."""
-    names = [methods] if isinstance(methods, str) else list(methods)
-    known = CAM_METHODS if cams_only else METHODS
-    what = "CAM method" if cams_only else "explainer"
-    for m in names:
-        if m not in known:
-            raise InputError(f"unknown {what} '{m}': choose from {', '.join(known)}")
-    if not names:
-        raise InputError(f"no {what} given: choose from {', '.join(known)}")
-    return list(dict.fromkeys(names))
 
 
 def _replace_layer_output(module: nn.Module, make: Callable[[], torch.Tensor]):

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path
-from .detection import roc_auc, roc_curve
+from .roc import roc_auc, roc_curve
 from .settings import ATTACKS, EXPLAINER_NAMES
 
 __all__ = ["plot_mod", "plot_accuracy", "plot_vid", "plot_nissim", "plot_gallery", "plot_transfer", "plot_localisation",

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar
 
 from .errors import InputError
 
@@ -112,6 +112,23 @@ ATTRIBUTION_METHOD_NAMES = ("saliency", "inputxgradient", "integrated_gradients"
                             "guided_gradcam")
 #: every explainer a study's ``cams`` list can name: the CAMs, then the attributions (one name space)
 EXPLAINER_NAMES = CAM_METHOD_NAMES + ATTRIBUTION_METHOD_NAMES
+
+def check_methods(methods: str | Iterable[str], cams_only: bool = False) -> list[str]:
+    """The explainer names as a list without repeats; InputError naming an unknown one and listing
+    :data:`EXPLAINER_NAMES` (with ``cams_only``, :data:`CAM_METHOD_NAMES`: where a gradient attribution has no
+    meaning). Here, not in :mod:`advcam.explainers`, so that a stage that only reads heatmap files (score) checks
+    names without importing timm and torchvision."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    known = CAM_METHOD_NAMES if cams_only else EXPLAINER_NAMES
+    what = "CAM method" if cams_only else "explainer"
+    for m in names:
+        if m not in known:
+            raise InputError(f"unknown {what} '{m}': choose from {', '.join(known)}")
+    if not names:
+        raise InputError(f"no {what} given: choose from {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
 #: integrated_gradients' quadratures (Captum's ``method``)
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 #: detector scores of the detection stage (:mod:`advcam.detection`), each computed from the input alone

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..explainers import METHODS, check_methods
+from ..settings import EXPLAINER_NAMES as METHODS
+from ..settings import check_methods
 from .store import provenance, read_attrs, read_h5, write_h5
 
 __all__ = ["HeatmapPair", "methods_for", "require_finite", "heatmap_record", "heatmap_attrs", "write_heatmaps", "read_pairs",

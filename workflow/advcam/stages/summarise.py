@@ -9,7 +9,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..atomic import atomic_path
-from ..detection import detection_summary
+from ..roc import detection_summary
 from ..errors import InputError
 from ..summary import (
     check_table,
