@@ -48,6 +48,8 @@ STAGES = {
     "summarise": "MOD, VID, accuracies per model, attack and ε → CSV",
     "plot": "MOD/accuracy/VID/NISSIM figures from the summaries",
     "gallery": "per-model gallery of clean and adversarial heatmaps, a row per CAM method",
+    "estimate": "a study's jobs and predicted compute per stage, before it runs (CPU-s from a measured cost table, "
+                "or GPU-s from a bench table); --calibrate measures the table from a finished study",
 }
 
 
@@ -446,7 +448,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--title")
     s.set_defaults(func=cmd_gallery)
+
+    s = sub.add_parser("estimate", help=STAGES["estimate"], description=STAGES["estimate"], formatter_class=fmt)
+    s.add_argument("--configfile", help="the study, as for snakemake (default: the repository's config.yaml)")
+    s.add_argument("--costs", help="cost table CSV (default: the one shipped, measured on a 2-core AMD EPYC)")
+    s.add_argument("--gpu-bench", metavar="JSON",
+                   help="a `python -m bench --device cuda` table (bench/results/gpu-*.json): the model stages' work "
+                        "in GPU-s on that device")
+    s.add_argument("--cores", type=int, default=2, help="cores of the ideal-packing bound (default: 2)")
+    s.add_argument("--check", metavar="BENCHMARKS",
+                   help="a finished run's results/benchmarks: print its measured CPU-s per stage beside the "
+                        "prediction, exit 2 when a stage lies outside --tolerance")
+    s.add_argument("--tolerance", type=float, default=0.25, help="of --check, as a fraction (default: 0.25)")
+    s.add_argument("--calibrate", metavar="BENCHMARKS",
+                   help="measure the cost table from this finished run of --configfile (and this machine's start-up "
+                        "per stage); writes --out")
+    s.add_argument("--out", help="the cost table --calibrate writes (CSV)")
+    s.add_argument("--source", help="what --calibrate records as the table's source (e.g. the CPU and date)")
+    s.set_defaults(func=cmd_estimate)
     return p
+
+
+def cmd_estimate(args) -> None:
+    from .stages.estimate import run_calibrate, run_estimate
+
+    if args.calibrate:
+        if not args.out:
+            raise InputError("--calibrate needs --out, the cost table to write")
+        table = run_calibrate(args.configfile, args.calibrate, args.out, source=args.source or "")
+        print(f"cost table of {len(table.c)} (stage, architecture) costs written to {args.out}")
+        return
+    text, ok = run_estimate(args.configfile, costs=args.costs, gpu_bench=args.gpu_bench, check=args.check,
+                            cores=args.cores, tolerance=args.tolerance)
+    print(text)
+    if args.check and not ok:
+        raise InputError(f"a stage's prediction lies outside ±{args.tolerance:.0%} of {args.check}")
 
 
 def main(argv: list[str] | None = None) -> int:
