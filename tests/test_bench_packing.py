@@ -1,9 +1,14 @@
 """bench.packing: the two packing bounds from benchmark files and the idle core-seconds of a run's job timeline."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from bench.packing import idle_from_log, read_benchmarks, report
+from workflow_run import REPO
+
+sys.path.insert(0, str(REPO))  # bench/ is a folder of the repository, not an installed package
+from bench.packing import idle_from_log, read_benchmarks, report  # noqa: E402
 
 LOG = """Building DAG of jobs...
 [Sat Dec  5 10:00:00 2026]
