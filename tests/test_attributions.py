@@ -74,23 +74,27 @@ def test_attributions_match_captum(arch, seed):
     model = model_for(arch)
     layer = PAPER_MODELS[arch].layer
     s = SIZES[arch]
-    x = torch.rand(3, 3, s, s)
-    y = torch.randint(0, 5, (3,))
-    pred = model(x).argmax(1)
     for m in ATTRIBUTION_METHODS:
         nonzero = False
-        for given, ref_target in ((None, pred), (y, y)):
-            ours = _ours(m, model, layer, x, given, seed)
-            # captum's hooks must not see our frozen parameters: it runs on an untouched copy of the same weights
-            ref = captum(m, copy.deepcopy(model), layer, x.clone(), ref_target, seed).detach()
-            assert ours.shape == x.shape and ours.dtype == torch.float32
-            scale = ref.flatten(1).abs().amax(1)
-            # an all-zero map (guided_gradcam where every Grad-CAM weight of a given class is negative) must be ours too
-            err = (ours - ref).flatten(1).abs().amax(1) / scale.clamp_min(1e-30)
-            assert (err < 1e-5).all(), (arch, m, given is not None, err)
-            nonzero |= bool((scale > 0).any())
-        # (a random xception's Grad-CAM of its predicted class is all zero: every logit is negative)
-        assert nonzero, (arch, m, "every map is zero")
+        # a random network's guided Grad-CAM can be all zero for every image and class of a draw (every Grad-CAM
+        # weight negative: seen on xception, 1 CI run in 2): equal maps then say nothing, so draw again, up to 5 times
+        for _ in range(5):
+            x = torch.rand(3, 3, s, s)
+            y = torch.randint(0, 5, (3,))
+            pred = model(x).argmax(1)
+            for given, ref_target in ((None, pred), (y, y)):
+                ours = _ours(m, model, layer, x, given, seed)
+                # captum's hooks must not see our frozen parameters: it runs on an untouched copy of the same weights
+                ref = captum(m, copy.deepcopy(model), layer, x.clone(), ref_target, seed).detach()
+                assert ours.shape == x.shape and ours.dtype == torch.float32
+                scale = ref.flatten(1).abs().amax(1)
+                # an all-zero map (guided_gradcam where every Grad-CAM weight of a class is negative) must be ours too
+                err = (ours - ref).flatten(1).abs().amax(1) / scale.clamp_min(1e-30)
+                assert (err < 1e-5).all(), (arch, m, given is not None, err)
+                nonzero |= bool((scale > 0).any())
+            if nonzero:
+                break
+        assert nonzero, (arch, m, "every map of 5 draws is zero")
 
 
 def test_rows_batching_changes_only_rounding(seed):
