@@ -20,11 +20,10 @@ from advcam.cost_model import (
     predict,
     read_benchmarks,
     read_cost_table,
-    study_jobs,
     write_cost_table,
 )
 from advcam.errors import InputError
-from advcam.stages.estimate import DEFAULT_COSTS, load_study, run_estimate
+from advcam.stages.estimate import DEFAULT_COSTS, dataset_counts, load_study, plan, run_estimate
 from workflow_run import REPO, job_counts, snakemake
 
 # dry-run rule → the stage its benchmark files sit under
@@ -40,6 +39,7 @@ def _paper(tmp_path: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
     cfg["dataset"]["root"] = str(root)
     cfg["dataset"]["min_images"] = 10
+    cfg["dataset"]["identities"] = 2
     path = tmp_path / "paper.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -53,9 +53,16 @@ def test_jobs_are_the_workflows(config, tmp_path):
     for rule, n in job_counts(snakemake(tmp_path / "wd", "-n", config=path)).items():
         if rule != "all":
             planned[RULE_STAGE.get(rule, rule)] += n
-    jobs = study_jobs(load_study(path))
+    jobs = plan(load_study(path))
     assert Counter(j.stage for j in jobs) == planned
     assert len({j.id for j in jobs}) == len(jobs)
+
+
+def test_dataset_counts_are_prepares(tmp_path):
+    """The store prepare will write: the synthetic set's identities × images, or a tree's identities with at least
+    min_images (a third folder of 3 images is left out), each split as prepare splits it (12 → 10/1/1, 14 → 12/1/1)."""
+    assert dataset_counts(load_study(REPO / "config.yaml")["dataset"]) == (576, 72, 72, 6)
+    assert dataset_counts(load_study(_paper(tmp_path))["dataset"]) == (22, 2, 2, 2)
 
 
 def test_job_ids_are_the_benchmark_paths(tmp_path):
@@ -64,7 +71,7 @@ def test_job_ids_are_the_benchmark_paths(tmp_path):
     import re
 
     paths = {p for p in re.findall(r"benchmark: results/benchmarks/(\S+)\.tsv", text)}
-    assert {j.id for j in study_jobs(load_study(REPO / "configs/smoke.yaml"))} == paths
+    assert {j.id for j in plan(load_study(REPO / "configs/smoke.yaml"))} == paths
 
 
 def _fake_benchmarks(root: Path, jobs, table: CostTable) -> None:
@@ -81,7 +88,7 @@ def test_calibration_recovers_the_costs_that_made_the_benchmarks(tmp_path):
     total to 1e-4."""
     rng = random.Random()
     config = load_study(REPO / "configs/smoke.yaml")
-    jobs = study_jobs(config)
+    jobs = plan(config)
     imports = {j.stage: rng.uniform(0.5, 5) for j in jobs}
     overhead = rng.uniform(0.5, 3)
     truth = CostTable(source="drawn")
@@ -109,7 +116,7 @@ def test_work_scales_with_the_study():
     base = load_study(REPO / "config.yaml")
 
     def stage_seconds(cfg, stage):
-        return sum(p.seconds - table.startup[stage] for p in predict(study_jobs(cfg), table) if p.job.stage == stage)
+        return sum(p.seconds - table.startup[stage] for p in predict(plan(cfg), table) if p.job.stage == stage)
 
     longer = load_study(REPO / "config.yaml")
     for spec in longer["models"].values():
@@ -117,14 +124,14 @@ def test_work_scales_with_the_study():
     assert stage_seconds(longer, "train") == pytest.approx(2 * stage_seconds(base, "train"), rel=0.05)
     bigger = load_study(REPO / "config.yaml")
     bigger["models"]["resnet50"]["size"] = 224
-    r50 = [p for p in predict(study_jobs(bigger), table) if p.job.id == "gradient/resnet50/r0"][0]
-    r50_base = [p for p in predict(study_jobs(base), table) if p.job.id == "gradient/resnet50/r0"][0]
+    r50 = [p for p in predict(plan(bigger), table) if p.job.id == "gradient/resnet50/r0"][0]
+    r50_base = [p for p in predict(plan(base), table) if p.job.id == "gradient/resnet50/r0"][0]
     flops_ratio = gflops("resnet50", 224) / gflops("resnet50", 112)
     assert (r50.seconds - table.startup["gradient"]) == pytest.approx(
         flops_ratio * (r50_base.seconds - table.startup["gradient"]), rel=1e-6)
     more = load_study(REPO / "config.yaml")
     more["attacks"]["fgsm"]["eps"].append(0.2)
-    assert len(study_jobs(more)) == len(study_jobs(base)) + 5 + 1  # an attack per model, a transfer
+    assert len(plan(more)) == len(plan(base)) + 5 + 1  # an attack per model, a transfer
 
 
 def test_unmeasured_architecture_is_priced_from_the_nearest_and_said(tmp_path):

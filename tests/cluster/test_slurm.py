@@ -179,10 +179,10 @@ def test_a_cancelled_training_is_retried_with_more_memory(slurm_run):
     study ends as if nothing happened (its summary: test_summary_identical_to_the_local_run)."""
     wd, _, run, cancelled = slurm_run
     assert cancelled is not None, "no training job was seen running for a second: nothing was cancelled"
-    paths = _submitted_paths(run)
+    paths, rules = _submitted_paths(run), _submitted(run)
     wildcards = paths[cancelled].rsplit("/", 1)[0]
     retried = [j for j, p in paths.items() if j != cancelled and p.rsplit("/", 1)[0] == wildcards
-               and _submitted(run)[j] == "train"]
+               and rules[j] == "train"]
     assert len(retried) == 1 and retried[0] > cancelled, (cancelled, paths)
     first, second = _show_job(cancelled), _show_job(retried[0])
     assert second["JobState"] == "COMPLETED", second

@@ -9,11 +9,11 @@ A job's compute is ``startup(stage) + c(stage, arch) × units × GFLOPs(arch, si
   FLOP carries over to other sizes and, for an architecture never measured, from the nearest measured one by
   forward FLOPs, which the estimate says on its line;
 - ``c`` is seconds per unit-GFLOP, measured on a finished study (:func:`calibrate` from its ``results/benchmarks``);
-  ``startup`` is the stage's import cost, measured on the machine that calibrates.
+  ``startup`` is what every job of the stage pays besides: its imports, measured on the machine that calibrates,
+  and for a model stage a fitted per-job overhead (loading the model and the store, writing its files).
 
 Stages without a model (synth, prepare, score) scale with images × pixels instead; summarise, plot and gallery
-cost a constant per job. Each model stage's job also pays a fitted per-job overhead (loading the model and the
-store, writing its files: :func:`calibrate`). The unit counts are approximations (a ScoreCAM or AblationCAM pass
+cost a constant per job. The unit counts are approximations (a ScoreCAM or AblationCAM pass
 counts as the FLOPs it reruns, not measured on its own); the fitted ``c`` of each stage absorbs what is common to
 a stage, and the check against a study that was not the calibration's says how well it carries.
 """
@@ -47,8 +47,6 @@ STAGES = ("synth", "prepare", "train", "gradient", "explain", "attack", "transfe
 MODEL_STAGES = ("train", "gradient", "explain", "attack", "transfer", "sanity", "detect")
 #: stages whose work scales with images × pixels and no model
 PIXEL_STAGES = ("synth", "prepare", "score")
-#: stages of a constant cost per job
-FIXED_STAGES = ("summarise", "plot", "gallery")
 #: one forward of one image, in units (a forward + backward to the input = 1): on the CPU a forward costs about half
 #: of both (bench/results/cpu-2026-11-30.md, AMD EPYC: resnet50@128 50 img/s forward, 28 img/s forward + backward)
 FORWARD = 0.5
@@ -149,8 +147,8 @@ def sanity_blocks(arch: str) -> int:
 def explainer_units(methods: Sequence[str], arch: str, attribution: Mapping) -> float:
     """Passes per image of one explain call with ``methods``: the shared CAM pass (:data:`CAM_PASS`, whatever CAMs
     it serves), ScoreCAM K forwards, AblationCAM K forwards of the layers after the target (:func:`head_fraction`),
-    saliency/inputxgradient one backward together, guided
-    backprop one (guided Grad-CAM: guided backprop and the CAM pass), SmoothGrad ``nt_samples``, IG ``n_steps``."""
+    saliency/inputxgradient one backward together, guided backprop one (guided Grad-CAM: guided backprop and the
+    CAM pass), SmoothGrad ``nt_samples``, IG ``n_steps``."""
     shared = [m for m in methods if m not in ATTRIBUTION_METHOD_NAMES and m not in ("scorecam", "ablationcam")]
     units = CAM_PASS if shared or "guided_gradcam" in methods else 0.0
     units += layer_channels(arch) * FORWARD if "scorecam" in methods else 0.0  # K full forwards
@@ -185,40 +183,19 @@ def attack_units(attack: str, spec: Mapping, n_classes: int) -> float:
     return steps  # pgd, bim, mifgsm, pgdl2, cw
 
 
-def _dataset_counts(dataset: Mapping) -> tuple[int, int, int, int]:
-    """(train, val, test, classes) of the study's store, from the synthetic set's sizes or a folder tree's files
-    (identities with at least ``min_images`` images, the first ``identities`` of them when set)."""
-    if dataset["source"] == "synthetic":
-        per = [int(dataset["images_per_identity"])] * int(dataset["identities"])
-    else:
-        root = Path(dataset["root"] or "")
-        if not root.is_dir():
-            raise InputError(f"dataset: root '{dataset['root']}' does not exist or is not a folder")
-        exts = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-        per = [n for d in sorted(p for p in root.iterdir() if p.is_dir())
-               if (n := sum(1 for f in d.iterdir() if f.suffix.lower() in exts)) >= int(dataset["min_images"])]
-        if dataset.get("identities"):
-            per = per[: int(dataset["identities"])]
-        if not per:
-            raise InputError(f"dataset: root '{root}' holds no identity folder with >= {dataset['min_images']} images")
-    f_train, f_val, _ = dataset["split"]
-    train = sum(round(n * f_train) for n in per)
-    val = sum(round(n * f_val) for n in per)
-    return train, val, sum(per) - train - val, len(per)
-
-
 def _eps(e) -> str:
     return f"{float(e):g}"
 
 
-def study_jobs(config: Mapping) -> list[Job]:
+def study_jobs(config: Mapping, counts: tuple[int, int, int, int]) -> list[Job]:
     """Every job the workflow runs for ``config`` (a study validated with the schema's defaults), as
-    workflow/rules/*.smk enumerate them, with its units of work."""
+    workflow/rules/*.smk enumerate them, with its units of work; ``counts``: the store's (train, val, test, classes)
+    (:func:`advcam.stages.estimate.dataset_counts` reads them from the study's dataset)."""
     dataset, models = config["dataset"], config["models"]
     attacks = {a: s for a, s in (config.get("attacks") or {}).items() if s.get("eps")}
     cams = list(config["cams"])
     attribution = config.get("attribution") or {}
-    n_train, n_val, n_test, n_classes = _dataset_counts(dataset)
+    n_train, n_val, n_test, n_classes = counts
     n_images = n_train + n_val + n_test
     reps = {m: spec.get("replicates") or config.get("replicates", 1) for m, spec in models.items()}
     arch = {m: spec.get("arch") or m for m, spec in models.items()}
@@ -275,11 +252,11 @@ def study_jobs(config: Mapping) -> list[Job]:
 # --------------------------------------------------------------------------------------------- costs
 
 
-def _scale(job: Job, arch: str | None = None) -> float:
-    """What a job's units are multiplied by: its model's GFLOPs (model stages; of ``arch`` when given), its
-    megapixels per image relative to 112² (pixel stages), 1 (fixed stages)."""
+def _scale(job: Job) -> float:
+    """What a job's units are multiplied by: its model's GFLOPs (model stages), its pixels per image relative to
+    112² (pixel stages), 1 (summarise, plot, gallery: a constant per job)."""
     if job.stage in MODEL_STAGES:
-        return gflops(arch or job.arch, job.size)
+        return gflops(job.arch, job.size)
     if job.stage in PIXEL_STAGES:
         return job.size * job.size / REF_PIXELS
     return 1.0
@@ -427,8 +404,9 @@ def gpu_cost_table(bench: Mapping, source: str = "") -> CostTable:
             continue
         g = gflops(model, int(sizes[model]))
         if row["stage"] == "fgsm" and what.startswith("fwd+bwd to input"):
-            for stage in ("gradient", "explain", "attack", "transfer", "sanity", "detect"):
-                rate[(stage, model)] = 1.0 / (row["throughput"] * g)
+            for stage in MODEL_STAGES:
+                if stage != "train":
+                    rate[(stage, model)] = 1.0 / (row["throughput"] * g)
         elif row["stage"] == "train" and what.startswith("advcam train_model"):
             rate[("train", model)] = 1.0 / (row["throughput"] * g)
     if not rate:

@@ -33,6 +33,7 @@ __all__ = [
     "ImageReadError",
     "index_tree",
     "select_identities",
+    "split_counts",
     "split_identity",
     "load_boxes",
     "load_image",
@@ -101,14 +102,20 @@ def select_identities(index: dict[str, list[str]], count: int | None, min_images
     return sorted(eligible[i] for i in picked)
 
 
-def split_identity(n: int, fractions: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
-    """Split codes (n,) uint8 for one identity's n images: shuffled, ``round(n·val)`` and
-    ``round(n·test)`` images (at least one each when the fraction is > 0), the rest train."""
-    tr, va, te = fractions
+def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """(train, val, test) image counts of one identity's n images: ``round(n·val)`` and ``round(n·test)`` (at
+    least one each when the fraction is > 0), the rest train; DatasetError when no training image is left."""
+    _, va, te = fractions
     n_test = max(1, round(n * te)) if te > 0 else 0
     n_val = max(1, round(n * va)) if va > 0 else 0
     if n - n_test - n_val < 1:
         raise DatasetError(f"an identity with {n} images cannot be split {fractions}: no training image left")
+    return n - n_val - n_test, n_val, n_test
+
+
+def split_identity(n: int, fractions: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    """Split codes (n,) uint8 for one identity's n images, shuffled, in the counts of :func:`split_counts`."""
+    _, n_val, n_test = split_counts(n, fractions)
     codes = np.full(n, SPLITS["train"], np.uint8)
     perm = rng.permutation(n)
     codes[perm[:n_test]] = SPLITS["test"]

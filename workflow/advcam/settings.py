@@ -113,6 +113,7 @@ ATTRIBUTION_METHOD_NAMES = ("saliency", "inputxgradient", "integrated_gradients"
 #: every explainer a study's ``cams`` list can name: the CAMs, then the attributions (one name space)
 EXPLAINER_NAMES = CAM_METHOD_NAMES + ATTRIBUTION_METHOD_NAMES
 
+
 def check_methods(methods: str | Iterable[str], cams_only: bool = False) -> list[str]:
     """The explainer names as a list without repeats; InputError naming an unknown one and listing
     :data:`EXPLAINER_NAMES` (with ``cams_only``, :data:`CAM_METHOD_NAMES`: where a gradient attribution has no

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import yaml
 from snakemake.exceptions import WorkflowError
@@ -20,6 +20,7 @@ from ..atomic import atomic_path
 from ..cost_model import (
     STAGES,
     CostTable,
+    Job,
     Prediction,
     calibrate,
     gpu_cost_table,
@@ -29,9 +30,11 @@ from ..cost_model import (
     study_jobs,
     write_cost_table,
 )
+from ..datasets import index_tree, select_identities, split_counts
 from ..errors import InputError
 
-__all__ = ["DEFAULT_COSTS", "load_study", "measure_startup", "run_calibrate", "run_estimate", "report"]
+__all__ = ["DEFAULT_COSTS", "dataset_counts", "load_study", "measure_startup", "plan", "run_calibrate", "run_estimate",
+           "report"]
 
 _WORKFLOW = Path(__file__).resolve().parents[2]  # workflow/: the Snakefile, schemas and the package
 _REPO = _WORKFLOW.parent
@@ -70,6 +73,27 @@ def load_study(configfile: str | os.PathLike | None) -> dict:
     if not config.get("models"):
         raise InputError(f"config file '{path}': models: give at least one model")
     return config
+
+
+def dataset_counts(dataset: Mapping) -> tuple[int, int, int, int]:
+    """(train, val, test, classes) of the store the study's prepare job will write: the synthetic set's sizes, or
+    the identities prepare picks from a folder tree (:func:`advcam.datasets.index_tree`, then
+    :func:`~advcam.datasets.select_identities` with the study's count, ``min_images`` and seed), each split as
+    :func:`~advcam.datasets.split_counts` splits it. DatasetError (one line) for a missing tree or too few
+    identities, as prepare would raise."""
+    if dataset["source"] == "synthetic":
+        per = [int(dataset["images_per_identity"])] * int(dataset["identities"])
+    else:
+        index = index_tree(dataset["root"])
+        picked = select_identities(index, dataset["identities"], int(dataset["min_images"]), int(dataset["seed"]))
+        per = [len(index[k]) for k in picked]
+    train, val, test = (sum(c) for c in zip(*(split_counts(n, tuple(dataset["split"])) for n in per)))
+    return train, val, test, len(per)
+
+
+def plan(config: Mapping) -> list[Job]:
+    """The study's jobs with their units of work (:func:`advcam.cost_model.study_jobs` on its dataset's counts)."""
+    return study_jobs(config, dataset_counts(config["dataset"]))
 
 
 def measure_startup(repeats: int = 3) -> dict[str, float]:
@@ -114,8 +138,8 @@ def report(preds: Sequence[Prediction], table: CostTable, cores: int,
     if measured is not None:
         head += " measured core-s | predicted / measured |"
         sep += "---|---|"
-    lines = [f"cost table: {table.source}" + (f" (GPU work; host start-up and CPU stages from the CPU table)"
-                                               if gpu else ""), "", head, sep]
+    lines = [f"cost table: {table.source}" + (" (GPU work; host start-up and CPU stages from the CPU table)"
+                                              if gpu else ""), "", head, sep]
     ok = True
     got_by_stage: dict[str, float] = defaultdict(float)
     if measured is not None:
@@ -170,7 +194,7 @@ def run_estimate(configfile: str | None, costs: str | None = None, gpu_bench: st
             raise FileNotFoundError(f"bench table '{path}' does not exist")
         bench = json.loads(path.read_text())
         table = gpu_cost_table(bench, source=f"{path} ({bench.get('device', '?')})")
-    preds = predict(study_jobs(config), table, cpu=cpu)
+    preds = predict(plan(config), table, cpu=cpu)
     measured = read_benchmarks(check) if check else None
     return report(preds, table, cores, measured, tolerance)
 
@@ -180,7 +204,7 @@ def run_calibrate(configfile: str | None, benchmarks: str, out: str | os.PathLik
     """Measure this machine's start-up per stage and fit the cost table of the finished study ``configfile``
     from its ``benchmarks`` folder; written to ``out`` (CSV) atomically."""
     config = load_study(configfile)
-    table = calibrate(study_jobs(config), read_benchmarks(benchmarks), measure_startup(repeats),
+    table = calibrate(plan(config), read_benchmarks(benchmarks), measure_startup(repeats),
                       source=source or f"{benchmarks}")
     with atomic_path(out) as tmp:
         write_cost_table(table, tmp)
