@@ -1,6 +1,8 @@
 """The training precision is chosen from the machine: forced on/off, CUDA, AMX, no native bf16, and the CPU
 micro-benchmark — each capability mocked, nothing timed for real (the probe's timings are replaced)."""
 import json
+import multiprocessing
+import time
 
 import pytest
 import torch
@@ -144,3 +146,38 @@ def test_a_probe_verdict_is_reused_for_the_same_workload(model, monkeypatch):
     assert again.amp and calls == [] and "reused from" in again.reason and again.timings == first.timings
     # another input size is another workload: probed anew
     assert not choose_precision(model, "cpu", 48).amp and len(calls) == 3
+
+
+def _probe_in_child(model, fast_layout, queue):
+    """One job of a study starting its training: the probe finds ``fast_layout`` faster (0.6 s a step, so
+    the other job starts while it times) and reports what it chose and whether it measured."""
+    layout = {"fp32": 0.2 if fast_layout == "contiguous" else 0.3, "fp32_cl": 0.2 if fast_layout == "channels_last" else 0.3}
+    measured = []
+
+    def fake(model, x, amp, channels_last, reps=2, give_up_after=None):
+        measured.append(1)
+        time.sleep(0.3)
+        return layout["fp32_cl" if channels_last else "fp32"]
+
+    precision.time_training_step = fake
+    p = choose_precision(model, "cpu", 32)
+    queue.put((fast_layout, p.channels_last, bool(measured)))
+
+
+def test_jobs_starting_together_make_one_probe_and_one_choice(model, monkeypatch):
+    """Two replicates' trainings start at once with no verdict cached, and each one's timings alone would pick
+    another layout: they must still train alike — one probes, the other waits for the lock and reuses its
+    verdict. (Without the lock both measure and choose apart, as two VGG16 replicates did under an AVX2 cap.)"""
+    _machine(monkeypatch, bf16=False, timings={}, cap="AVX2")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    jobs = [ctx.Process(target=_probe_in_child, args=(model, layout, queue)) for layout in ("contiguous", "channels_last")]
+    for j in jobs:
+        j.start()
+    results = [queue.get(timeout=60) for _ in jobs]
+    for j in jobs:
+        j.join(timeout=60)
+        assert j.exitcode == 0
+    assert len({cl for _, cl, _ in results}) == 1, results
+    assert sum(measured for _, _, measured in results) == 1, results
+    assert len(json.loads(precision.cache_file().read_text())) == 1

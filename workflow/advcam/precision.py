@@ -30,15 +30,21 @@ A probe's verdict is kept per machine and workload (CPU model, torch version, IS
 parameter count, input size) in ``$ADVCAM_CACHE_DIR/precision.json`` (default
 ``~/.cache/advcam/precision.json``) and reused, so reruns and every job of a study on one machine make the
 same choice even where the two precisions are close; delete the file to probe again, or force ``amp``.
+Probes take a lock (``precision.json.lock`` beside it), so jobs that start together — two replicates of a model —
+wait for one probe and take its verdict instead of timing side by side and choosing apart (two VGG16 replicates
+probed together under an AVX2 cap picked contiguous, 1.03x, and channels_last, 1.08x: other kernels, other
+weights, for a reason that is neither the seed nor the recipe).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -238,17 +244,43 @@ def _write_cache(key: str, entry: dict) -> None:
         pass
 
 
+@contextlib.contextmanager
+def _probe_lock() -> Iterator[None]:
+    """Hold an exclusive lock on ``precision.json.lock`` beside the cache for the block (one probe on this
+    machine at a time, and its verdict written before the next job reads the cache); released when the
+    process ends, however it ends. Where no lock can be taken (no ``fcntl``, an unwritable cache directory)
+    the block runs unlocked: a lock only saves a probe and keeps concurrent choices equal."""
+    try:
+        import fcntl  # POSIX; the workflow's targets (Linux, SLURM nodes) all have it
+    except ImportError:
+        yield
+        return
+    path = cache_file().with_name(cache_file().name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def _probe_cpu(model: nn.Module, dev: torch.device, input_size, batch: int, bf16: bool = True) -> Precision:
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     key = _workload_key(model, h, w, batch) + ("" if bf16 else " | fp32 only")
-    hit = _read_cache().get(key)
-    if isinstance(hit, dict) and {"amp", "channels_last", "reason"} <= set(hit):
-        return Precision(bool(hit["amp"]), bool(hit["channels_last"]),
-                         f"{hit['reason']}; probe of {hit.get('date', '?')} reused from {cache_file()}",
-                         dict(hit.get("ms", {})))
-    p = _measure_cpu(model, dev, h, w, batch, bf16)
-    _write_cache(key, {"amp": p.amp, "channels_last": p.channels_last, "reason": p.reason, "ms": p.timings,
-                       "date": time.strftime("%Y-%m-%d")})
+    with _probe_lock():
+        hit = _read_cache().get(key)
+        if isinstance(hit, dict) and {"amp", "channels_last", "reason"} <= set(hit):
+            return Precision(bool(hit["amp"]), bool(hit["channels_last"]),
+                             f"{hit['reason']}; probe of {hit.get('date', '?')} reused from {cache_file()}",
+                             dict(hit.get("ms", {})))
+        p = _measure_cpu(model, dev, h, w, batch, bf16)
+        _write_cache(key, {"amp": p.amp, "channels_last": p.channels_last, "reason": p.reason, "ms": p.timings,
+                           "date": time.strftime("%Y-%m-%d")})
     return p
 
 
