@@ -48,7 +48,7 @@ STAGES = {
     "summarise": "MOD, VID, accuracies per model, attack and ε → CSV",
     "plot": "MOD/accuracy/VID/NISSIM figures from the summaries",
     "gallery": "per-model gallery of clean and adversarial heatmaps, a row per CAM method",
-    "estimate": "a study's jobs and predicted compute per stage, before it runs (CPU-s from a measured cost table, "
+    "estimate": "a study's jobs and predicted compute per stage, before it runs (core-seconds from a measured cost table, "
                 "or GPU-s from a bench table); --calibrate measures the table from a finished study",
 }
 
@@ -257,6 +257,17 @@ def cmd_gallery(args) -> None:
 # ---------------------------------------------------------------- parser
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in the help, less the noise: not where the help already says its default, and not
+    for an option without one (None) or a flag (False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .measures import LOCALISATION  # imports torch: only for the score help
 
@@ -268,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"advcam {__version__}")
     sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsHelp
 
     s = sub.add_parser("synth", help=STAGES["synth"], description=STAGES["synth"], formatter_class=fmt)
     s.add_argument("--out", required=True, help="root folder of the tree (replaced when complete)")
@@ -457,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "in GPU-s on that device")
     s.add_argument("--cores", type=int, default=2, help="cores of the ideal-packing bound (default: 2)")
     s.add_argument("--check", metavar="BENCHMARKS",
-                   help="a finished run's results/benchmarks: print its measured CPU-s per stage beside the "
+                   help="a finished run's results/benchmarks: print its measured core-seconds (wall × threads) per stage beside the "
                         "prediction, exit 2 when a stage lies outside --tolerance")
     s.add_argument("--tolerance", type=float, default=0.25, help="of --check, as a fraction (default: 0.25)")
     s.add_argument("--calibrate", metavar="BENCHMARKS",
