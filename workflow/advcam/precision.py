@@ -38,6 +38,7 @@ weights, for a reason that is neither the seed nor the recipe).
 from __future__ import annotations
 
 import contextlib
+import fcntl  # POSIX, as every target of the workflow (Linux workstations, SLURM nodes)
 import json
 import os
 import platform
@@ -248,13 +249,8 @@ def _write_cache(key: str, entry: dict) -> None:
 def _probe_lock() -> Iterator[None]:
     """Hold an exclusive lock on ``precision.json.lock`` beside the cache for the block (one probe on this
     machine at a time, and its verdict written before the next job reads the cache); released when the
-    process ends, however it ends. Where no lock can be taken (no ``fcntl``, an unwritable cache directory)
-    the block runs unlocked: a lock only saves a probe and keeps concurrent choices equal."""
-    try:
-        import fcntl  # POSIX; the workflow's targets (Linux, SLURM nodes) all have it
-    except ImportError:
-        yield
-        return
+    process ends, however it ends. Where no lock can be taken (an unwritable cache directory) the block runs
+    unlocked: a lock only saves a probe and keeps concurrent choices equal."""
     path = cache_file().with_name(cache_file().name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
