@@ -258,12 +258,12 @@ def cmd_gallery(args) -> None:
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's defaults in the help, less the noise: not where the help already says its default, and not
-    for an option without one (None) or a flag (False)."""
+    """argparse's defaults in the help, less the noise: not where the help already says its default ("(default"),
+    and not for an option without one (None) or a flag (False)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
 

@@ -251,7 +251,8 @@ def _probe_lock() -> Iterator[None]:
     machine at a time, and its verdict written before the next job reads the cache); released when the
     process ends, however it ends. Where no lock can be taken (an unwritable cache directory) the block runs
     unlocked: a lock only saves a probe and keeps concurrent choices equal."""
-    path = cache_file().with_name(cache_file().name + ".lock")
+    cache = cache_file()
+    path = cache.with_name(cache.name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
