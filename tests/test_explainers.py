@@ -65,18 +65,68 @@ def reference(method, model, layer, x, targets):
         return c(input_tensor=x, targets=targets)
 
 
-def model64_for(arch):
-    """The same weights in float64: how far our own fp32 map lies from it is that map's rounding error."""
-    key = (arch, "fp64")
-    if key not in _models:
-        _models[key] = copy.deepcopy(model_for(arch)).double()
-    return _models[key]
+class _PinnedReLU(torch.nn.Module):
+    """ReLU with the on/off pattern of another pass: x · mask."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x):
+        return x * self.mask.to(x.dtype)
+
+
+class _PinnedMaxPool(torch.nn.Module):
+    """Max pooling that takes the elements another pass picked (flat indices per channel, as max_pool2d gives)."""
+
+    def __init__(self, indices: torch.Tensor):
+        super().__init__()
+        self.indices = indices
+
+    def forward(self, x):
+        return x.flatten(2).gather(2, self.indices.flatten(2)).view(self.indices.shape)
+
+
+def model64_pinned(arch, x):
+    """The same weights in float64, held to the branch the fp32 forward of ``x`` took: every ``nn.ReLU``
+    module keeps the fp32 pass's on/off pattern and every ``nn.MaxPool2d`` its picks. How far our own fp32
+    map lies from this model's is that map's rounding error. Unpinned, a unit within rounding of a kink can
+    land on the other side in float64: a random VGG16's ``pre_logits.act2`` held a unit at 2.7e-6 that was on
+    in fp32 and off in float64 (seed 1070777803), which moved ∂y/∂A — and so Grad-CAM — by 1.4e-2, while
+    ours and pgc's fp32 maps agreed to 2e-7. Kinks before the CAM layer move A only continuously (by the
+    unit's own size); after it they switch gradient paths, which is why every kink is pinned. Functional
+    pools (``F.max_pool2d`` inside timm's Inception blocks) are not modules and stay unpinned: they lie before
+    the CAM layer."""
+    model = model_for(arch)
+    pins: dict[str, torch.nn.Module] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ReLU):
+            handles.append(mod.register_forward_hook(
+                lambda _m, _i, out, name=name: pins.__setitem__(name, _PinnedReLU(out.detach() > 0))))
+        elif isinstance(mod, torch.nn.MaxPool2d):
+            def pool_hook(m, inp, _out, name=name):
+                _, idx = torch.nn.functional.max_pool2d(
+                    inp[0].detach(), m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+                pins[name] = _PinnedMaxPool(idx)
+            handles.append(mod.register_forward_hook(pool_hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    pinned = copy.deepcopy(model).double()
+    for name, pin in pins.items():
+        pinned.set_submodule(name, pin)
+    return pinned
 
 
 def _tolerance(arch, layer, x, methods, target, ours, raw) -> dict:
     """Per method and image, what two fp32 implementations may differ by: 1e-5, plus three times our fp32 map's
-    distance from the float64 one for the gradient methods. A randomly initialised network can give a map that
-    is a small difference of large terms (xception's XGradCAM: a raw maximum of 1e-7 against terms of 1.6e-4),
+    distance from the float64 one (:func:`model64_pinned`: the same branch at every kink) for the gradient
+    methods. A randomly initialised network can give a map that is a small difference of large terms
+    (xception's XGradCAM: a raw maximum of 1e-7 against terms of 1.6e-4),
     where min-max normalisation lifts float32 rounding to 2e-5; pgc rounds differently, not wrongly. The
     perturbation methods' float64 rerun would cost K forwards again: their bound is 1e-5 plus 4e-6 per unit of
     κ = max / (max − min) of our raw map, the factor by which min-max normalisation lifts a relative rounding
@@ -92,7 +142,7 @@ def _tolerance(arch, layer, x, methods, target, ours, raw) -> dict:
             tol[m] = 1e-5 + 4e-6 * kappa
     exact = [m for m in methods if m not in ("scorecam", "ablationcam")]
     if exact:
-        ours64 = advcam.cams(model64_for(arch), layer, x.double(), exact, target=target)
+        ours64, _, _ = cams_batch(model64_pinned(arch, x), layer, x.double(), exact, target=target)
         for m in exact:
             dev = (ours[m].double() - ours64[m].double()).abs().flatten(1).amax(1).numpy()
             tol[m] = 1e-5 + 3 * dev
