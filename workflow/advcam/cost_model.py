@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import InputError
 from .models import target_layer_name, timm_name
 from .sanity import randomisation_blocks
-from .settings import ATTRIBUTION_METHOD_NAMES
+from .settings import ATTRIBUTION_METHOD_NAMES, eps_label
 
 __all__ = ["Job", "CostTable", "STAGES", "study_jobs", "explainer_units", "attack_units", "gflops", "calibrate",
            "predict", "read_cost_table", "write_cost_table", "read_benchmarks", "gpu_cost_table"]
@@ -183,10 +183,6 @@ def attack_units(attack: str, spec: Mapping, n_classes: int) -> float:
     return steps  # pgd, bim, mifgsm, pgdl2, cw
 
 
-def _eps(e) -> str:
-    return f"{float(e):g}"
-
-
 def study_jobs(config: Mapping, counts: tuple[int, int, int, int]) -> list[Job]:
     """Every job the workflow runs for ``config`` (a study validated with the schema's defaults), as
     workflow/rules/*.smk enumerate them, with its units of work; ``counts``: the store's (train, val, test, classes)
@@ -222,7 +218,7 @@ def study_jobs(config: Mapping, counts: tuple[int, int, int, int]) -> list[Job]:
             jobs.append(Job(f"explain/{run}/clean", "explain", a, s, n_test * (e_units + 1)))  # + alignment
             for name, spec_a in attacks.items():
                 for e in spec_a["eps"]:
-                    jobs.append(Job(f"attack/{run}/{name}/{_eps(e)}", "attack", a, s,
+                    jobs.append(Job(f"attack/{run}/{name}/{eps_label(e)}", "attack", a, s,
                                     n_test * (attack_units(name, spec_a, n_classes) + e_units)))
             jobs.append(Job(f"score/{run}/white_box", "score", None, s, n_test * len(cams) * (n_adv + 1)))
             if sanity_images:
@@ -240,7 +236,7 @@ def study_jobs(config: Mapping, counts: tuple[int, int, int, int]) -> list[Job]:
                     continue
                 for e in spec_a["eps"]:
                     n_sets += 1
-                    jobs.append(Job(f"transfer/{tgt}/r{r}/from_{src}/{name}/{_eps(e)}", "transfer", arch[tgt],
+                    jobs.append(Job(f"transfer/{tgt}/r{r}/from_{src}/{name}/{eps_label(e)}", "transfer", arch[tgt],
                                     size[tgt], n_test * e_units))
             jobs.append(Job(f"score/{tgt}/r{r}/from_{src}", "score", None, size[tgt], n_test * len(cams) * n_sets))
     jobs.append(Job("summarise", "summarise", None, None, 1.0))

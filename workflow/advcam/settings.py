@@ -36,6 +36,7 @@ __all__ = [
     "ATTACK_PARAMS",
     "L2_ATTACKS",
     "MIN_NORM_ATTACKS",
+    "eps_label",
     "EXPLANATION_ATTACKS",
     "ADAPTIVE_SCORES",
     "DIFFERENTIABLE_CAMS",
@@ -86,6 +87,12 @@ L2_ATTACKS = ("pgdl2", "cw", "deepfool")
 #: minimum-norm attacks (no radius of their own): each ε clips the perturbation they find to the L2 ball of radius ε,
 #: and success is judged on the clipped image (Foolbox's convention for minimisation attacks)
 MIN_NORM_ATTACKS = ("cw", "deepfool")
+
+
+def eps_label(eps: float | str) -> str:
+    """ε as it appears in the study's paths and job names (``attack/{run}/{attack}/{eps}``): ``%g`` of the
+    float, so 0.05, 0.075, 0.1 and ``"0.10"`` → ``"0.1"``; one function for the workflow and the cost model."""
+    return f"{float(eps):g}"
 #: APGD's norms and losses (torchattacks.APGD), Square's losses (torchattacks.Square)
 APGD_NORMS = ("Linf", "L2")
 ATTACK_LOSSES = {"apgd": ("ce", "dlr"), "square": ("margin", "ce")}

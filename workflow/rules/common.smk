@@ -35,7 +35,7 @@ shell.prefix(f"export PYTHONPATH={ADVCAM_PATH}${{{{PYTHONPATH:+:$PYTHONPATH}}}};
 if ADVCAM_PATH not in sys.path:
     sys.path.insert(0, ADVCAM_PATH)
 from advcam.settings import ATTACKS as ATTACK_NAMES
-from advcam.settings import EXPLANATION_ATTACKS
+from advcam.settings import EXPLANATION_ATTACKS, eps_label
 from advcam.settings import WORKFLOW_ONLY, AttackSettings, CamSettings, ScoreSettings, SettingsError, TrainSettings
 from advcam.settings import DetectionSettings
 from advcam.settings import ATTRIBUTION_METHOD_NAMES, AttributionSettings
@@ -210,11 +210,6 @@ if workflow.exec_mode == ExecMode.DEFAULT:
     _check_models()
 
 
-def fmt_eps(e):
-    """ε as it appears in paths: 0.05, 0.075, 0.1."""
-    return f"{float(e):g}"
-
-
 def arch(model):
     return MODELS[model]["arch"] or model
 
@@ -316,7 +311,7 @@ def train_reports():
 
 def attack_jobs():
     """(model, replicate, attack, eps) of every attack in the config."""
-    return [(m, r, a, fmt_eps(e)) for m, r in runs() for a, spec in ATTACKS.items() for e in spec["eps"]]
+    return [(m, r, a, eps_label(e)) for m, r in runs() for a, spec in ATTACKS.items() for e in spec["eps"]]
 
 
 def score_files():
@@ -340,7 +335,7 @@ def transfer_runs():
 def transfer_jobs():
     """(target, source, replicate, attack, eps) of every transfer pair and attack but the noise control."""
     return [
-        (t, s, r, a, fmt_eps(e))
+        (t, s, r, a, eps_label(e))
         for t, s, r in transfer_runs()
         for a, spec in ATTACKS.items()
         if a != "noise"
@@ -392,7 +387,7 @@ def gallery_heatmaps(model, attack="fgsm"):
     """Every method's adversarial heatmaps of ``attack`` (the first attack when absent) at each ε, of the model's
     first replicate (the gallery shows one training run)."""
     attack = attack if attack in ATTACKS else next(iter(ATTACKS))
-    return [f for e in ATTACKS[attack]["eps"] for f in adv_heatmap_files(model, 0, attack, fmt_eps(e))]
+    return [f for e in ATTACKS[attack]["eps"] for f in adv_heatmap_files(model, 0, attack, eps_label(e))]
 
 
 def sanity_model_files(model="{model}", rep="{rep}"):
