@@ -15,7 +15,6 @@ the scheduling loss itself.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 import sys
@@ -23,26 +22,19 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
+from advcam.io.benchmark_file import read_benchmark_rows
+
 
 def read_benchmarks(root: str | os.PathLike) -> list[dict]:
-    """Every ``*.tsv`` under ``root`` as {stage, job, s (wall), cpu_time}; the stage is the first folder
-    below ``root`` (or the file's stem for top-level files such as ``synth.tsv``)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"benchmark folder '{root}' does not exist (run the study first)")
+    """Every job under ``root`` as {stage, job, s (wall), cpu_time, threads}, read by
+    :func:`advcam.io.benchmark_file.read_benchmark_rows`; the stage is the first folder below ``root`` (or the
+    file's stem for top-level files such as ``synth.tsv``)."""
     jobs = []
-    for path in sorted(root.rglob("*.tsv")):
-        rel = path.relative_to(root)
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-        if not rows:
-            continue
-        last = rows[-1]  # a rerun appends nothing: snakemake rewrites the file; take the last repeat
-        jobs.append({"stage": rel.parts[0] if len(rel.parts) > 1 else rel.stem, "job": str(rel.with_suffix("")),
-                     "s": float(last["s"]), "cpu_time": float(last["cpu_time"]),
-                     "threads": 2 if rel.stem == "synth" and len(rel.parts) == 1 else 1})
-    if not jobs:
-        raise ValueError(f"no benchmark files under '{root}'")
+    for job, row in read_benchmark_rows(root).items():
+        parts = Path(job).parts
+        top = len(parts) == 1
+        jobs.append({"stage": parts[0] if not top else job, "job": job, "s": row["s"], "cpu_time": row["cpu_time"],
+                     "threads": 2 if top and job == "synth" else 1})
     return jobs
 
 

@@ -5,6 +5,9 @@ import sys
 
 import pytest
 
+from advcam.errors import InputError
+from advcam.io.benchmark_file import read_benchmark_rows
+from advcam.io.benchmark_file import read_benchmarks as wall_seconds
 from workflow_run import REPO
 
 sys.path.insert(0, str(REPO))  # bench/ is a folder of the repository, not an installed package
@@ -56,3 +59,23 @@ def test_a_log_without_finished_jobs_is_an_error(tmp_path):
     (tmp_path / "run.log").write_text("Building DAG of jobs...\n")
     with pytest.raises(ValueError, match="no finished job"):
         idle_from_log(tmp_path / "run.log", cores=2)
+
+
+def test_benchmark_files_read_once_for_packing_and_the_cost_model(tmp_path):
+    # one reader (advcam.io.benchmark_file) serves bench.packing and the estimate stage: the last row of each file
+    f = tmp_path / "attack" / "vgg16" / "r0" / "fgsm" / "0.1.tsv"
+    f.parent.mkdir(parents=True)
+    f.write_text("s\th:m:s\tcpu_time\n9\t0\t7\n12.5\t0\t11\n")
+    (tmp_path / "empty.tsv").write_text("")
+    assert read_benchmark_rows(tmp_path) == {"attack/vgg16/r0/fgsm/0.1": {"s": 12.5, "cpu_time": 11.0}}
+    assert wall_seconds(tmp_path) == {"attack/vgg16/r0/fgsm/0.1": 12.5}
+    assert read_benchmarks(tmp_path)[0]["stage"] == "attack"
+    (tmp_path / "other.tsv").write_text("seconds\n3\n")
+    with pytest.raises(InputError, match=r"other\.tsv: not a snakemake benchmark file"):
+        read_benchmark_rows(tmp_path)
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "empty.tsv").write_text("")
+    with pytest.raises(InputError, match="no benchmark files under"):
+        read_benchmark_rows(tmp_path / "blank")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_benchmark_rows(tmp_path / "nowhere")

@@ -38,7 +38,7 @@ from .sanity import randomisation_blocks
 from .settings import ATTRIBUTION_METHOD_NAMES, eps_label
 
 __all__ = ["Job", "CostTable", "STAGES", "study_jobs", "explainer_units", "attack_units", "gflops", "calibrate",
-           "predict", "read_cost_table", "write_cost_table", "read_benchmarks", "gpu_cost_table"]
+           "predict", "read_cost_table", "write_cost_table", "gpu_cost_table"]
 
 #: the stages as results/benchmarks names them (its first folder, or the file's stem), in the order they run
 STAGES = ("synth", "prepare", "train", "gradient", "explain", "attack", "transfer", "score", "sanity", "detect",
@@ -320,25 +320,6 @@ def predict(jobs: Sequence[Job], table: CostTable, cpu: CostTable | None = None)
     return out
 
 
-def read_benchmarks(root: str | os.PathLike) -> dict[str, float]:
-    """Wall seconds of every job under a study's results/benchmarks: job id (path without ``.tsv``) → the last
-    row's ``s``. (Not its ``cpu_time``: snakemake samples a job's CPU time every 0.5 s for its first 15 s and every
-    30 s after, so a job of 20 s shows ~15; a job's wall time × its threads is what it occupies.)
-    FileNotFoundError naming a missing folder, InputError for one without benchmark files."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"benchmark folder '{root}' does not exist (run the study first)")
-    out = {}
-    for path in sorted(root.rglob("*.tsv")):
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-        if rows:
-            out[str(path.relative_to(root).with_suffix(""))] = float(rows[-1]["s"])
-    if not out:
-        raise InputError(f"no benchmark files under '{root}'")
-    return out
-
-
 def _overhead(rows: Sequence[tuple[str, float, float]]) -> float | None:
     """The per-job seconds beyond start-up that one stage's jobs share, by least squares of ``y = a + c_arch · x``
     over (arch, x = units × scale, y = seconds less start-up); None when no architecture has two distinct ``x`` (a
@@ -358,12 +339,13 @@ def _overhead(rows: Sequence[tuple[str, float, float]]) -> float | None:
 def calibrate(jobs: Sequence[Job], measured: Mapping[str, float], startup: Mapping[str, float],
               source: str = "") -> CostTable:
     """A cost table from a finished study. Per stage, a job's measured core-seconds (wall × threads, from
-    :func:`read_benchmarks`) less its ``startup`` (imports) is ``overhead + c(stage, arch) × units × scale``: the
-    overhead (loading the model and the store, writing the outputs) is fitted by least squares where a stage's
-    jobs of one architecture differ in units (the attack stage: FGSM and noise beside the explanation attack), and
-    taken from the attack stage for the other model stages, which load the same files; ``c`` is then the rest over
-    the units × scale of those jobs. The table's per-job seconds (``startup``) hold imports + overhead. Jobs
-    without a benchmark file are skipped; InputError when none has one (benchmarks of another study)."""
+    :func:`advcam.io.benchmark_file.read_benchmarks`) less its ``startup`` (imports) is
+    ``overhead + c(stage, arch) × units × scale``: the overhead (loading the model and the store, writing the
+    outputs) is fitted by least squares where a stage's jobs of one architecture differ in units (the attack stage:
+    FGSM and noise beside the explanation attack), and taken from the attack stage for the other model stages,
+    which load the same files; ``c`` is then the rest over the units × scale of those jobs. The table's per-job
+    seconds (``startup``) hold imports + overhead. Jobs without a benchmark file are skipped; InputError when none
+    has one (benchmarks of another study)."""
     rows: dict[str, list[tuple[str, float, float]]] = {}
     for job in jobs:
         if job.id in measured:
