@@ -18,11 +18,10 @@ from advcam.cost_model import (
     gflops,
     gpu_cost_table,
     predict,
-    read_cost_table,
-    write_cost_table,
 )
 from advcam.errors import InputError
 from advcam.io.benchmark_file import read_benchmarks
+from advcam.io.cost_table_file import read_cost_table, write_cost_table
 from advcam.stages.estimate import DEFAULT_COSTS, dataset_counts, load_study, plan, run_estimate
 from workflow_run import REPO, job_counts, snakemake
 

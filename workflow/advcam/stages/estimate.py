@@ -25,13 +25,12 @@ from ..cost_model import (
     calibrate,
     gpu_cost_table,
     predict,
-    read_cost_table,
     study_jobs,
-    write_cost_table,
 )
 from ..datasets import index_tree, select_identities, split_counts
 from ..errors import InputError
 from ..io.benchmark_file import read_benchmarks
+from ..io.cost_table_file import read_cost_table, write_cost_table
 
 __all__ = ["DEFAULT_COSTS", "dataset_counts", "load_study", "measure_startup", "plan", "run_calibrate", "run_estimate",
            "report"]
