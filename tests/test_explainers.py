@@ -100,15 +100,21 @@ def model64_pinned(arch, x):
     model = model_for(arch)
     pins: dict[str, torch.nn.Module] = {}
     handles = []
+
+    def pin(name: str, module: torch.nn.Module) -> None:
+        # one pattern per module: a module called twice in one forward would need one per call
+        assert name not in pins, f"{arch}: {name} runs twice in one forward"
+        pins[name] = module
+
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.ReLU):
             handles.append(mod.register_forward_hook(
-                lambda _m, _i, out, name=name: pins.__setitem__(name, _PinnedReLU(out.detach() > 0))))
+                lambda _m, _i, out, name=name: pin(name, _PinnedReLU(out.detach() > 0))))
         elif isinstance(mod, torch.nn.MaxPool2d):
             def pool_hook(m, inp, _out, name=name):
                 _, idx = torch.nn.functional.max_pool2d(
                     inp[0].detach(), m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
-                pins[name] = _PinnedMaxPool(idx)
+                pin(name, _PinnedMaxPool(idx))
             handles.append(mod.register_forward_hook(pool_hook))
     try:
         with torch.no_grad():
