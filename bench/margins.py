@@ -1,6 +1,7 @@
 """The default's quality bars, run by run: how far each training run of a finished study clears them.
 
     python -m bench.margins results/summary/mod_vid.csv [more mod_vid.csv ...] [--label as-found ...]
+    python -m bench.margins results/replicates [...]      (a study's folder: its summary/mod_vid.csv)
 
 Per (model, replicate) of each MOD table (white-box rows): clean test accuracy (bar ≥ 90%), the accuracy FGSM
 costs at the study's largest ε (bar ≥ 50 points), the accuracy the noise control costs there (bar ≤ 15
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -51,13 +53,17 @@ def worst(runs: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("tables", nargs="+", help="mod_vid.csv of each finished study")
+    p.add_argument("tables", nargs="+", help="mod_vid.csv of each finished study, or the study's results folder")
     p.add_argument("--label", nargs="*", help="a name per table (e.g. the CPU class it ran on)")
     args = p.parse_args(argv)
     labels = args.label or [str(t) for t in args.tables]
     if len(labels) != len(args.tables):
         p.error("give one --label per table")
-    for label, path in zip(labels, args.tables):
+    paths = [Path(t) / "summary" / "mod_vid.csv" if Path(t).is_dir() else Path(t) for t in args.tables]
+    for path in paths:
+        if not path.is_file():
+            p.error(f"'{path}' does not exist (a finished study's summary/mod_vid.csv, or its results folder)")
+    for label, path in zip(labels, paths):
         runs = margins(pd.read_csv(path))
         print(f"## {label}: {path}\n")
         print(runs.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
