@@ -123,8 +123,8 @@ def model64_pinned(arch, x):
         for h in handles:
             h.remove()
     pinned = copy.deepcopy(model).double()
-    for name, pin in pins.items():
-        pinned.set_submodule(name, pin)
+    for name, module in pins.items():
+        pinned.set_submodule(name, module)
     return pinned
 
 
